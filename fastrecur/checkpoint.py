@@ -1,0 +1,135 @@
+"""Loading reference checkpoints and saving fastrecur's, safely (no arbitrary unpickling, atomic writes)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Union
+
+import torch
+from torch import nn
+
+PathOrState = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
+_PREFIXES = ("_orig_mod.", "module.", "model.")
+_PUZZLE_EMB_KEY = "inner.puzzle_emb.weights"
+
+
+@dataclass
+class LoadResult:
+    """What ``load_checkpoint`` did: keys it could not place, and tables it resized."""
+
+    missing_keys: List[str] = field(default_factory=list)
+    unexpected_keys: List[str] = field(default_factory=list)
+    resized: Dict[str, tuple] = field(default_factory=dict)
+
+
+def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file, or a torch file with ``weights_only=True`` (never arbitrary pickles)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:
+            raise ImportError("reading .safetensors needs the 'safetensors' package: pip install safetensors") from e
+        try:
+            return load_file(path)
+        except Exception as e:
+            raise ValueError(f"checkpoint {path!r} is not a readable safetensors file: {e}") from e
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path!r} could not be read as a weights-only torch file (truncated, corrupted, or it "
+                         f"contains objects other than tensors): {e}") from e
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"checkpoint {path!r} does not hold a state dict of tensors")
+    return dict(sd)
+
+
+def normalize_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Strip the wrappers' prefixes (``_orig_mod.`` from torch.compile, ``model.`` from the loss head,
+    ``module.`` from DDP), in any order, so keys read ``inner.…`` as on a bare ACT model."""
+    out = {}
+    for k, v in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for p in _PREFIXES:
+                if k.startswith(p):
+                    k, stripped = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_checkpoint(model: nn.Module, path_or_state_dict: PathOrState, strict: bool = True) -> LoadResult:
+    """Load a reference or fastrecur checkpoint into ``model`` (an ACT model or an ``ACTLossHead``).
+
+    - Accepts a path (``.safetensors``, or ``.pt``/``.pth``/any torch file read with ``weights_only=True``)
+      or a state dict.
+    - Strips ``_orig_mod.``, ``model.`` and ``module.`` prefixes.
+    - A puzzle-embedding table of another size is replaced by the mean of the saved rows, as the reference
+      loader does (new puzzles start from the average embedding); the resize is reported.
+    - ``strict``: missing or unexpected keys raise ``ValueError`` listing them by name, and nothing is
+      loaded; otherwise the matching keys load and the others are reported in the result.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    target = model.model if hasattr(model, "model") and hasattr(model, "loss_fn") else model
+    if isinstance(path_or_state_dict, Mapping):
+        state = dict(path_or_state_dict)
+    elif isinstance(path_or_state_dict, (str, os.PathLike)):
+        state = read_state_dict(path_or_state_dict)
+    else:
+        raise TypeError(f"path_or_state_dict must be a path or a state dict, got {type(path_or_state_dict).__name__}")
+    state = normalize_keys(state)
+    own = target.state_dict()
+    result = LoadResult(
+        missing_keys=sorted(set(own) - set(state)),
+        unexpected_keys=sorted(set(state) - set(own)),
+    )
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise ValueError(f"checkpoint does not match {type(target).__name__}: missing keys {result.missing_keys}, "
+                         f"unexpected keys {result.unexpected_keys}")
+    if _PUZZLE_EMB_KEY in state and _PUZZLE_EMB_KEY in own and state[_PUZZLE_EMB_KEY].shape != own[_PUZZLE_EMB_KEY].shape:
+        saved, want = state[_PUZZLE_EMB_KEY], own[_PUZZLE_EMB_KEY].shape
+        if saved.dim() != 2 or saved.shape[1] != want[1]:
+            raise ValueError(f"{_PUZZLE_EMB_KEY}: saved shape {tuple(saved.shape)} has a different embedding width than {tuple(want)}")
+        state[_PUZZLE_EMB_KEY] = saved.mean(dim=0, keepdim=True).expand(want).contiguous()
+        result.resized[_PUZZLE_EMB_KEY] = (tuple(saved.shape), tuple(want))
+    for k in set(state) & set(own):
+        if state[k].shape != own[k].shape:
+            raise ValueError(f"checkpoint key {k!r} has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)}")
+    target.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return result
+
+
+def atomic_write(path: Union[str, os.PathLike], write_fn) -> None:
+    """Write ``path`` through ``write_fn(tmp_path)`` into a temp file in the same folder, then rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -> None:
+    """Save ``model``'s state dict atomically: safetensors for ``*.safetensors``, else ``torch.save``."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if os.fspath(path).endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        atomic_write(path, lambda tmp: save_file(state, tmp))
+    else:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))

@@ -1,0 +1,35 @@
+"""The eager runner: a Python loop over a schedule's steps (the reference semantics and the oracle)."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Sequence
+
+import torch
+
+from .schedule import INPUT, Copy, Schedule, Step
+
+LevelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _injection(names: Sequence[str], states: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    # Summed left to right, as the reference writes it (``z_H + input_embeddings``).
+    out = None
+    for n in names:
+        t = x if n == INPUT else states[n]
+        out = t if out is None else out + t
+    return out
+
+
+def run_steps(steps: Sequence[Step], states: Dict[str, torch.Tensor], x: torch.Tensor, levels: Dict[str, LevelFn]) -> None:
+    """Apply ``steps`` to ``states`` (a dict, rebound in place). ``levels[name](h, injection)`` runs a level."""
+    for step in steps:
+        if isinstance(step, Copy):
+            states[step.target] = states[step.source]
+        else:
+            states[step.target] = levels[step.level](states[step.target], _injection(step.inject, states, x))
+
+
+def run_schedule(schedule: Schedule, states: Dict[str, torch.Tensor], x: torch.Tensor, levels: Dict[str, LevelFn]) -> None:
+    """Run the no-grad prefix under ``torch.no_grad()``, then the grad tail with autograd."""
+    with torch.no_grad():
+        run_steps(schedule.no_grad_steps, states, x, levels)
+    run_steps(schedule.grad_steps, states, x, levels)

@@ -1,0 +1,146 @@
+"""The ACT wrapper shared by every model: carry handling, halting, exploration and the Q target.
+
+Same contract as the reference ``*_ACTV1`` classes: ``initial_carry(batch)`` and
+``forward(carry=..., batch=...) -> (carry, outputs)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Mapping
+
+import torch
+from torch import nn
+
+from fastrecur._backends import resolve_backend, validate_backend_name
+
+from .config import ModelConfig
+from .inner import InnerCarry, RecursiveInner
+
+
+@dataclass
+class ACTCarry:
+    """Carry across ACT steps: recurrent states, steps taken, halted flags and the rows being worked on."""
+
+    inner_carry: InnerCarry
+    steps: torch.Tensor
+    halted: torch.Tensor
+    current_data: Dict[str, torch.Tensor]
+
+
+class ACTModel(nn.Module):
+    """Base class: subclasses set ``self.config`` and ``self.inner`` and say how halting works.
+
+    Attributes:
+        halt_on_q_continue: halt when ``q_halt > q_continue`` and train Q-continue on a bootstrapped target
+            (HRM); otherwise halt when ``q_halt > 0`` and produce no target (TRM's ``no_ACT_continue``).
+        check_inputs: validate the batch on every call (one host sync per call on GPU; turn off in hot loops
+            once inputs are known good).
+    """
+
+    inner: RecursiveInner
+    config: ModelConfig
+    halt_on_q_continue: bool = True
+
+    def __init__(self, backend: str = "auto"):
+        super().__init__()
+        self.backend = validate_backend_name(backend)
+        self.check_inputs = True
+
+    @property
+    def puzzle_emb(self):
+        return self.inner.puzzle_emb
+
+    # ----- validation -----
+    def _check_batch(self, batch: Mapping[str, torch.Tensor], name: str = "batch") -> None:
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"{name} must be a dict of tensors, got {type(batch).__name__}")
+        for key in ("inputs", "puzzle_identifiers"):
+            if key not in batch:
+                raise ValueError(f"{name} is missing {key!r} (has {sorted(batch)})")
+        inputs, pids = batch["inputs"], batch["puzzle_identifiers"]
+        for key, t in batch.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}[{key!r}] must be a tensor, got {type(t).__name__}")
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise TypeError(f"{name}[{key!r}] must be an integer tensor, got {t.dtype}")
+        cfg = self.config
+        if inputs.dim() != 2 or inputs.shape[1] != cfg.seq_len:
+            raise ValueError(f"{name}['inputs'] must have shape [batch, seq_len={cfg.seq_len}], got {tuple(inputs.shape)}")
+        if pids.shape != (inputs.shape[0],):
+            raise ValueError(f"{name}['puzzle_identifiers'] must have shape [{inputs.shape[0]}], got {tuple(pids.shape)}")
+        if "labels" in batch and batch["labels"].shape != inputs.shape:
+            raise ValueError(f"{name}['labels'] must have the shape of inputs {tuple(inputs.shape)}, got {tuple(batch['labels'].shape)}")
+        if not self.check_inputs or inputs.numel() == 0:
+            return
+        lo, hi = int(inputs.min()), int(inputs.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise ValueError(f"{name}['inputs'] has token ids in [{lo}, {hi}], outside the vocabulary [0, {cfg.vocab_size})")
+        if cfg.puzzle_emb_ndim > 0:
+            lo, hi = int(pids.min()), int(pids.max())
+            if lo < 0 or hi >= cfg.num_puzzle_identifiers:
+                raise ValueError(
+                    f"{name}['puzzle_identifiers'] has ids in [{lo}, {hi}], outside [0, {cfg.num_puzzle_identifiers})"
+                )
+
+    # ----- the reference contract -----
+    def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> ACTCarry:
+        """A carry with every row halted, so the first ``forward`` loads the batch and resets the states."""
+        self._check_batch(batch)
+        b = batch["inputs"].shape[0]
+        device = batch["inputs"].device
+        return ACTCarry(
+            inner_carry=self.inner.empty_carry(b, device=device),
+            steps=torch.zeros((b,), dtype=torch.int32, device=device),
+            halted=torch.ones((b,), dtype=torch.bool, device=device),
+            current_data={k: torch.empty_like(v) for k, v in batch.items()},
+        )
+
+    def forward(self, carry: ACTCarry, batch: Mapping[str, torch.Tensor]):
+        self._check_batch(batch)
+        if not isinstance(carry, ACTCarry):
+            raise TypeError(f"carry must come from initial_carry() or forward(), got {type(carry).__name__}")
+        b = batch["inputs"].shape[0]
+        if carry.halted.shape != (b,):
+            raise ValueError(f"carry is for a batch of {carry.halted.shape[0]} rows but batch has {b}; call initial_carry(batch)")
+        if set(carry.current_data) != set(batch):
+            raise ValueError(f"carry holds keys {sorted(carry.current_data)} but batch has {sorted(batch)}")
+        backend = resolve_backend(self.backend, batch["inputs"].device)
+
+        # Rows that halted last time start over: fresh states, new data.
+        new_inner = self.inner.reset_carry(carry.halted, carry.inner_carry)
+        new_steps = torch.where(carry.halted, 0, carry.steps)
+        new_data = {
+            k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v) for k, v in carry.current_data.items()
+        }
+
+        new_inner, logits, (q_halt, q_continue) = self.inner(new_inner, new_data, backend=backend)
+        outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
+
+        with torch.no_grad():
+            new_steps = new_steps + 1
+            is_last_step = new_steps >= self.config.halt_max_steps
+            halted = is_last_step
+            # Evaluation always runs halt_max_steps, so a batch halts together.
+            if self.training and self.config.halt_max_steps > 1:
+                if self.halt_on_q_continue:
+                    halted = halted | (q_halt > q_continue)
+                else:
+                    halted = halted | (q_halt > 0)
+                # Exploration: a random minimum number of steps for some rows (same RNG calls as the reference).
+                min_halt_steps = (torch.rand_like(q_halt) < self.config.halt_exploration_prob) * torch.randint_like(
+                    new_steps, low=2, high=self.config.halt_max_steps + 1
+                )
+                halted = halted & (new_steps >= min_halt_steps)
+                if self.halt_on_q_continue:
+                    # Bootstrapped Q target from a second inner step on the new carry (no replay buffer).
+                    _, _, (next_q_halt, next_q_continue) = self.inner(new_inner, new_data, backend=backend)
+                    outputs["target_q_continue"] = torch.sigmoid(
+                        torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
+                    )
+        return ACTCarry(new_inner, new_steps, halted, new_data), outputs
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}"
+
+
+__all__ = ["ACTCarry", "ACTModel", "InnerCarry"]

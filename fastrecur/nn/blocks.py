@@ -1,0 +1,92 @@
+"""HRM/TRM building blocks: attention, SwiGLU MLP, token mixer, the post-norm block and a level.
+
+Module and parameter names follow the reference code so that state dicts are interchangeable:
+``self_attn.qkv_proj``, ``self_attn.o_proj``, ``mlp.gate_up_proj``, ``mlp.down_proj``, ``mlp_t.*``, ``layers.{i}``.
+"""
+from typing import List
+
+import torch
+from torch import nn
+
+from . import functional as Fr
+from .linear import CastedLinear
+
+
+def swiglu_intermediate_size(hidden_size: int, expansion: float) -> int:
+    """``ceil_to_multiple(round(expansion * hidden * 2 / 3), 256)``: D=512, expansion 4 gives 1536."""
+    inter = round(expansion * hidden_size * 2 / 3)
+    return -(inter // -256) * 256
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden_size: int, expansion: float):
+        super().__init__()
+        inter = swiglu_intermediate_size(hidden_size, expansion)
+        self.gate_up_proj = CastedLinear(hidden_size, 2 * inter, bias=False)
+        self.down_proj = CastedLinear(inter, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return Fr.swiglu(x, self.gate_up_proj.weight.to(x.dtype), self.down_proj.weight.to(x.dtype))
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head self-attention with a fused qkv projection and optional RoPE."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.qkv_proj = CastedLinear(hidden_size, 3 * hidden_size, bias=False)
+        self.o_proj = CastedLinear(hidden_size, hidden_size, bias=False)
+
+    def forward(self, h: torch.Tensor, cos_sin: Fr.CosSin) -> torch.Tensor:
+        qkv = self.qkv_proj(h)
+        return self.o_proj(Fr.attention_core(qkv, cos_sin, self.num_heads))
+
+
+class ReasoningBlock(nn.Module):
+    """Post-norm block: ``h = norm(h + mix(h)); h = norm(h + mlp(h))``.
+
+    ``mix`` is self-attention, or with ``mlp_t`` a SwiGLU over the token axis whose norm also runs over
+    the token axis (TRM's MLP-mixer variant; ``seq_len`` then includes the puzzle-embedding prefix).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, expansion: float, eps: float, mlp_t: bool = False, seq_len: int = 0):
+        super().__init__()
+        self.eps = eps
+        self.mlp_t_enabled = mlp_t
+        if mlp_t:
+            self.mlp_t = SwiGLU(seq_len, expansion)
+        else:
+            self.self_attn = Attention(hidden_size, num_heads)
+        self.mlp = SwiGLU(hidden_size, expansion)
+
+    def forward(self, h: torch.Tensor, cos_sin: Fr.CosSin = None) -> torch.Tensor:
+        if self.mlp_t_enabled:
+            t = h.transpose(1, 2)
+            h = Fr.rms_norm(t + self.mlp_t(t), self.eps).transpose(1, 2)
+        else:
+            h = Fr.rms_norm(h + self.self_attn(h, cos_sin), self.eps)
+        return Fr.rms_norm(h + self.mlp(h), self.eps)
+
+
+class ReasoningModule(nn.Module):
+    """A level: ``h = h + injection`` then the blocks in order.
+
+    With ``repeat > 1`` the same blocks are applied that many times (layer sharing: one block serving
+    every layer position).
+    """
+
+    def __init__(self, layers: List[ReasoningBlock], repeat: int = 1):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.repeat = repeat
+
+    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: Fr.CosSin = None) -> torch.Tensor:
+        h = h + injection
+        for _ in range(self.repeat):
+            for layer in self.layers:
+                h = layer(h, cos_sin)
+        return h
