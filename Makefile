@@ -1,0 +1,29 @@
+# Two entry points (see README): `make bench` (the main job) and `make test` (the test suite).
+# Each creates its own virtual environment on first use; later runs reuse it.
+PYTHON ?= python3
+VENV ?= .venv-test
+TORCH ?= torch==2.14.1
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fastrecur-installed
+
+.PHONY: test bench install clean
+
+# torch 2.14.1 is the CUDA 13.0 build: it runs on CPU, and its headers let CI compile and link the CUDA sources.
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)" numpy pytest pytest-benchmark ninja safetensors setuptools wheel
+	# Not editable: proves `pip install .` works; builds the C++/CUDA extension once per environment.
+	MAX_JOBS=2 $(PY) -m pip install -q --no-build-isolation --no-deps .
+	cd / && $(abspath $(PY)) -c "import fastrecur, sys; print('fastrecur', fastrecur.__version__, 'from', fastrecur.__file__); [print(f'  backend {k}: {v}') for k, v in fastrecur.backends().items()]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	FASTRECUR_REQUIRE_EXT=$${FASTRECUR_REQUIRE_EXT-1} $(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+bench: $(STAMP)
+	cd / && $(abspath $(PY)) -m fastrecur.bench --quick --device cpu --out $(CURDIR)/bench-out
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info bench-out
