@@ -126,15 +126,15 @@ class RecursiveInner(nn.Module):
         return InnerCarry(**{s: torch.where(flag, getattr(self, b), getattr(carry, s)) for s, b in self.state_inits.items()})
 
     # ----- one ACT step -----
-    def level_fns(self):
+    def level_fns(self, backend: str = "eager"):
         cs = self.cos_sin()
-        return {name: (lambda h, inj, _m=getattr(self, name): _m(h, inj, cs)) for name in self.schedule.levels}
+        return {name: (lambda h, inj, _m=getattr(self, name): _m(h, inj, cs, backend)) for name in self.schedule.levels}
 
     def forward(self, carry: InnerCarry, batch: Mapping[str, torch.Tensor], backend: str = "eager"):
         """One ACT step on ``backend`` ("eager" here; the ACT wrapper resolves "auto")."""
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
         states = {s: getattr(carry, s) for s in self.schedule.states}
-        eager.run_schedule(self.schedule, states, x, self.level_fns())
+        eager.run_schedule(self.schedule, states, x, self.level_fns(backend))
         new_carry = InnerCarry(**{s: states[s].detach() for s in self.schedule.states})
         logits, q = self.readout(states[self.schedule.readout])
         return new_carry, logits, q

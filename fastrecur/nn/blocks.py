@@ -63,13 +63,29 @@ class ReasoningBlock(nn.Module):
             self.self_attn = Attention(hidden_size, num_heads)
         self.mlp = SwiGLU(hidden_size, expansion)
 
-    def forward(self, h: torch.Tensor, cos_sin: Fr.CosSin = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos_sin: Fr.CosSin = None, backend: str = "eager") -> torch.Tensor:
+        if backend == "triton":
+            return self._forward_triton(h, cos_sin)
         if self.mlp_t_enabled:
             t = h.transpose(1, 2)
             h = Fr.rms_norm(t + self.mlp_t(t), self.eps).transpose(1, 2)
         else:
             h = Fr.rms_norm(h + self.self_attn(h, cos_sin), self.eps)
         return Fr.rms_norm(h + self.mlp(h), self.eps)
+
+    def _forward_triton(self, h: torch.Tensor, cos_sin: Fr.CosSin) -> torch.Tensor:
+        """The same block through the fused Triton ops (same parameters, same math)."""
+        from fastrecur import ops
+
+        dt = h.dtype
+        if self.mlp_t_enabled:
+            h = ops.token_mix_block(h, self.mlp_t.gate_up_proj.cast_weight(dt), self.mlp_t.down_proj.cast_weight(dt), self.eps)
+        else:
+            attn = self.self_attn
+            cos, sin = cos_sin if cos_sin is not None else (None, None)
+            mixed = ops.rotary_attention(attn.qkv_proj(h), cos, sin, attn.num_heads)
+            h = ops.add_rms_norm(attn.o_proj(mixed), h, self.eps)
+        return ops.swiglu_mlp_block(h, self.mlp.gate_up_proj.cast_weight(dt), self.mlp.down_proj.cast_weight(dt), self.eps)
 
 
 class ReasoningModule(nn.Module):
@@ -84,9 +100,9 @@ class ReasoningModule(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.repeat = repeat
 
-    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: Fr.CosSin = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: Fr.CosSin = None, backend: str = "eager") -> torch.Tensor:
         h = h + injection
         for _ in range(self.repeat):
             for layer in self.layers:
-                h = layer(h, cos_sin)
+                h = layer(h, cos_sin, backend)
         return h

@@ -1,0 +1,35 @@
+"""Whole models with backend="triton" (the fused Triton kernels, run by the interpreter on CPU) held to the
+reference golden outputs and gradients, and to the eager backend."""
+import pytest
+import torch
+
+import fastrecur
+from golden import CASES, assert_close, build, load_case, run_eval, run_train
+
+pytestmark = pytest.mark.skipif(not fastrecur.backends()["triton"][0], reason=fastrecur.backends()["triton"][1])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_triton_backend_matches_reference(name):
+    case = load_case(name)
+    model = build(case, backend="triton")
+    outs = run_eval(model, case["batch"], steps=2)
+    for i, (got, want) in enumerate(zip(outs, case["eval"])):
+        for k in want:
+            assert_close(got[k], want[k], f"{name} triton eval step {i} {k}")
+    model = build(case, backend="triton")
+    out, grads = run_train(model, case["batch"], case["R"])
+    for k, want in case["train"].items():
+        assert_close(out[k], want, f"{name} triton train {k}")
+    assert set(grads) == set(case["grads"])
+    for k, want in case["grads"].items():
+        assert_close(grads[k], want, f"{name} triton grad {k}")
+
+
+def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    case = load_case("trm")
+    model = build(case, backend="triton").eval()
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        with torch.no_grad():
+            model(carry=model.initial_carry(case["batch"]), batch=case["batch"])
