@@ -138,13 +138,14 @@ def markdown(rows: List[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastrecur.bench", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer cases and iterations")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", default="bench-out")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on CPU)")
-    a = p.parse_args(argv)
+
+
+def run(a: argparse.Namespace) -> int:
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
@@ -169,7 +170,14 @@ def main(argv=None):
         f.write(markdown(rows, meta))
     print(markdown(rows, meta))
     print(f"written to {out}/")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastrecur.bench", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

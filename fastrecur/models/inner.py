@@ -90,6 +90,9 @@ class RecursiveInner(nn.Module):
         for buf in self.state_inits.values():
             self.register_buffer(buf, trunc_normal_init_(torch.empty(D, dtype=self.forward_dtype), std=1), persistent=True)
 
+        # Set by fastrecur.inspect.trace to see every state update; None = no tracing, no cost.
+        self.observer = None
+
         with torch.no_grad():  # Q starts near "continue" so early training does not halt at once
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5)
@@ -134,7 +137,7 @@ class RecursiveInner(nn.Module):
         """One ACT step on ``backend`` ("eager" here; the ACT wrapper resolves "auto")."""
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
         states = {s: getattr(carry, s) for s in self.schedule.states}
-        eager.run_schedule(self.schedule, states, x, self.level_fns(backend))
+        eager.run_schedule(self.schedule, states, x, self.level_fns(backend), self.observer)
         new_carry = InnerCarry(**{s: states[s].detach() for s in self.schedule.states})
         logits, q = self.readout(states[self.schedule.readout])
         return new_carry, logits, q
