@@ -8,7 +8,7 @@ import torch
 
 BACKENDS = ("auto", "eager", "triton", "cpp")
 # Backends the models can run today; the others are reported but refused with a clear message.
-_WIRED = {"eager"}
+_WIRED = {"eager", "triton", "cpp"}
 
 
 def validate_backend_name(name) -> str:

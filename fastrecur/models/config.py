@@ -53,10 +53,11 @@ class ModelConfig:
         object.__setattr__(self, "_values", dict(values))
 
     def __getattr__(self, name: str):
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        # Read _values through __dict__: copy/deepcopy/pickle probe attributes before it exists.
+        values = self.__dict__.get("_values")
+        if values is None or name not in values:
+            raise AttributeError(name)
+        return values[name]
 
     def __setattr__(self, name, value):
         raise AttributeError("ModelConfig is immutable; build a new model from a new dict")

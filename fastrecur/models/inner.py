@@ -133,11 +133,54 @@ class RecursiveInner(nn.Module):
         cs = self.cos_sin()
         return {name: (lambda h, inj, _m=getattr(self, name): _m(h, inj, cs, backend)) for name in self.schedule.levels}
 
+    def cpp_level_weights(self):
+        """Per level, the block weights in the activation dtype, as the C++ loop takes them."""
+        from fastrecur.core.cpp_runner import AttentionBlockWeights, MixerBlockWeights
+
+        dt = self.forward_dtype
+        levels = {}
+        for name in self.schedule.levels:
+            module = getattr(self, name)
+            blocks = []
+            for b in module.layers:
+                tail = (b.mlp.gate_up_proj.cast_weight(dt), b.mlp.down_proj.cast_weight(dt))
+                if b.mlp_t_enabled:
+                    blocks.append(MixerBlockWeights(b.mlp_t.gate_up_proj.cast_weight(dt), b.mlp_t.down_proj.cast_weight(dt), *tail))
+                else:
+                    blocks.append(AttentionBlockWeights(b.self_attn.qkv_proj.cast_weight(dt), b.self_attn.o_proj.cast_weight(dt), *tail))
+            levels[name] = blocks * module.repeat
+        return levels
+
+    def _run_cpp(self, states, x) -> str:
+        """The no-grad steps through the C++ loop (all of them when autograd is off); returns the backend
+        for the grad tail (Triton on CUDA when available, else eager)."""
+        from fastrecur._backends import backends
+        from fastrecur.core.cpp_runner import run_steps_cpp
+
+        steps = self.schedule.steps if not torch.is_grad_enabled() else self.schedule.no_grad_steps
+        with torch.no_grad():
+            # The loop writes in place: give it private, contiguous buffers (the carry's tensors stay untouched).
+            for k in self.schedule.states:
+                states[k] = states[k].detach().clone(memory_format=torch.contiguous_format)
+            cs = self.cos_sin()
+            run_steps_cpp(tuple(steps), states, x.detach().contiguous(), self.cpp_level_weights(),
+                          *(cs if cs is not None else (None, None)), num_heads=self.config.num_heads, eps=self.config.rms_norm_eps)
+        return "triton" if x.device.type == "cuda" and backends()["triton"][0] else "eager"
+
     def forward(self, carry: InnerCarry, batch: Mapping[str, torch.Tensor], backend: str = "eager"):
-        """One ACT step on ``backend`` ("eager" here; the ACT wrapper resolves "auto")."""
+        """One ACT step on ``backend`` ("eager", "triton" or "cpp"; the ACT wrapper resolves "auto").
+
+        "cpp" runs the no-grad prefix of the schedule in the C++ loop and the grad tail with autograd.
+        A trace (``self.observer``) always runs on the eager loop, which reports every update.
+        """
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
         states = {s: getattr(carry, s) for s in self.schedule.states}
-        eager.run_schedule(self.schedule, states, x, self.level_fns(backend), self.observer)
+        if backend == "cpp" and self.observer is None:
+            tail_backend = self._run_cpp(states, x)
+            if torch.is_grad_enabled():
+                eager.run_steps(self.schedule.grad_steps, states, x, self.level_fns(tail_backend))
+        else:
+            eager.run_schedule(self.schedule, states, x, self.level_fns(backend), self.observer)
         new_carry = InnerCarry(**{s: states[s].detach() for s in self.schedule.states})
         logits, q = self.readout(states[self.schedule.readout])
         return new_carry, logits, q

@@ -1,0 +1,713 @@
+// fastrecur._C: the no-grad recursion of a recursive model's ACT step as one native call, plus the fused
+// elementwise ops it is built from (exposed on their own for testing and reuse).
+//
+// Registered with TORCH_LIBRARY(fastrecur_C), so Python reaches everything as torch.ops.fastrecur_C.<op>.
+// This is the only torch-facing translation unit (the CPU kernels are header-only, cpu_kernels.h; the CUDA
+// kernels live in kernels.cu behind the torch-free interface cuda_api.h). FASTRECUR_WITH_CUDA is defined
+// by the build when kernels.cu is compiled in.
+//
+// run_steps design:
+// - States are [B, S, D] contiguous tensors, updated in place; slot 0 of the program is the input x,
+//   slots 1..n the states (carried and scratch) in the order passed.
+// - GEMMs go through at::mm_out into a preallocated workspace; attention goes through
+//   at::scaled_dot_product_attention, which allocates its output (and, on some backends, statistics)
+//   internally on every attention block -- the only per-step allocations.
+// - The workspace is one flat buffer per (device, CUDA stream, dtype), kept in a process-wide cache and grown
+//   (never shrunk) when a call needs more; clear_workspaces() releases it. workspace_info() reports how
+//   many buffers were ever allocated, so tests can check that a repeated call allocates nothing new.
+
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/DeviceGuard.h>
+#include <ATen/MemoryOverlap.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cpu_kernels.h"
+#include "cuda_api.h"
+
+#ifdef FASTRECUR_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace fastrecur {
+namespace {
+
+// Invalid arguments raise ValueError (shape, device, layout, aliasing) or TypeError (dtype) in Python, each
+// naming the argument; failures while running (e.g. a CUDA launch error) raise RuntimeError.
+#define FR_CHECK(cond, ...) TORCH_CHECK_VALUE(cond, "fastrecur_C: ", __VA_ARGS__)
+#define FR_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, "fastrecur_C: ", __VA_ARGS__)
+#define FR_CHECK_RUN(cond, ...) TORCH_CHECK(cond, "fastrecur_C: ", __VA_ARGS__)
+
+// ---------------------------------------------------------------------------------------------------------
+// Input checks
+// ---------------------------------------------------------------------------------------------------------
+
+bool is_act_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+void check_act(const at::Tensor& t, const std::string& name) {
+  FR_CHECK(t.defined(), name, " is undefined");
+  FR_CHECK_TYPE(is_act_dtype(t.scalar_type()), name, " must be float32, bfloat16 or float16, got ", t.scalar_type());
+  FR_CHECK(t.device().is_cpu() || t.device().is_cuda(), name, " must be on CPU or CUDA, got ", t.device());
+}
+
+void check_like(const at::Tensor& t, const at::Tensor& ref, const std::string& name, const std::string& ref_name) {
+  FR_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name, " has ",
+           ref.scalar_type());
+  FR_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device());
+}
+
+void check_contig(const at::Tensor& t, const std::string& name) {
+  FR_CHECK(t.is_contiguous(), name, " must be contiguous (got strides ", t.strides(), ")");
+}
+
+// An output may be exactly one of its inputs (element for element) or disjoint from it; anything in
+// between would make results depend on the order in which elements are processed.
+void check_alias_ok(const at::Tensor& out, const at::Tensor& in, const std::string& out_name,
+                    const std::string& in_name) {
+  const auto st = at::get_overlap_status(out, in);
+  if (st == at::MemOverlapStatus::No) return;
+  const bool exact = out.data_ptr() == in.data_ptr() && out.sizes() == in.sizes() && out.strides() == in.strides();
+  FR_CHECK(exact, out_name, " partially overlaps ", in_name, "; it must be the same tensor or not overlap it");
+}
+
+void check_disjoint(const at::Tensor& a, const at::Tensor& b, const std::string& a_name, const std::string& b_name) {
+  FR_CHECK(at::get_overlap_status(a, b) == at::MemOverlapStatus::No, a_name, " and ", b_name,
+           " share memory; they must be distinct, non-overlapping tensors");
+}
+
+void check_rope_tables(const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& x, int64_t seq_len,
+                       int64_t head_dim) {
+  for (const auto* p : {&cos, &sin}) {
+    const std::string name = p == &cos ? "cos" : "sin";
+    FR_CHECK(p->defined(), name, " is undefined");
+    FR_CHECK_TYPE(p->scalar_type() == at::kFloat, name, " must be float32, got ", p->scalar_type());
+    FR_CHECK(p->device() == x.device(), name, " is on ", p->device(), " but the activations are on ", x.device());
+    FR_CHECK(p->dim() == 2 && p->size(0) == seq_len && p->size(1) == head_dim, name, " must have shape [",
+             seq_len, ", ", head_dim, "] (seq_len, head_dim), got ", p->sizes());
+    check_contig(*p, name);
+  }
+  FR_CHECK(head_dim % 2 == 0, "RoPE needs an even head_dim, got ", head_dim);
+  FR_CHECK(head_dim <= cpu::kMaxHeadDim, "head_dim ", head_dim, " exceeds the supported maximum ",
+           cpu::kMaxHeadDim);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Device dispatch of the fused elementwise kernels (arguments already validated)
+// ---------------------------------------------------------------------------------------------------------
+
+[[maybe_unused]] cuda::DType cuda_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cuda::DType::kFloat;
+    case at::kBFloat16: return cuda::DType::kBFloat16;
+    default: return cuda::DType::kHalf;
+  }
+}
+
+#ifdef FASTRECUR_WITH_CUDA
+void* cuda_stream(const at::Tensor& t) {
+  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
+}
+void check_launch(int code, const char* what) {
+  FR_CHECK_RUN(code == 0, what, " kernel launch failed: ", cuda::error_string(code));
+}
+#else
+[[noreturn]] void no_cuda() {
+  FR_CHECK_RUN(false, "this build of fastrecur._C has no CUDA kernels (built without nvcc or a CUDA build of torch); "
+                  "rebuild it on a machine with CUDA_HOME set, or run on CPU");
+}
+#endif
+
+#define FR_DISPATCH_CPU(dtype, ...)                                                              \
+  switch (dtype) {                                                                               \
+    case at::kFloat: { using T = float; __VA_ARGS__; break; }                                    \
+    case at::kBFloat16: { using T = c10::BFloat16; __VA_ARGS__; break; }                         \
+    case at::kHalf: { using T = c10::Half; __VA_ARGS__; break; }                                 \
+    default: FR_CHECK_TYPE(false, "unsupported dtype ", dtype);                                       \
+  }
+
+// out, a, b: 2D [rows, cols] views with stride(1) == 1.
+void k_add_rms_norm_rows(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double eps) {
+  const int64_t rows = out.size(0), cols = out.size(1);
+  if (out.is_cuda()) {
+#ifdef FASTRECUR_WITH_CUDA
+    check_launch(cuda::add_rms_norm_rows(cuda_dtype(out.scalar_type()), out.data_ptr(), out.stride(0), a.data_ptr(),
+                                         a.stride(0), b.data_ptr(), b.stride(0), rows, cols,
+                                         static_cast<float>(eps), cuda_stream(out)),
+                 "add_rms_norm");
+#else
+    no_cuda();
+#endif
+    return;
+  }
+  FR_DISPATCH_CPU(out.scalar_type(),
+                  cpu::add_rms_norm_rows<T>(out.data_ptr<T>(), out.stride(0), a.const_data_ptr<T>(), a.stride(0),
+                                            b.const_data_ptr<T>(), b.stride(0), rows, cols, static_cast<float>(eps)));
+}
+
+// out, gate, up: 2D [rows, cols] views with stride(1) == 1.
+void k_swiglu(const at::Tensor& out, const at::Tensor& gate, const at::Tensor& up) {
+  const int64_t rows = out.size(0), cols = out.size(1);
+  if (out.is_cuda()) {
+#ifdef FASTRECUR_WITH_CUDA
+    check_launch(cuda::swiglu(cuda_dtype(out.scalar_type()), out.data_ptr(), out.stride(0), gate.data_ptr(),
+                              gate.stride(0), up.data_ptr(), up.stride(0), rows, cols, cuda_stream(out)),
+                 "swiglu");
+#else
+    no_cuda();
+#endif
+    return;
+  }
+  FR_DISPATCH_CPU(out.scalar_type(),
+                  cpu::swiglu<T>(out.data_ptr<T>(), out.stride(0), gate.const_data_ptr<T>(), gate.stride(0),
+                                 up.const_data_ptr<T>(), up.stride(0), rows, cols));
+}
+
+// x: 2D [rows, >= heads * head_dim] view with stride(1) == 1; rotates the first `heads` heads of each row.
+void k_rope(const at::Tensor& x, int64_t heads, int64_t head_dim, int64_t seq_len, const at::Tensor& cos,
+            const at::Tensor& sin) {
+  const int64_t rows = x.size(0);
+  if (x.is_cuda()) {
+#ifdef FASTRECUR_WITH_CUDA
+    check_launch(cuda::rope(cuda_dtype(x.scalar_type()), x.data_ptr(), x.stride(0), rows, heads, head_dim, seq_len,
+                            cos.const_data_ptr<float>(), sin.const_data_ptr<float>(), cuda_stream(x)),
+                 "rope");
+#else
+    no_cuda();
+#endif
+    return;
+  }
+  FR_DISPATCH_CPU(x.scalar_type(), cpu::rope<T>(x.data_ptr<T>(), x.stride(0), rows, heads, head_dim, seq_len,
+                                                cos.const_data_ptr<float>(), sin.const_data_ptr<float>()));
+}
+
+// out, a, b: 3D [n0, n1, n2] views with stride(2) == 1; norm over axis 1.
+void k_add_rms_norm_dim1(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double eps) {
+  const int64_t n0 = out.size(0), n1 = out.size(1), n2 = out.size(2);
+  if (out.is_cuda()) {
+#ifdef FASTRECUR_WITH_CUDA
+    auto st = [](const at::Tensor& t) { return cuda::Strides3{t.stride(0), t.stride(1), t.stride(2)}; };
+    check_launch(cuda::add_rms_norm_dim1(cuda_dtype(out.scalar_type()), out.data_ptr(), st(out), a.data_ptr(), st(a),
+                                         b.data_ptr(), st(b), n0, n1, n2, static_cast<float>(eps), cuda_stream(out)),
+                 "add_rms_norm_dim1");
+#else
+    no_cuda();
+#endif
+    return;
+  }
+  FR_DISPATCH_CPU(out.scalar_type(),
+                  cpu::add_rms_norm_dim1<T>(out.data_ptr<T>(), out.strides().data(), a.const_data_ptr<T>(),
+                                            a.strides().data(), b.const_data_ptr<T>(), b.strides().data(), n0, n1,
+                                            n2, static_cast<float>(eps)));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Public elementwise ops (validated)
+// ---------------------------------------------------------------------------------------------------------
+
+void check_eps(double eps) {
+  FR_CHECK(std::isfinite(eps) && eps >= 0.0, "eps must be a finite, non-negative number, got ", eps);
+}
+
+// out = rms_norm(a + b) over the last dim.
+void add_rms_norm_op(const at::Tensor& a, const at::Tensor& b, double eps, const at::Tensor& out) {
+  check_act(a, "a");
+  check_like(b, a, "b", "a");
+  check_like(out, a, "out", "a");
+  FR_CHECK(a.dim() >= 1 && a.numel() > 0, "a must be a non-empty tensor with at least one dim, got ", a.sizes());
+  FR_CHECK(b.sizes() == a.sizes() && out.sizes() == a.sizes(), "a, b and out must have the same shape, got ",
+           a.sizes(), ", ", b.sizes(), ", ", out.sizes());
+  check_contig(a, "a");
+  check_contig(b, "b");
+  check_contig(out, "out");
+  check_alias_ok(out, a, "out", "a");
+  check_alias_ok(out, b, "out", "b");
+  check_eps(eps);
+  at::DeviceGuard guard(a.device());
+  const int64_t cols = a.size(-1);
+  k_add_rms_norm_rows(out.view({-1, cols}), a.view({-1, cols}), b.view({-1, cols}), eps);
+}
+
+// out = silu(gate_up[..., :I]) * gate_up[..., I:].
+void swiglu_op(const at::Tensor& gate_up, const at::Tensor& out) {
+  check_act(gate_up, "gate_up");
+  check_like(out, gate_up, "out", "gate_up");
+  FR_CHECK(gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0 && gate_up.numel() > 0,
+           "gate_up must be non-empty with an even last dim [..., 2*I], got ", gate_up.sizes());
+  auto expect = gate_up.sizes().vec();
+  expect.back() /= 2;
+  FR_CHECK(out.sizes() == at::IntArrayRef(expect), "out must have shape ", expect, ", got ", out.sizes());
+  check_contig(gate_up, "gate_up");
+  check_contig(out, "out");
+  check_disjoint(out, gate_up, "out", "gate_up");
+  at::DeviceGuard guard(out.device());
+  const int64_t inter = out.size(-1);
+  auto gu = gate_up.view({-1, 2 * inter});
+  k_swiglu(out.view({-1, inter}), gu.narrow(1, 0, inter), gu.narrow(1, inter, inter));
+}
+
+// In place RoPE on x [B, S, H, head_dim].
+void rope_op(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  check_act(x, "x");
+  FR_CHECK(x.dim() == 4 && x.numel() > 0, "x must be a non-empty [B, S, H, head_dim] tensor, got ", x.sizes());
+  check_contig(x, "x");
+  check_rope_tables(cos, sin, x, x.size(1), x.size(3));
+  at::DeviceGuard guard(x.device());
+  k_rope(x.view({x.size(0) * x.size(1), x.size(2) * x.size(3)}), x.size(2), x.size(3), x.size(1), cos, sin);
+}
+
+// out = rms_norm over dim 1 of (a + b), for [n0, n1, n2] tensors whose last dim is contiguous.
+void add_rms_norm_dim1_op(const at::Tensor& a, const at::Tensor& b, double eps, const at::Tensor& out) {
+  check_act(a, "a");
+  check_like(b, a, "b", "a");
+  check_like(out, a, "out", "a");
+  FR_CHECK(a.dim() == 3 && a.numel() > 0, "a must be a non-empty 3-D tensor [N, L, D], got ", a.sizes());
+  FR_CHECK(b.sizes() == a.sizes() && out.sizes() == a.sizes(), "a, b and out must have the same shape, got ",
+           a.sizes(), ", ", b.sizes(), ", ", out.sizes());
+  for (const auto* p : {&a, &b, &out}) {
+    const std::string name = p == &a ? "a" : (p == &b ? "b" : "out");
+    FR_CHECK(p->stride(2) == 1, name, " must have a contiguous last dim (stride 1), got strides ", p->strides());
+  }
+  FR_CHECK(at::has_internal_overlap(out) == at::MemOverlap::No, "out must not overlap itself (e.g. an expanded view)");
+  check_alias_ok(out, a, "out", "a");
+  check_alias_ok(out, b, "out", "b");
+  check_eps(eps);
+  at::DeviceGuard guard(a.device());
+  k_add_rms_norm_dim1(out, a, b, eps);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Workspace cache
+// ---------------------------------------------------------------------------------------------------------
+
+struct Workspace {
+  std::mutex mu;  // held for a whole run_steps call: the buffer is not shared between concurrent calls
+  at::Tensor buf;
+};
+
+// (device type, device index, CUDA stream id or 0, dtype): calls on different streams get different
+// buffers, so work queued on one stream never races with another stream's use of the buffer.
+using WsKey = std::tuple<int, int, int64_t, int>;
+
+std::mutex g_ws_mu;
+std::map<WsKey, std::shared_ptr<Workspace>> g_ws;
+std::atomic<int64_t> g_ws_allocs{0};
+std::atomic<int64_t> g_last_native_ops{0};
+
+std::shared_ptr<Workspace> workspace_for(const at::Tensor& x) {
+  int64_t stream = 0;
+#ifdef FASTRECUR_WITH_CUDA
+  if (x.is_cuda()) stream = c10::cuda::getCurrentCUDAStream(x.device().index()).id();
+#endif
+  const WsKey key{static_cast<int>(x.device().type()), static_cast<int>(x.device().index()), stream,
+                  static_cast<int>(x.scalar_type())};
+  std::lock_guard<std::mutex> lock(g_ws_mu);
+  auto& ws = g_ws[key];
+  if (!ws) ws = std::make_shared<Workspace>();
+  return ws;
+}
+
+std::vector<int64_t> workspace_info_op() {
+  std::lock_guard<std::mutex> lock(g_ws_mu);
+  int64_t bytes = 0;
+  for (const auto& kv : g_ws) {
+    if (kv.second->buf.defined()) bytes += kv.second->buf.nbytes();
+  }
+  return {g_ws_allocs.load(), static_cast<int64_t>(g_ws.size()), bytes, g_last_native_ops.load()};
+}
+
+void clear_workspaces_op() {
+  std::lock_guard<std::mutex> lock(g_ws_mu);
+  g_ws.clear();  // a call in flight keeps its shared_ptr alive until it finishes
+}
+
+bool has_cuda_kernels_op() {
+#ifdef FASTRECUR_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// run_steps: the no-grad recursion
+// ---------------------------------------------------------------------------------------------------------
+
+enum BlockKind : int64_t { kAttention = 0, kMixer = 1 };
+enum Opcode : int64_t { kUpdate = 0, kCopy = 1 };
+constexpr int64_t kProgramHeader = 4;  // [opcode, target, level | source, n_inject, inject...]
+
+// One block's weights and derived sizes (attention: w0 = qkv, w1 = o; mixer: w0 = t_gate_up, w1 = t_down).
+struct Block {
+  at::Tensor w0, w1, gate_up, down;
+  int64_t mix_inter = 0;  // attention: heads * head_dim; mixer: token-MLP hidden size
+  int64_t head_dim = 0;
+  int64_t inter = 0;  // channel MLP hidden size
+  at::Tensor w0_padded;  // mixer: t_gate_up with its L axis zero-padded to a multiple of kTokenPad (workspace)
+};
+
+// The token-mixer's first GEMM contracts over the sequence axis L (97 for Sudoku). An odd or unaligned K is a
+// slow path for bf16 GEMMs (oneDNN on CPU: about 13x slower for K = 97 than K = 98; cuBLAS needs 16-byte
+// aligned rows for its tensor-core kernels), so L is zero-padded to a multiple of kTokenPad there.
+constexpr int64_t kTokenPad = 8;
+int64_t padded_tokens(int64_t L) { return (L + kTokenPad - 1) / kTokenPad * kTokenPad; }
+
+void check_weight(const at::Tensor& w, const at::Tensor& x, const std::string& name, int64_t rows, int64_t cols) {
+  FR_CHECK(w.defined(), name, " is undefined");
+  check_like(w, x, name, "x");
+  FR_CHECK(w.dim() == 2, name, " must be 2-D, got shape ", w.sizes());
+  FR_CHECK((rows < 0 || w.size(0) == rows) && (cols < 0 || w.size(1) == cols), name, " must have shape [",
+           rows < 0 ? std::string("*") : std::to_string(rows), ", ", cols < 0 ? std::string("*") : std::to_string(cols),
+           "], got ", w.sizes());
+  FR_CHECK(w.numel() > 0, name, " is empty");
+  check_contig(w, name);
+}
+
+Block make_block(at::TensorList weights, int64_t idx, int64_t kind, const at::Tensor& x, int64_t num_heads) {
+  const int64_t S = x.size(1), D = x.size(2);
+  auto nm = [&](int k, const char* what) {
+    return "weights[" + std::to_string(4 * idx + k) + "] (block " + std::to_string(idx) + " " + what + ")";
+  };
+  Block b;
+  b.w0 = weights[4 * idx];
+  b.w1 = weights[4 * idx + 1];
+  b.gate_up = weights[4 * idx + 2];
+  b.down = weights[4 * idx + 3];
+  if (kind == kAttention) {
+    check_weight(b.w0, x, nm(0, "qkv"), -1, D);
+    FR_CHECK(b.w0.size(0) % (3 * num_heads) == 0, nm(0, "qkv"), " has ", b.w0.size(0),
+             " rows, not a multiple of 3 * num_heads = ", 3 * num_heads);
+    b.head_dim = b.w0.size(0) / (3 * num_heads);
+    b.mix_inter = num_heads * b.head_dim;
+    check_weight(b.w1, x, nm(1, "o"), D, b.mix_inter);
+  } else {
+    check_weight(b.w0, x, nm(0, "t_gate_up"), -1, S);
+    FR_CHECK(b.w0.size(0) % 2 == 0, nm(0, "t_gate_up"), " must have an even number of rows [2*I_t, L], got ",
+             b.w0.sizes());
+    b.mix_inter = b.w0.size(0) / 2;
+    check_weight(b.w1, x, nm(1, "t_down"), S, b.mix_inter);
+  }
+  check_weight(b.gate_up, x, nm(2, "gate_up"), -1, D);
+  FR_CHECK(b.gate_up.size(0) % 2 == 0, nm(2, "gate_up"), " must have an even number of rows [2*I, D], got ",
+           b.gate_up.sizes());
+  b.inter = b.gate_up.size(0) / 2;
+  check_weight(b.down, x, nm(3, "down"), D, b.inter);
+  return b;
+}
+
+// Offsets (in elements) of the workspace regions; each starts on a 64-element boundary.
+struct Layout {
+  int64_t inj = 0, o = 0, mix = 0, gu = 0, act = 0, wpad = 0, total = 0;
+};
+
+int64_t align_up(int64_t n) { return (n + 63) / 64 * 64; }
+
+Layout plan_workspace(const std::vector<Block>& blocks, int64_t kind, int64_t B, int64_t S, int64_t D) {
+  const int64_t M = B * S;
+  const int64_t Lp = padded_tokens(S);
+  int64_t mix = 0, gu = 0, act = 0, wpad = 0;
+  for (const auto& b : blocks) {
+    gu = std::max(gu, M * 2 * b.inter);
+    act = std::max(act, M * b.inter);
+    if (kind == kAttention) {
+      mix = std::max(mix, M * 3 * b.mix_inter);          // qkv
+      act = std::max(act, M * b.mix_inter);              // attention output, if SDPA's is not [B,S,H,hd]
+    } else {
+      mix = std::max(mix, Lp * B * D);                   // h transposed to [Lp, B, D], zero-padded
+      wpad += align_up(2 * b.mix_inter * Lp);            // padded t_gate_up [2*I_t, Lp]
+      gu = std::max(gu, 2 * b.mix_inter * B * D);        // token-MLP gate/up [2*I_t, B*D]
+      act = std::max(act, b.mix_inter * B * D);          // token-MLP activation [I_t, B*D]
+    }
+  }
+  Layout l;
+  int64_t off = 0;
+  l.inj = off; off += align_up(M * D);
+  l.o = off; off += align_up(M * D);
+  l.mix = off; off += align_up(mix);
+  l.gu = off; off += align_up(gu);
+  l.act = off; off += align_up(act);
+  l.wpad = off; off += wpad;
+  l.total = off;
+  return l;
+}
+
+struct Runner {
+  at::Tensor buf;
+  Layout lay;
+  int64_t B, S, D, num_heads, Lp;
+  double eps;
+  std::optional<at::Tensor> cos, sin;
+  int64_t ops = 0;  // native ops issued (ATen calls + fused kernels), reported by workspace_info
+
+  at::Tensor region(int64_t off, at::IntArrayRef sizes) const {
+    int64_t n = 1;
+    for (auto s : sizes) n *= s;
+    return buf.narrow(0, off, n).view(sizes);
+  }
+
+  // h2 = rms_norm(h2 + (silu(gate) * up) @ down.T) with [gate | up] = h2 @ gate_up.T.
+  void mlp(const at::Tensor& h2, const Block& b) {
+    const int64_t M = B * S;
+    auto gu = region(lay.gu, {M, 2 * b.inter});
+    at::mm_out(gu, h2, b.gate_up.t());
+    auto act = region(lay.act, {M, b.inter});
+    k_swiglu(act, gu.narrow(1, 0, b.inter), gu.narrow(1, b.inter, b.inter));
+    auto o = region(lay.o, {M, D});
+    at::mm_out(o, act, b.down.t());
+    k_add_rms_norm_rows(h2, h2, o, eps);
+    ops += 5;
+  }
+
+  void attention_block(const at::Tensor& h2, const Block& b) {
+    const int64_t M = B * S, H = num_heads, hd = b.head_dim;
+    auto qkv = region(lay.mix, {M, 3 * H * hd});
+    at::mm_out(qkv, h2, b.w0.t());
+    ops += 1;
+    if (cos) {
+      k_rope(qkv, 2 * H, hd, S, *cos, *sin);  // q and k heads are the first 2*H heads of each row
+      ops += 1;
+    }
+    auto q5 = qkv.view({B, S, 3, H, hd});
+    auto q = q5.select(2, 0).transpose(1, 2), k = q5.select(2, 1).transpose(1, 2), v = q5.select(2, 2).transpose(1, 2);
+    // Allocates its output internally (see the file comment).
+    auto att = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, 1.0 / std::sqrt(double(hd)))
+                   .transpose(1, 2);  // [B, S, H, hd]
+    ops += 1;
+    at::Tensor a2;
+    if (att.is_contiguous()) {
+      a2 = att.view({M, H * hd});
+    } else {
+      a2 = region(lay.act, {M, H * hd});
+      a2.view({B, S, H, hd}).copy_(att);
+      ops += 1;
+    }
+    auto o = region(lay.o, {M, D});
+    at::mm_out(o, a2, b.w1.t());
+    k_add_rms_norm_rows(h2, h2, o, eps);
+    ops += 2;
+    mlp(h2, b);
+  }
+
+  // Token mixing in the [L, B*D] layout, so both token GEMMs are single large GEMMs:
+  // hT = h^T; G = t_gate_up @ hT; act = silu(G[:I_t]) * G[I_t:]; out = t_down @ act;
+  // h = rms_norm over L of (hT + out), written straight back into h's [B, L, D] layout.
+  void mixer_block(const at::Tensor& h2, const Block& b) {
+    const int64_t N = B * D, It = b.mix_inter;
+    auto h3 = h2.view({B, S, D});
+    auto hTp = region(lay.mix, {Lp, B, D});  // rows S..Lp-1 stay zero (set once per call)
+    auto hT = hTp.narrow(0, 0, S);
+    hT.copy_(h3.permute({1, 0, 2}));
+    auto G = region(lay.gu, {2 * It, N});
+    at::mm_out(G, b.w0_padded, hTp.view({Lp, N}));
+    auto act = region(lay.act, {It, N});
+    k_swiglu(act, G.narrow(0, 0, It), G.narrow(0, It, It));
+    auto outT = region(lay.o, {S, N});
+    at::mm_out(outT, b.w1, act);
+    k_add_rms_norm_dim1(h3, hT.permute({1, 0, 2}), outT.view({S, B, D}).permute({1, 0, 2}), eps);
+    ops += 5;
+    mlp(h2, b);
+  }
+};
+
+void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& program, at::TensorList weights,
+                  at::IntArrayRef level_offsets, const std::optional<at::Tensor>& cos,
+                  const std::optional<at::Tensor>& sin, int64_t num_heads, double eps, int64_t block_kind) {
+  // ---- activations
+  check_act(x, "x");
+  FR_CHECK(x.dim() == 3 && x.numel() > 0, "x must be a non-empty [B, S, D] tensor, got ", x.sizes());
+  check_contig(x, "x");
+  const int64_t B = x.size(0), S = x.size(1), D = x.size(2);
+  const int64_t n_slots = static_cast<int64_t>(states.size()) + 1;
+  FR_CHECK(!states.empty(), "states must hold at least one tensor");
+  for (size_t i = 0; i < states.size(); ++i) {
+    const std::string name = "states[" + std::to_string(i) + "]";
+    FR_CHECK(states[i].defined(), name, " is undefined");
+    check_like(states[i], x, name, "x");
+    FR_CHECK(states[i].sizes() == x.sizes(), name, " must have the shape of x ", x.sizes(), ", got ",
+             states[i].sizes());
+    check_contig(states[i], name);
+    check_disjoint(states[i], x, name, "x");
+    for (size_t j = 0; j < i; ++j) {
+      check_disjoint(states[i], states[j], name, "states[" + std::to_string(j) + "]");
+    }
+  }
+  // ---- levels and weights
+  FR_CHECK(block_kind == kAttention || block_kind == kMixer, "block_kind must be 0 (attention) or 1 (mixer), got ",
+           block_kind);
+  FR_CHECK(block_kind != kAttention || num_heads >= 1, "num_heads must be >= 1, got ", num_heads);
+  check_eps(eps);
+  FR_CHECK(level_offsets.size() >= 2 && level_offsets[0] == 0,
+           "level_offsets must start at 0 and hold n_levels + 1 block offsets, got ", level_offsets);
+  for (size_t i = 1; i < level_offsets.size(); ++i) {
+    FR_CHECK(level_offsets[i] >= level_offsets[i - 1], "level_offsets must be non-decreasing, got ", level_offsets);
+  }
+  const int64_t n_levels = static_cast<int64_t>(level_offsets.size()) - 1;
+  const int64_t n_blocks = level_offsets.back();
+  FR_CHECK(static_cast<int64_t>(weights.size()) == 4 * n_blocks, "weights must hold 4 tensors per block (",
+           n_blocks, " blocks by level_offsets), got ", weights.size());
+  std::vector<Block> blocks;
+  blocks.reserve(n_blocks);
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    blocks.push_back(make_block(weights, i, block_kind, x, num_heads));
+    for (int k = 0; k < 4; ++k) {
+      for (size_t s = 0; s < states.size(); ++s) {
+        check_disjoint(weights[4 * i + k], states[s], "weights[" + std::to_string(4 * i + k) + "]",
+                       "states[" + std::to_string(s) + "]");
+      }
+    }
+  }
+  // ---- RoPE tables (attention blocks only; mixer blocks have no positions to rotate)
+  FR_CHECK(cos.has_value() == sin.has_value(), "cos and sin must be given together (or both None)");
+  const bool use_rope = block_kind == kAttention && cos.has_value();
+  if (use_rope) {
+    for (const auto& b : blocks) check_rope_tables(*cos, *sin, x, S, b.head_dim);
+  }
+  // ---- program
+  FR_CHECK(program.defined() && program.device().is_cpu() && program.scalar_type() == at::kLong &&
+               program.dim() == 2 && program.is_contiguous() && program.size(1) >= kProgramHeader,
+           "program must be a contiguous int64 CPU tensor [n_steps, >= ", kProgramHeader, "], got ",
+           program.defined() ? program.toString() : std::string("undefined"), " ", program.sizes());
+  const int64_t n_steps = program.size(0), width = program.size(1);
+  const int64_t* prog = program.const_data_ptr<int64_t>();
+  for (int64_t s = 0; s < n_steps; ++s) {
+    const int64_t* r = prog + s * width;
+    const std::string at_step = "program step " + std::to_string(s) + ": ";
+    FR_CHECK(r[0] == kUpdate || r[0] == kCopy, at_step, "unknown opcode ", r[0]);
+    FR_CHECK(r[1] >= 1 && r[1] < n_slots, at_step, "target slot ", r[1], " outside [1, ", n_slots - 1,
+             "] (slot 0 is x, which is read-only)");
+    if (r[0] == kUpdate) {
+      FR_CHECK(r[2] >= 0 && r[2] < n_levels, at_step, "level ", r[2], " outside [0, ", n_levels - 1, "]");
+      FR_CHECK(r[3] >= 0 && r[3] <= width - kProgramHeader, at_step, "inject count ", r[3], " outside [0, ",
+               width - kProgramHeader, "]");
+      for (int64_t j = 0; j < r[3]; ++j) {
+        FR_CHECK(r[kProgramHeader + j] >= 0 && r[kProgramHeader + j] < n_slots, at_step, "inject slot ",
+                 r[kProgramHeader + j], " outside [0, ", n_slots - 1, "]");
+      }
+    } else {
+      FR_CHECK(r[2] >= 0 && r[2] < n_slots, at_step, "copy source slot ", r[2], " outside [0, ", n_slots - 1, "]");
+    }
+  }
+
+  // ---- run
+  at::DeviceGuard guard(x.device());
+  auto ws = workspace_for(x);
+  std::lock_guard<std::mutex> lock(ws->mu);
+  Runner run;
+  run.lay = plan_workspace(blocks, block_kind, B, S, D);
+  if (!ws->buf.defined() || ws->buf.numel() < run.lay.total) {
+    ws->buf = at::Tensor();  // release the old buffer before allocating the larger one
+    ws->buf = at::empty({run.lay.total}, x.options());
+    g_ws_allocs.fetch_add(1);
+  }
+  run.buf = ws->buf;
+  run.B = B;
+  run.S = S;
+  run.D = D;
+  run.num_heads = num_heads;
+  run.eps = eps;
+  run.Lp = padded_tokens(S);
+  if (block_kind == kMixer) {
+    // Zero-padded token weights and the zero rows of the transposed state: once per call, not per step.
+    run.region(run.lay.mix, {run.Lp, B, D}).narrow(0, S, run.Lp - S).zero_();
+    int64_t off = run.lay.wpad;
+    for (auto& b : blocks) {
+      b.w0_padded = run.region(off, {2 * b.mix_inter, run.Lp});
+      b.w0_padded.narrow(1, 0, S).copy_(b.w0);
+      b.w0_padded.narrow(1, S, run.Lp - S).zero_();
+      off += align_up(2 * b.mix_inter * run.Lp);
+      run.ops += 2;
+    }
+    run.ops += 1;
+  }
+  if (use_rope) {
+    run.cos = *cos;
+    run.sin = *sin;
+  }
+  auto slot = [&](int64_t i) -> const at::Tensor& { return i == 0 ? x : states[i - 1]; };
+  const int64_t M = B * S;
+  for (int64_t s = 0; s < n_steps; ++s) {
+    const int64_t* r = prog + s * width;
+    const at::Tensor& target = slot(r[1]);
+    if (r[0] == kCopy) {
+      if (r[2] != r[1]) {
+        target.copy_(slot(r[2]));
+        run.ops += 1;
+      }
+      continue;
+    }
+    // target = target + (inj_0 + inj_1 + ...), summed in the order given, like the eager loop.
+    const int64_t n_inj = r[3];
+    const int64_t* inj = r + kProgramHeader;
+    if (n_inj == 1) {
+      target.add_(slot(inj[0]));
+      run.ops += 1;
+    } else if (n_inj >= 2) {
+      auto sum = run.region(run.lay.inj, {B, S, D});
+      at::add_out(sum, slot(inj[0]), slot(inj[1]));
+      for (int64_t j = 2; j < n_inj; ++j) sum.add_(slot(inj[j]));
+      target.add_(sum);
+      run.ops += n_inj;
+    }
+    auto h2 = target.view({M, D});
+    for (int64_t bi = level_offsets[r[2]]; bi < level_offsets[r[2] + 1]; ++bi) {
+      if (block_kind == kAttention) {
+        run.attention_block(h2, blocks[bi]);
+      } else {
+        run.mixer_block(h2, blocks[bi]);
+      }
+    }
+  }
+  g_last_native_ops.store(run.ops);
+}
+
+}  // namespace
+}  // namespace fastrecur
+
+TORCH_LIBRARY(fastrecur_C, m) {
+  m.def("add_rms_norm(Tensor a, Tensor b, float eps, Tensor(a!) out) -> ()");
+  m.def("swiglu(Tensor gate_up, Tensor(a!) out) -> ()");
+  m.def("rope_(Tensor(a!) x, Tensor cos, Tensor sin) -> ()");
+  m.def("add_rms_norm_dim1(Tensor a, Tensor b, float eps, Tensor(a!) out) -> ()");
+  m.def(
+      "run_steps(Tensor(a!)[] states, Tensor x, Tensor program, Tensor[] weights, int[] level_offsets, "
+      "Tensor? cos, Tensor? sin, int num_heads, float eps, int block_kind) -> ()");
+  m.def("workspace_info() -> int[]", &fastrecur::workspace_info_op);
+  m.def("clear_workspaces() -> ()", &fastrecur::clear_workspaces_op);
+  m.def("has_cuda_kernels() -> bool", &fastrecur::has_cuda_kernels_op);
+}
+
+TORCH_LIBRARY_IMPL(fastrecur_C, CPU, m) {
+  m.impl("add_rms_norm", &fastrecur::add_rms_norm_op);
+  m.impl("swiglu", &fastrecur::swiglu_op);
+  m.impl("rope_", &fastrecur::rope_op);
+  m.impl("add_rms_norm_dim1", &fastrecur::add_rms_norm_dim1_op);
+  m.impl("run_steps", &fastrecur::run_steps_op);
+}
+
+TORCH_LIBRARY_IMPL(fastrecur_C, CUDA, m) {
+  m.impl("add_rms_norm", &fastrecur::add_rms_norm_op);
+  m.impl("swiglu", &fastrecur::swiglu_op);
+  m.impl("rope_", &fastrecur::rope_op);
+  m.impl("add_rms_norm_dim1", &fastrecur::add_rms_norm_dim1_op);
+  m.impl("run_steps", &fastrecur::run_steps_op);
+}
+
+// Importing fastrecur._C loads this library, which runs the registrations above; the Python module itself is
+// empty (the ops live under torch.ops.fastrecur_C).
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastrecur native ops (torch.ops.fastrecur_C)",
+                                          -1, nullptr};
+  return PyModule_Create(&module_def);
+}

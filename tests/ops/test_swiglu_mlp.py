@@ -1,0 +1,97 @@
+"""fastrecur.ops.swiglu_mlp: rms_norm(h + SwiGLU(h)) through the Triton interpreter against eager torch
+(fp64 and the input dtype), output and the gradients of h, w_gate_up and w_down; layouts, bad inputs,
+torch.compile and opcheck."""
+import pytest
+import torch
+
+from fastrecur.ops.swiglu_mlp import swiglu_mlp_block, swiglu_mlp_block_reference
+from test_add_rms_norm import DTYPES, check_fused  # shared comparison (tests/ops is on sys.path)
+
+
+def _weights(d, i, dtype):
+    return (torch.randn(2 * i, d) / d**0.5).to(dtype), (torch.randn(d, i) / i**0.5).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_reference(dtype):
+    """M = 97 rows, D = 64, I = 80: neither rows nor the hidden size fill whole tiles."""
+    h = torch.randn(97, 64, dtype=dtype)
+    y, _ = check_fused(swiglu_mlp_block, swiglu_mlp_block_reference, [h, *_weights(64, 80, dtype)])
+    assert y.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_one_odd_dim(dtype):
+    """[1, 5, 48] activations (D = 48 is not a power of two)."""
+    h = torch.randn(1, 5, 48, dtype=dtype)
+    check_fused(swiglu_mlp_block, swiglu_mlp_block_reference, [h, *_weights(48, 40, dtype)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_many_tiles(dtype):
+    """1100 rows x I = 72: more row tiles than one swizzle group, two column tiles, several K steps."""
+    h = torch.randn(1100, 96, dtype=dtype)
+    check_fused(swiglu_mlp_block, swiglu_mlp_block_reference, [h, *_weights(96, 72, dtype)])
+
+
+def test_empty_rows():
+    h = torch.randn(0, 32, requires_grad=True)
+    wgu, wd = (w.requires_grad_() for w in _weights(32, 16, torch.float32))
+    y = swiglu_mlp_block(h, wgu, wd)
+    assert y.shape == (0, 32)
+    dh, dwgu, dwd = torch.autograd.grad(y.sum(), [h, wgu, wd])
+    assert dh.shape == (0, 32) and not dwgu.any() and not dwd.any()
+
+
+def test_strided_inputs():
+    """Padded rows of h and transposed (column-major) weights are read through their strides."""
+    h = torch.randn(33, 100)[:, 3:51]
+    w_gate_up = (torch.randn(48, 80) / 48**0.5).t()  # [80, 48] with strides (1, 80)
+    w_down = (torch.randn(40, 48) / 40**0.5).t()  # [48, 40]
+    check_fused(swiglu_mlp_block, swiglu_mlp_block_reference, [h, w_gate_up, w_down])
+
+
+def test_bad_inputs(monkeypatch):
+    h = torch.randn(4, 16)
+    wgu, wd = _weights(16, 8, torch.float32)
+    with pytest.raises(ValueError, match="w_gate_up"):
+        swiglu_mlp_block(h, wgu[:, :8], wd)
+    with pytest.raises(ValueError, match="w_gate_up"):
+        swiglu_mlp_block(h, wgu[:15], wd)
+    with pytest.raises(ValueError, match="w_down"):
+        swiglu_mlp_block(h, wgu, wd[:, :4])
+    with pytest.raises(ValueError, match="w_down"):
+        swiglu_mlp_block(h, wgu, wd.reshape(-1))
+    with pytest.raises(TypeError, match="w_down"):
+        swiglu_mlp_block(h, wgu, wd.half())
+    with pytest.raises(TypeError, match="h"):
+        swiglu_mlp_block(h.double(), wgu.double(), wd.double())
+    with pytest.raises(ValueError, match="w_gate_up"):
+        swiglu_mlp_block(h, wgu.to("meta"), wd)
+    with pytest.raises(ValueError, match="eps"):
+        swiglu_mlp_block(h, wgu, wd, eps=-1.0)
+    with pytest.raises(ValueError, match="2048"):
+        swiglu_mlp_block(torch.randn(1, 2049), torch.randn(2, 2049), torch.randn(2049, 1))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        swiglu_mlp_block(h, wgu, wd)
+
+
+def test_compile_fullgraph_and_opcheck():
+    h = torch.randn(2, 9, 32, requires_grad=True)
+    wgu = torch.randn(48, 32, requires_grad=True)
+    wd = torch.randn(32, 24, requires_grad=True)
+
+    def f(a, b, c):
+        return swiglu_mlp_block(a, b, c) + 1
+
+    assert torch._dynamo.explain(f)(h, wgu, wd).graph_break_count == 0
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    y = compiled(h, wgu, wd)
+    grads = torch.autograd.grad(y.sum(), [h, wgu, wd])
+    y_e = f(h, wgu, wd)
+    grads_e = torch.autograd.grad(y_e.sum(), [h, wgu, wd])
+    torch.testing.assert_close(y, y_e)
+    for g, g_e in zip(grads, grads_e):
+        torch.testing.assert_close(g, g_e)
+    torch.library.opcheck(torch.ops.fastrecur.swiglu_mlp_block_fwd.default, (h, wgu, wd, 1e-5))

@@ -1,0 +1,338 @@
+"""Tests of the native extension fastrecur._C: the fused elementwise CPU ops against eager torch, and the
+native recursion (run_steps_cpp) against a plain Python loop of the block math written here from torch ops.
+
+Skipped when the extension is not built, unless FASTRECUR_REQUIRE_EXT=1 (then they fail).
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastrecur import _ext
+from fastrecur.core.cpp_runner import AttentionBlockWeights, MixerBlockWeights, run_steps_cpp
+from fastrecur.core.schedule import Copy, Update
+
+EPS = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _need_ext():
+    if not _ext.available():
+        if os.environ.get("FASTRECUR_REQUIRE_EXT") == "1":
+            pytest.fail(f"FASTRECUR_REQUIRE_EXT=1 but {_ext.status()}")
+        pytest.skip(_ext.status())
+
+
+def C():
+    return torch.ops.fastrecur_C
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Eager reference (the model math, from plain torch ops)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def rms(x, eps=EPS):
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def swiglu_mlp(h, gate_up, down):
+    g, u = (h @ gate_up.T).chunk(2, dim=-1)
+    return (F.silu(g) * u) @ down.T
+
+
+def rope(q, cos, sin):  # q [B, S, H, hd]
+    qf = q.float()
+    half = q.shape[-1] // 2
+    rot = torch.cat((-qf[..., half:], qf[..., :half]), dim=-1)
+    return (qf * cos[:, None, :] + rot * sin[:, None, :]).to(q.dtype)
+
+
+def attention_block(h, w, num_heads, cos, sin):
+    B, S, _ = h.shape
+    qkv = (h @ w.qkv.T).view(B, S, 3, num_heads, -1)
+    q, k, v = qkv.unbind(2)
+    if cos is not None:
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    h = rms(h + o.transpose(1, 2).reshape(B, S, -1) @ w.o.T)
+    return rms(h + swiglu_mlp(h, w.gate_up, w.down))
+
+
+def mixer_block(h, w):
+    hT = h.transpose(1, 2)
+    h = rms(hT + swiglu_mlp(hT, w.t_gate_up, w.t_down)).transpose(1, 2)
+    return rms(h + swiglu_mlp(h, w.gate_up, w.down))
+
+
+def eager_loop(steps, states, x, levels, cos, sin, num_heads):
+    st = dict(states)
+    for step in steps:
+        if isinstance(step, Copy):
+            st[step.target] = st[step.source]
+            continue
+        h = st[step.target]
+        inj = None
+        for name in step.inject:
+            v = x if name == "x" else st[name]
+            inj = v if inj is None else inj + v
+        if inj is not None:
+            h = h + inj
+        for w in levels[step.level]:
+            h = attention_block(h, w, num_heads, cos, sin) if isinstance(w, AttentionBlockWeights) else mixer_block(h, w)
+        st[step.target] = h
+    return st
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Problem builders (small, odd sizes: tails of the vector loops, B = 1 and B > 1)
+# ----------------------------------------------------------------------------------------------------------
+
+B, S, D, H, HD, INTER, INTER_T = 2, 7, 40, 2, 20, 56, 12
+
+
+def rand_w(rows, cols):
+    return torch.randn(rows, cols) / cols**0.5
+
+
+def attention_weights(n):
+    return [AttentionBlockWeights(rand_w(3 * H * HD, D), rand_w(D, H * HD), rand_w(2 * INTER, D), rand_w(D, INTER))
+            for _ in range(n)]
+
+
+def mixer_weights(n, seq=S):
+    return [MixerBlockWeights(rand_w(2 * INTER_T, seq), rand_w(seq, INTER_T), rand_w(2 * INTER, D), rand_w(D, INTER))
+            for _ in range(n)]
+
+
+def rope_tables(seq=S, hd=HD):
+    inv = 1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    freqs = torch.outer(torch.arange(seq, dtype=torch.float32), inv)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def trm_steps(h_cycles=2, l_cycles=2):
+    steps = []
+    for _ in range(h_cycles):
+        steps += [Update("z_L", "L", ("z_H", "x"))] * l_cycles + [Update("z_H", "L", ("z_L",))]
+    return steps
+
+
+HRM_STEPS = [Update("z_L", "L", ("z_H", "x"))] * 2 + [Update("z_H", "H", ("z_L",))] + [Update("z_L", "L", ("z_H", "x"))]
+SRM_STEPS = ([Copy("a", "z")] + [Update("z", "L", ("a", "x"))] * 2 + [Copy("a", "z"), Update("z", "L", ("a", "x"))])
+
+
+def make_case(name, batch=B):
+    torch.manual_seed(1)
+    seq = S
+    x = torch.randn(batch, seq, D)
+    if name == "trm":
+        return trm_steps(), {"z_H": torch.randn(batch, seq, D), "z_L": torch.randn(batch, seq, D)}, x, \
+            {"L": attention_weights(2)}, rope_tables()
+    if name == "trm_mlp_t":
+        return trm_steps(), {"z_H": torch.randn(batch, seq, D), "z_L": torch.randn(batch, seq, D)}, x, \
+            {"L": mixer_weights(2)}, (None, None)
+    if name == "hrm":
+        return HRM_STEPS, {"z_H": torch.randn(batch, seq, D), "z_L": torch.randn(batch, seq, D)}, x, \
+            {"H": attention_weights(2), "L": attention_weights(2)}, rope_tables()
+    if name == "srm":
+        return SRM_STEPS, {"z": torch.randn(batch, seq, D)}, x, {"L": attention_weights(1)}, (None, None)
+    raise KeyError(name)
+
+
+def cast_case(case, dtype):
+    steps, states, x, levels, (cos, sin) = case
+    states = {k: v.to(dtype).contiguous() for k, v in states.items()}
+    levels = {k: [type(w)(*(t.to(dtype) for t in w)) for w in ws] for k, ws in levels.items()}
+    return steps, states, x.to(dtype), levels, (cos, sin)
+
+
+def run_both(case):
+    steps, states, x, levels, (cos, sin) = case
+    ref = eager_loop(steps, states, x, levels, cos, sin, H)
+    got = run_steps_cpp(steps, {k: v.clone() for k, v in states.items()}, x, levels, cos, sin, H, EPS)
+    return ref, got
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fused elementwise ops vs eager
+# ----------------------------------------------------------------------------------------------------------
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-3, atol=1e-3),
+       torch.bfloat16: dict(rtol=8e-3, atol=8e-3)}  # about one ulp of the output dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_add_rms_norm(dtype, inplace):
+    a, b = torch.randn(3, 5, 300, dtype=dtype), torch.randn(3, 5, 300, dtype=dtype)  # 300 > one staging block
+    ref = rms(a + b)
+    out = a if inplace else torch.empty_like(a)
+    C().add_rms_norm(a, b, EPS, out)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_swiglu(dtype):
+    gu = torch.randn(1, 6, 2 * 37, dtype=dtype) * 4
+    out = torch.empty(1, 6, 37, dtype=dtype)
+    C().swiglu(gu, out)
+    g, u = gu.chunk(2, -1)
+    ref = (F.silu(g.float()) * u.float()).to(dtype)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rope(dtype):
+    x = torch.randn(2, 7, 3, 20, dtype=dtype)
+    cos, sin = rope_tables(7, 20)
+    ref = rope(x, cos, sin)
+    C().rope_(x, cos, sin)
+    torch.testing.assert_close(x, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_add_rms_norm_dim1(dtype, inplace):
+    a = torch.randn(2, 9, 70, dtype=dtype)
+    b = torch.randn(9, 2, 70, dtype=dtype).transpose(0, 1)  # strided operand, as in the mixer block
+    ref = rms((a + b).transpose(1, 2)).transpose(1, 2)
+    out = a if inplace else torch.empty_like(a)
+    C().add_rms_norm_dim1(a, b, EPS, out)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The recursion vs the eager loop
+# ----------------------------------------------------------------------------------------------------------
+
+CASES = ["trm", "trm_mlp_t", "hrm", "srm"]
+
+
+def max_rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_run_steps_fp32(name):
+    ref, got = run_both(make_case(name))
+    assert set(got) >= set(ref)
+    for k in ref:
+        assert max_rel(got[k], ref[k]) <= 1e-5, k
+
+
+def test_run_steps_fp32_batch1():
+    ref, got = run_both(make_case("trm", batch=1))
+    for k in ref:
+        assert max_rel(got[k], ref[k]) <= 1e-5, k
+
+
+def rmse(a, b):
+    return (a.double() - b.double()).pow(2).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", CASES)
+def test_run_steps_low_precision(name, dtype):
+    """Error vs the fp32 loop at most ~2x the eager low-precision loop's (RMS over all elements: the max is
+    dominated by the chaotic growth of rounding noise through the recursion, for either path)."""
+    case32 = make_case(name)
+    ref32 = eager_loop(*case32[:4], *case32[4], H)
+    ref16, got16 = run_both(cast_case(case32, dtype))
+    for k in ref32:
+        assert got16[k].dtype == dtype
+        err_eager, err_cpp = rmse(ref16[k], ref32[k]), rmse(got16[k], ref32[k])
+        assert err_cpp <= 2 * err_eager + 5e-3, (k, err_cpp, err_eager)
+
+
+def test_run_steps_in_place_and_scratch():
+    steps, states, x, levels, (cos, sin) = make_case("srm")
+    z = states["z"]
+    out = run_steps_cpp(steps, states, x, levels, cos, sin, H, EPS)
+    assert out is states and out["z"] is z  # updated in place
+    assert "a" in out and out["a"].shape == z.shape  # scratch state allocated by the runner
+    ref = eager_loop(steps, make_case("srm")[1], x, levels, cos, sin, H)
+    assert max_rel(out["a"], ref["a"]) <= 1e-5
+
+
+def test_workspace_reused():
+    case = make_case("trm")
+    run_both(case)
+    before = _ext.workspace_info()
+    steps, states, x, levels, (cos, sin) = case
+    run_steps_cpp(steps, states, x, levels, cos, sin, H, EPS)
+    after = _ext.workspace_info()
+    assert after["allocations"] == before["allocations"]
+    assert after["bytes"] == before["bytes"]
+    assert after["last_call_ops"] > 0
+    _ext.clear_workspaces()
+    run_steps_cpp(steps, states, x, levels, cos, sin, H, EPS)
+    assert _ext.workspace_info()["allocations"] == after["allocations"] + 1
+
+
+def test_status():
+    assert _ext.available()
+    assert "fastrecur._C loaded" in _ext.status()
+    assert isinstance(_ext.has_cuda_kernels(), bool)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad inputs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_bad_states():
+    steps, states, x, levels, (cos, sin) = make_case("trm")
+    with pytest.raises(TypeError, match="z_H"):
+        run_steps_cpp(steps, {**states, "z_H": states["z_H"].double()}, x, levels, cos, sin, H)
+    with pytest.raises(ValueError, match="contiguous"):
+        run_steps_cpp(steps, {**states, "z_H": states["z_H"].transpose(0, 1)}, x, levels, cos, sin, H)
+    with pytest.raises(ValueError, match="share memory"):
+        run_steps_cpp(steps, {"z_H": states["z_L"], "z_L": states["z_L"]}, x, levels, cos, sin, H)
+    with pytest.raises(ValueError, match="shape"):
+        run_steps_cpp(steps, {**states, "z_L": torch.randn(B, S + 1, D)}, x, levels, cos, sin, H)
+    with pytest.raises(ValueError, match="z_H"):
+        run_steps_cpp(steps, {"z_L": states["z_L"]}, x, levels, cos, sin, H)
+    with pytest.raises(ValueError, match="requires grad"):
+        run_steps_cpp(steps, {**states, "z_H": states["z_H"].requires_grad_()}, x, levels, cos, sin, H)
+
+
+def test_bad_weights_and_tables():
+    steps, states, x, levels, (cos, sin) = make_case("trm")
+    w = levels["L"][0]
+    with pytest.raises(ValueError, match="qkv"):
+        run_steps_cpp(steps, states, x, {"L": [w._replace(qkv=rand_w(3 * H * HD, D + 1))]}, cos, sin, H)
+    with pytest.raises(ValueError, match="down"):
+        run_steps_cpp(steps, states, x, {"L": [w._replace(down=rand_w(D, INTER + 2))]}, cos, sin, H)
+    with pytest.raises(ValueError, match="levels has no entry"):
+        run_steps_cpp(steps, states, x, {"H": levels["L"]}, cos, sin, H)
+    with pytest.raises(TypeError, match="one kind"):
+        run_steps_cpp(steps, states, x, {"L": [w] + mixer_weights(1)}, cos, sin, H)
+    with pytest.raises(ValueError, match="cos"):
+        run_steps_cpp(steps, states, x, levels, cos[:, :4].contiguous(), sin[:, :4].contiguous(), H)
+    with pytest.raises(TypeError, match="cos"):
+        run_steps_cpp(steps, states, x, levels, cos.double(), sin.double(), H)
+    with pytest.raises(ValueError, match="together"):
+        run_steps_cpp(steps, states, x, levels, cos, None, H)
+
+
+def test_bad_raw_op_inputs():
+    steps, states, x, levels, (cos, sin) = make_case("trm")
+    weights = [t for blk in levels["L"] for t in blk]
+    tensors = [states["z_H"], states["z_L"]]
+    prog = torch.tensor([[0, 0, 0, 1, 1]])  # writes slot 0 (x)
+    with pytest.raises(ValueError, match="target slot"):
+        C().run_steps(tensors, x, prog, weights, [0, 2], cos, sin, H, EPS, 0)
+    prog = torch.tensor([[0, 1, 3, 1, 1]])  # level 3 does not exist
+    with pytest.raises(ValueError, match="level 3"):
+        C().run_steps(tensors, x, prog, weights, [0, 2], cos, sin, H, EPS, 0)
+    with pytest.raises(ValueError, match="4 tensors per block"):
+        C().run_steps(tensors, x, torch.tensor([[1, 1, 2, 0]]), weights[:-1], [0, 2], cos, sin, H, EPS, 0)
+    a = torch.randn(4, 33)
+    with pytest.raises(ValueError, match="partially overlaps"):
+        C().add_rms_norm(a[:3], a[1:], EPS, a[1:])
+    with pytest.raises(TypeError, match="dtype"):
+        C().swiglu(torch.randn(3, 8), torch.empty(3, 4, dtype=torch.float64))

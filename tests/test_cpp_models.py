@@ -1,0 +1,117 @@
+"""Whole models with backend="cpp" (the no-grad recursion in the C++ loop, the grad tail in autograd) held to
+the reference golden cases and to the eager backend, for every model on the recursion core."""
+import os
+
+import pytest
+import torch
+
+import fastrecur
+from golden import CASES, assert_close, build, load_case, run_eval, run_train
+from test_variants import KINDS, make
+from test_models import tiny_batch
+
+_ok, _why = fastrecur.backends()["cpp"]
+pytestmark = pytest.mark.skipif(not _ok and os.environ.get("FASTRECUR_REQUIRE_EXT") != "1", reason=_why)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_cpp_backend_matches_reference(name):
+    case = load_case(name)
+    outs = run_eval(build(case, backend="cpp"), case["batch"])
+    for i, (got, want) in enumerate(zip(outs, case["eval"])):
+        for k in want:
+            assert_close(got[k], want[k], f"{name} cpp eval step {i} {k}")
+    out, grads = run_train(build(case, backend="cpp"), case["batch"], case["R"])
+    for k, want in case["train"].items():
+        assert_close(out[k], want, f"{name} cpp train {k}")
+    assert set(grads) == set(case["grads"])
+    for k, want in case["grads"].items():
+        assert_close(grads[k], want, f"{name} cpp grad {k}")
+
+
+def _twin(kind, backend, dtype="float32"):
+    torch.manual_seed(5)
+    model, cfg = make(kind)
+    cfg_dict = dict(model.config.to_dict(), forward_dtype=dtype)
+    twin = type(model)(cfg_dict, backend=backend)
+    twin.load_state_dict(model.state_dict(), strict=False)  # init buffers keep their dtype
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("_init"):
+                dict(twin.named_buffers())[name].copy_(buf)
+    return twin, cfg
+
+
+def _run(model, cfg, steps=3):
+    """Eval outputs over several ACT steps, then one training step's outputs and parameter gradients."""
+    batch = tiny_batch(cfg)
+    outs = []
+    with torch.no_grad():
+        carry = model.eval().initial_carry(batch)
+        for _ in range(steps):
+            carry, out = model(carry=carry, batch=batch)
+            outs.append(out["logits"].float())
+    torch.manual_seed(0)
+    model.train()
+    carry = model.initial_carry(batch)
+    carry, _ = model(carry=carry, batch=batch)
+    carry, out = model(carry=carry, batch=batch)
+    (out["logits"].float().square().mean() + out["q_halt_logits"].sum()).backward()
+    grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return outs + [out["logits"].float()], grads
+
+
+def _err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cpp_equals_eager_fp32(kind):
+    """Each ACT step from the same carry gives the same outputs and carry (<= 1e-5 of scale); over whole
+    runs (each backend on its own carry) outputs and gradients agree to fp32 rounding grown by the recursion."""
+    eager_model, cfg = _twin(kind, "eager")
+    cpp_model, _ = _twin(kind, "cpp")
+    batch = tiny_batch(cfg)
+    with torch.no_grad():
+        carry = eager_model.eval().initial_carry(batch)
+        cpp_model.eval()
+        for step in range(3):
+            c_carry, c_out = cpp_model(carry=carry, batch=batch)
+            carry, e_out = eager_model(carry=carry, batch=batch)
+            for k in ("logits", "q_halt_logits", "q_continue_logits"):
+                assert _err(c_out[k], e_out[k]) <= 1e-5, f"{kind} step {step} {k}: {_err(c_out[k], e_out[k]):.2e}"
+            for k, v in carry.inner_carry.as_dict().items():
+                assert _err(getattr(c_carry.inner_carry, k), v) <= 1e-5, f"{kind} step {step} state {k}"
+    (eo, eg), (co, cg) = _run(eager_model, cfg), _run(cpp_model, cfg)
+    for i, (a, b) in enumerate(zip(co, eo)):
+        assert _err(a, b) <= 1e-3, f"{kind} output {i}: {_err(a, b):.2e}"
+    assert set(cg) == set(eg)
+    for n in eg:
+        assert _err(cg[n], eg[n]) <= 1e-4, f"{kind} grad {n}: {_err(cg[n], eg[n]):.2e}"
+
+
+@pytest.mark.parametrize("kind", ["srm", "srm_mlp_t", "hrm_shared"])
+def test_cpp_bf16_error_within_twice_eager(kind):
+    """bf16 cpp's error against an fp32 run is at most twice the eager bf16 path's error (+ small atol)."""
+    ref, cfg = _twin(kind, "eager", "float32")
+    eager_bf, _ = _twin(kind, "eager", "bfloat16")
+    cpp_bf, _ = _twin(kind, "cpp", "bfloat16")
+    ro, _ = _run(ref, cfg)
+    eo, _ = _run(eager_bf, cfg)
+    co, _ = _run(cpp_bf, cfg)
+    for i, (r, e, c) in enumerate(zip(ro, eo, co)):
+        e_err = (e - r).pow(2).mean().sqrt()
+        c_err = (c - r).pow(2).mean().sqrt()
+        assert c_err <= 2 * e_err + 2e-2, f"{kind} output {i}: cpp rms err {c_err:.3e} vs eager {e_err:.3e}"
+
+
+def test_cpp_does_not_modify_the_callers_carry():
+    model, cfg = _twin("srm", "cpp")
+    batch = tiny_batch(cfg)
+    with torch.no_grad():
+        carry = model.eval().initial_carry(batch)
+        carry, _ = model(carry=carry, batch=batch)
+        before = carry.inner_carry.z.clone()
+        model(carry=carry, batch=batch)
+    assert torch.equal(carry.inner_carry.z, before)
