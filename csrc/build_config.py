@@ -14,6 +14,20 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
+
+# torch.utils.cpp_extension guesses CUDA_HOME as the parent of the folder holding the first `nvcc` on PATH;
+# a wrapper script such as /usr/local/bin/nvcc then gives /usr/local, which has no CUDA headers. Pick the
+# real toolkit first (before torch's module is imported and reads the variable).
+if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
+    for _home in ("/usr/local/cuda",):
+        if os.path.exists(os.path.join(_home, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = _home
+            break
+    else:
+        _nvcc = shutil.which("nvcc")
+        if _nvcc and os.path.exists(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(_nvcc))), "include", "cuda.h")):
+            os.environ["CUDA_HOME"] = os.path.dirname(os.path.dirname(os.path.realpath(_nvcc)))
 
 CSRC = os.path.dirname(os.path.abspath(__file__))
 CPP_SOURCES = ["bindings.cpp"]
