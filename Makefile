@@ -1,4 +1,5 @@
-# Two entry points (see README): `make bench` (the main job) and `make test` (the test suite).
+# Two entry points (see README): `make train` (the main job) and `make test` (the test suite); `make bench`
+# times the backends.
 # Each creates its own virtual environment on first use; later runs reuse it.
 PYTHON ?= python3
 VENV ?= .venv-test
@@ -6,18 +7,22 @@ TORCH ?= torch==2.14.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastrecur-installed
 
-.PHONY: test bench install clean
+.PHONY: train test bench install clean
 
 # torch 2.14.1 is the CUDA 13.0 build: it runs on CPU, and its headers let CI compile and link the CUDA sources.
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH)" numpy pytest pytest-benchmark ninja safetensors setuptools wheel
+	$(PY) -m pip install -q "$(TORCH)" numpy pytest pytest-benchmark ninja safetensors setuptools wheel tqdm matplotlib pyyaml
 	# Not editable: proves `pip install .` works; builds the C++/CUDA extension once per environment.
 	MAX_JOBS=2 $(PY) -m pip install -q --no-build-isolation --no-deps .
 	cd / && $(abspath $(PY)) -c "import fastrecur, sys; print('fastrecur', fastrecur.__version__, 'from', fastrecur.__file__); [print(f'  backend {k}: {v}') for k, v in fastrecur.backends().items()]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Generates 4x4 Sudoku puzzles, trains a small TRM on the CPU (a few minutes), evaluates, saves runs/demo/.
+train: $(STAMP)
+	cd / && $(abspath $(VENV))/bin/fastrecur train --preset sudoku-4x4-cpu --out $(CURDIR)/runs/demo
 
 test: $(STAMP)
 	FASTRECUR_REQUIRE_EXT=$${FASTRECUR_REQUIRE_EXT-1} $(VENV)/bin/pytest -q -p no:cacheprovider tests

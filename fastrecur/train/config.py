@@ -1,0 +1,312 @@
+"""Training configuration: the reference's hyperparameters, architecture configs (its YAML files, JSON, or
+named presets) and ``key=value`` overrides.
+
+Architecture configs are the reference's ``config/arch/*.yaml``: model keys plus ``name`` (for instance
+``recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1``) and ``loss: {name, loss_type}``;
+``${.hidden_size}`` refers to a sibling key. PyYAML is optional: without it, JSON files and the simple
+``key: value`` YAML of the reference's arch files (one nested level, comments) are read by a small built-in
+reader, which refuses anything else with a message saying to install PyYAML or use JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from fastrecur.models import HRM, SRM, TRM, FlatRecurrence
+
+MODEL_CLASSES = {"HRM": HRM, "TRM": TRM, "SRM": SRM, "FlatRecurrence": FlatRecurrence}
+
+# The reference's ``name:`` values (module@class) and short names, mapped to fastrecur's classes.
+_NAME_ALIASES = {
+    "hierarchicalreasoningmodel_actv1": "HRM",
+    "hrm": "HRM",
+    "tinyrecursivereasoningmodel_actv1": "TRM",
+    "trm": "TRM",
+    "srm": "SRM",
+    "flat": "FlatRecurrence",
+    "flatrecurrence": "FlatRecurrence",
+}
+
+# Keys filled from the dataset and the batch size, never from the arch file.
+DATA_KEYS = ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers")
+
+_REFERENCE_COMMON = dict(halt_exploration_prob=0.1, halt_max_steps=16, hidden_size=512, num_heads=8, expansion=4,
+                         puzzle_emb_ndim="${.hidden_size}", pos_encodings="rope", forward_dtype="bfloat16")
+
+# ``--arch`` presets: the reference's hrm_v1.yaml / trm.yaml values, and the variants on the same footing.
+ARCH_PRESETS: Dict[str, Dict[str, Any]] = {
+    "hrm": dict(name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1", **_REFERENCE_COMMON, H_cycles=2, L_cycles=2, H_layers=4,
+                L_layers=4),
+    "trm": dict(name="recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1", **_REFERENCE_COMMON, H_cycles=3, L_cycles=6,
+                H_layers=0, L_layers=2, mlp_t=False, puzzle_emb_len=16, no_ACT_continue=True),
+    # TRM's MLP-mixer Sudoku recipe: token mixing instead of attention, no positions.
+    "trm_mlp": dict(name="TRM", **{**_REFERENCE_COMMON, "pos_encodings": "none"}, H_cycles=3, L_cycles=6, H_layers=0, L_layers=2,
+                    mlp_t=True, puzzle_emb_len=16, no_ACT_continue=True),
+    "srm": dict(name="SRM", **_REFERENCE_COMMON, H_cycles=3, L_cycles=6, H_layers=0, L_layers=2, mlp_t=False, puzzle_emb_len=16,
+                no_ACT_continue=True, skip="segment"),
+    # Flat recurrence: 8 layers, 3 recursions = HRM's 24 block passes per ACT step.
+    "flat": dict(name="FlatRecurrence", **_REFERENCE_COMMON, L_cycles=3, L_layers=8),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs, with the reference's defaults (``config/cfg_pretrain.yaml``).
+
+    ``arch`` is the model config without the data keys (filled from the dataset) plus ``name``;
+    ``epochs`` sets the step budget as the reference does (``epochs * total_groups * mean_puzzle_examples /
+    global_batch_size``) unless ``max_steps`` is given. Intervals are in optimiser steps (0 = only at the end).
+    """
+
+    data_path: str = ""
+    out_dir: str = "runs/default"
+    arch: Dict[str, Any] = field(default_factory=lambda: dict(ARCH_PRESETS["trm"]))
+    loss_type: str = "stablemax_cross_entropy"
+    global_batch_size: int = 768
+    epochs: int = 100000
+    max_steps: Optional[int] = None
+    max_minutes: Optional[float] = None
+    lr: float = 1e-4
+    lr_min_ratio: float = 1.0
+    lr_warmup_steps: int = 2000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    puzzle_emb_lr: float = 1e-2
+    puzzle_emb_weight_decay: float = 0.1
+    grad_clip_norm: Optional[float] = None
+    ema: bool = False
+    ema_rate: float = 0.999
+    freeze_weights: bool = False
+    seed: int = 0
+    eval_interval: int = 0
+    eval_batch_size: Optional[int] = None
+    checkpoint_interval: int = 0
+    keep_checkpoints: int = 2
+    log_interval: int = 10
+    device: str = "auto"
+    backend: str = "auto"
+    threads: Optional[int] = None
+    progress: str = "auto"
+
+    def validate(self) -> "TrainConfig":
+        ints = dict(global_batch_size=1, epochs=1, lr_warmup_steps=0, seed=0, eval_interval=0, checkpoint_interval=0, keep_checkpoints=1,
+                    log_interval=1)
+        for name, lo in ints.items():
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        for name in ("max_steps", "eval_batch_size", "threads"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name} must be an int >= 1 or None, got {v!r}")
+        for name in ("lr", "weight_decay", "puzzle_emb_lr", "puzzle_emb_weight_decay"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        for name in ("lr_min_ratio", "beta1", "beta2", "ema_rate"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            raise ValueError(f"grad_clip_norm must be > 0 or None, got {self.grad_clip_norm!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0 or None, got {self.max_minutes!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.progress not in ("auto", "tqdm", "plain", "none"):
+            raise ValueError(f"progress must be auto, tqdm, plain or none, got {self.progress!r}")
+        if not isinstance(self.arch, Mapping):
+            raise TypeError(f"arch must be a dict, got {type(self.arch).__name__}")
+        model_class_name(self.arch)
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+
+def model_class_name(arch: Mapping[str, Any]) -> str:
+    """fastrecur class name for an arch config's ``name`` (reference ``module@Class`` or a short name)."""
+    name = arch.get("name")
+    if name is None:
+        raise ValueError(f"arch config has no 'name' (one of {sorted(MODEL_CLASSES)} or a reference module@Class)")
+    if name in MODEL_CLASSES:
+        return name
+    key = str(name).split("@")[-1].lower()
+    if key not in _NAME_ALIASES:
+        raise ValueError(f"arch name {name!r} is not a model fastrecur knows; use one of {sorted(MODEL_CLASSES)} or the reference's "
+                         "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1 / recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1")
+    return _NAME_ALIASES[key]
+
+
+# ----- arch files -----
+_REF = re.compile(r"^\$\{\.([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def resolve_interpolations(arch: Mapping[str, Any]) -> Dict[str, Any]:
+    """Replace ``${.key}`` values (OmegaConf relative references) by the sibling key's value."""
+    out = dict(arch)
+    for _ in range(len(out) + 1):
+        changed = False
+        for k, v in out.items():
+            m = _REF.match(v) if isinstance(v, str) else None
+            if m:
+                ref = m.group(1)
+                if ref not in out:
+                    raise ValueError(f"arch config: {k!r} refers to {ref!r}, which is not in the config")
+                if not (isinstance(out[ref], str) and _REF.match(out[ref])):
+                    out[k], changed = out[ref], True
+        if not changed:
+            break
+    for k, v in out.items():
+        if isinstance(v, str) and _REF.match(v):
+            raise ValueError(f"arch config: {k!r} = {v!r} could not be resolved (circular reference?)")
+    return out
+
+
+def parse_scalar(text: str) -> Any:
+    """A YAML scalar: int, float (``1e-4`` too), true/false, null/~, quoted or bare string."""
+    s = text.strip()
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
+        return s[1:-1]
+    low = s.lower()
+    # YAML 1.2 core schema: only true/false are booleans and null/~ null ("none" stays a string: skip=none).
+    if low == "true":
+        return True
+    if low == "false":
+        return False
+    if low in ("null", "~", ""):
+        return None
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
+def _simple_yaml(text: str, path: str) -> Dict[str, Any]:
+    """The subset of YAML that the reference's arch files use: ``key: value`` lines, one nested mapping level,
+    ``#`` comments. Anything else is refused."""
+    root: Dict[str, Any] = {}
+    current: Optional[Dict[str, Any]] = None
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = re.sub(r"\s+#.*$", "", raw) if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        m = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:(.*)$", line)
+        if not m or "\t" in line[:indent + 1] or line.strip().startswith("-"):
+            raise ValueError(f"{path}:{lineno}: this YAML is beyond the built-in reader (PyYAML is not installed): "
+                             f"pip install pyyaml, or give the config as JSON")
+        key, value = m.group(1), m.group(2).strip()
+        if indent == 0:
+            if value == "":
+                current = root[key] = {}
+            else:
+                root[key] = parse_scalar(value)
+                current = None
+        elif current is not None and value != "":
+            current[key] = parse_scalar(value)
+        else:
+            raise ValueError(f"{path}:{lineno}: nested YAML deeper than one level needs PyYAML (pip install pyyaml) or a JSON config")
+    return root
+
+
+def load_arch_file(path: str) -> Dict[str, Any]:
+    """Read an arch config (reference YAML or JSON) into a dict; keeps ``name``, ``loss`` and ``${.key}``
+    references (resolved when the model is built, so ``--set hidden_size=…`` reaches ``puzzle_emb_ndim``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"arch config {path!r} does not exist")
+    with open(path) as f:
+        text = f.read()
+    if path.endswith(".json"):
+        data = json.loads(text)
+    else:
+        try:
+            import yaml
+        except ImportError:
+            data = _simple_yaml(text, path)
+        else:
+            data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"arch config {path!r} must be a mapping, got {type(data).__name__}")
+    resolve_interpolations(data)  # fail early on a bad reference; kept unresolved so overrides propagate
+    return data
+
+
+def apply_overrides(arch: Mapping[str, Any], overrides: List[str]) -> Dict[str, Any]:
+    """``["H_cycles=2", "hidden_size=128"]`` applied to ``arch`` (values parsed as scalars; ``arch.`` prefixes
+    are accepted, as hydra writes them)."""
+    out = dict(arch)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must be KEY=VALUE")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        if k.startswith("arch."):
+            k = k[len("arch."):]
+        if not k:
+            raise ValueError(f"override {item!r} has an empty key")
+        out[k] = parse_scalar(v)
+    return out
+
+
+def split_arch(arch: Mapping[str, Any]) -> Tuple[str, Dict[str, Any], Optional[str]]:
+    """``(class name, model keys, loss_type or None)`` from an arch dict; data keys are dropped (they come
+    from the dataset)."""
+    arch = resolve_interpolations(arch)
+    cls = model_class_name(arch)
+    loss = arch.get("loss")
+    loss_type = None
+    if isinstance(loss, Mapping):
+        loss_type = loss.get("loss_type")
+    model_keys = {k: v for k, v in arch.items() if k not in ("name", "loss") and k not in DATA_KEYS}
+    return cls, model_keys, loss_type
+
+
+def model_config(arch: Mapping[str, Any], metadata: Any, per_rank_batch: int) -> Tuple[str, Dict[str, Any]]:
+    """The full model config dict for a dataset (metadata with ``seq_len``, ``vocab_size``,
+    ``num_puzzle_identifiers``), as the reference's ``create_model`` builds it."""
+    cls, keys, _ = split_arch(arch)
+    get = (lambda k: metadata[k]) if isinstance(metadata, Mapping) else (lambda k: getattr(metadata, k))
+    cfg = dict(keys, batch_size=per_rank_batch, seq_len=int(get("seq_len")), vocab_size=int(get("vocab_size")),
+               num_puzzle_identifiers=int(get("num_puzzle_identifiers")))
+    return cls, cfg
+
+
+# ----- presets of whole runs -----
+# sudoku-4x4-cpu: TRM's MLP-mixer Sudoku recipe (token mixing, no positions), shrunk to learn generated
+# minimal 4x4 puzzles (about 4 givens) on a 2-core CPU in a few minutes; one thread, since the ops are too
+# small for two to pay off.
+RUN_PRESETS: Dict[str, Dict[str, Any]] = {
+    "sudoku-4x4-cpu": dict(
+        dataset=dict(n=4, num_train=2000, num_test=500, num_aug=0, seed=0),
+        train=dict(
+            arch=dict(name="TRM", H_cycles=2, L_cycles=2, H_layers=0, L_layers=2, hidden_size=64, num_heads=2, expansion=4,
+                      puzzle_emb_ndim=0, puzzle_emb_len=0, pos_encodings="none", forward_dtype="float32", mlp_t=True,
+                      halt_max_steps=8, halt_exploration_prob=0.1, no_ACT_continue=True),
+            global_batch_size=64, epochs=1000, max_steps=1200, max_minutes=9.0, lr=1e-3, lr_min_ratio=0.1, lr_warmup_steps=100,
+            weight_decay=0.1, beta1=0.9, beta2=0.95, ema=False, eval_interval=200, checkpoint_interval=200, log_interval=20,
+            device="cpu", seed=0, threads=1,
+        ),
+    ),
+}
+
+
+__all__ = ["ARCH_PRESETS", "DATA_KEYS", "MODEL_CLASSES", "RUN_PRESETS", "TrainConfig", "apply_overrides", "load_arch_file",
+           "model_class_name", "model_config", "parse_scalar", "resolve_interpolations", "split_arch"]

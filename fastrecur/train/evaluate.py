@@ -1,0 +1,136 @@
+"""Evaluation: ``fastrecur eval CHECKPOINT DATASET [--split test]``.
+
+Each eval batch starts from a fresh carry and runs ``halt_max_steps`` ACT steps (the model is in eval
+mode, where rows halt only at the maximum, as in the reference). Reported on the valid rows:
+
+- ``exact_accuracy``: fraction of puzzles with every labelled token right;
+- ``accuracy``: mean over puzzles of the fraction of labelled tokens right (the reference's ``accuracy``);
+- ``steps``: mean ACT steps run (``halt_max_steps`` in eval);
+- ``halt_step``: mean step at which the Q head would first have halted the row (``q_halt > 0``, or
+  ``q_halt > q_continue`` for HRM-style halting; ``halt_max_steps`` if never) -- what ACT would cost;
+- ``exact_accuracy_at_halt``: exact accuracy of the prediction at that step;
+- ``lm_loss``: mean per-puzzle LM loss of the final step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from fastrecur.models.loss import IGNORE_LABEL_ID
+
+_KEYS = ("count", "accuracy", "exact_accuracy", "steps", "halt_step", "exact_accuracy_at_halt", "lm_loss")
+
+
+def _row_metrics(logits: torch.Tensor, labels: torch.Tensor):
+    """Per row: (has labels, token accuracy, exactly right)."""
+    mask = labels != IGNORE_LABEL_ID
+    n = mask.sum(-1)
+    correct = mask & (logits.argmax(-1) == labels)
+    tok = correct.sum(-1).to(torch.float64) / n.clamp_min(1)
+    return n > 0, tok, correct.sum(-1) == n
+
+
+@torch.no_grad()
+def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torch.device, *, rank: int = 0, world_size: int = 1,
+                   max_batches: Optional[int] = None) -> Dict[str, float]:
+    """Metrics of ``head`` (an ``ACTLossHead``) on ``dataset`` (``iter_eval``); summed over ranks when
+    distributed. The head is left in eval mode; the caller restores train mode."""
+    if not hasattr(dataset, "iter_eval"):
+        raise TypeError(f"dataset must have iter_eval(batch_size, rank=, world_size=), got {type(dataset).__name__}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    head.eval()
+    model = head.model
+    max_steps = model.config.halt_max_steps
+    on_q_continue = getattr(model, "halt_on_q_continue", False)
+    sums = torch.zeros(len(_KEYS), dtype=torch.float64, device=device)
+    for i, (batch, n_valid) in enumerate(dataset.iter_eval(batch_size, rank=rank, world_size=world_size)):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = {k: v.to(device) for k, v in batch.items()}
+        rows = batch["inputs"].shape[0]
+        valid_rows = torch.arange(rows, device=device) < int(n_valid)
+        carry = head.initial_carry(batch)
+        halt_step = torch.full((rows,), max_steps, dtype=torch.float64, device=device)
+        exact_at_halt = torch.zeros(rows, dtype=torch.bool, device=device)
+        decided = torch.zeros(rows, dtype=torch.bool, device=device)
+        for step in range(1, max_steps + 1):
+            carry, loss, _, out, all_halted = head(return_keys=("logits", "q_halt_logits", "q_continue_logits"), carry=carry, batch=batch)
+            labels = carry.current_data["labels"]
+            q_halt, q_cont = out["q_halt_logits"], out["q_continue_logits"]
+            wants = (q_halt > q_cont) if on_q_continue else (q_halt > 0)
+            now = (wants | (step == max_steps)) & ~decided
+            _, _, exact = _row_metrics(out["logits"], labels)
+            halt_step = torch.where(now, float(step), halt_step)
+            exact_at_halt = torch.where(now, exact, exact_at_halt)
+            decided |= now
+            if bool(all_halted):
+                break
+        has, tok, exact = _row_metrics(out["logits"], labels)
+        mask = labels != IGNORE_LABEL_ID
+        lm = head.loss_fn(out["logits"], labels, ignore_index=IGNORE_LABEL_ID, valid_mask=mask).sum(-1) / mask.sum(-1).clamp_min(1)
+        use = valid_rows & has
+        f = use.to(torch.float64)
+        sums += torch.stack([f.sum(), (tok * f).sum(), (exact & use).sum().to(torch.float64), (carry.steps.to(torch.float64) * f).sum(),
+                             (halt_step * f).sum(), (exact_at_halt & use).sum().to(torch.float64), (lm.to(torch.float64) * f).sum()])
+    if world_size > 1:
+        dist.all_reduce(sums)
+    vals = sums.tolist()
+    count = max(vals[0], 1.0)
+    out = {k: v / count for k, v in zip(_KEYS[1:], vals[1:])}
+    out["count"] = int(vals[0])
+    return out
+
+
+def format_metrics(m: Dict[str, float]) -> str:
+    return (f"exact {m['exact_accuracy']:.4f} | token {m['accuracy']:.4f} | steps {m['steps']:.2f} | halt step {m['halt_step']:.2f} "
+            f"(exact there {m['exact_accuracy_at_halt']:.4f}) | lm_loss {m['lm_loss']:.4f} | n={m['count']}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="run folder, checkpoint folder, or .safetensors file beside a config.json")
+    parser.add_argument("dataset", help="dataset folder (with train/ and test/)")
+    parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "eager", "triton", "cpp"))
+    parser.add_argument("--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy")
+    parser.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (quick look)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but no CUDA device is available")
+    return dev
+
+
+def run(args) -> int:
+    from fastrecur.data import PuzzleDataset
+
+    from .state import CheckpointError, load_model
+
+    device = resolve_device(args.device)
+    try:
+        head, info = load_model(args.checkpoint, device, use_ema=not args.no_ema, backend=args.backend)
+    except CheckpointError as e:
+        print(f"fastrecur eval: {e}", file=sys.stderr)
+        return 1
+    ds = PuzzleDataset(args.dataset, split=args.split)
+    m = evaluate_model(head, ds, args.batch_size, device, max_batches=args.max_batches)
+    if args.json:
+        print(json.dumps(m, indent=2))
+    else:
+        print(f"{info['weights']} on {args.dataset} [{args.split}]: {format_metrics(m)}")
+    return 0
+
+
+__all__ = ["add_arguments", "evaluate_model", "format_metrics", "run"]

@@ -1,0 +1,332 @@
+"""fastrecur.train: configs, the training loop (carry, exact resume, checkpoints), faults, eval and solve.
+
+Tiny models (hidden 16, one layer) on a tiny generated 4x4 Sudoku set, CPU, one thread.
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import fastrecur
+from fastrecur.data import PuzzleDataset, build_sudoku_dataset
+from fastrecur.train import TrainConfig, Trainer, apply_overrides, load_arch_file, load_model
+from fastrecur.train.config import ARCH_PRESETS, model_config, split_arch
+from fastrecur.train.evaluate import evaluate_model
+from fastrecur.train.state import CheckpointError, resolve_checkpoint_dir
+
+# The folder that the fastrecur under test was imported from (the repo when editable, site-packages when
+# installed): training subprocesses import the same one.
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastrecur.__file__)))
+
+TINY_ARCH = dict(name="TRM", H_cycles=2, L_cycles=1, H_layers=0, L_layers=1, hidden_size=16, num_heads=1, expansion=2,
+                 puzzle_emb_ndim=16, puzzle_emb_len=1, pos_encodings="rope", forward_dtype="float32", halt_max_steps=3,
+                 halt_exploration_prob=0.1, no_ACT_continue=True)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sudoku4")
+    build_sudoku_dataset(str(d), n=4, num_train=48, num_test=12, num_aug=0, seed=0)
+    return str(d)
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_config(data_dir, out_dir, **kw):
+    base = dict(data_path=data_dir, out_dir=str(out_dir), arch=dict(TINY_ARCH), global_batch_size=8, max_steps=12, lr=3e-3,
+                lr_warmup_steps=2, lr_min_ratio=0.1, puzzle_emb_lr=1e-2, ema=True, eval_interval=0, checkpoint_interval=0,
+                log_interval=4, device="cpu", progress="none", seed=3)
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def datasets(data_dir):
+    return PuzzleDataset(data_dir, "train"), PuzzleDataset(data_dir, "test")
+
+
+def weights(trainer):
+    return {k: v.clone() for k, v in trainer.head.model.state_dict().items()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ----- configs -----
+TRM_YAML = """name: recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1
+loss:
+  name: losses@ACTLossHead
+  loss_type: stablemax_cross_entropy
+
+halt_exploration_prob: 0.1
+halt_max_steps: 16
+
+H_cycles: 3
+L_cycles: 6
+
+H_layers: 0
+L_layers: 2
+
+hidden_size: 512
+num_heads: 8  # min(2, hidden_size // 64)
+expansion: 4
+
+puzzle_emb_ndim: ${.hidden_size}
+
+pos_encodings: rope
+forward_dtype: bfloat16
+
+mlp_t: False # use mlp on L instead of transformer
+puzzle_emb_len: 16 # if non-zero, its specified to this value
+no_ACT_continue: True # No continue ACT loss
+"""
+
+
+def test_reference_arch_yaml_and_overrides(tmp_path):
+    path = tmp_path / "trm.yaml"
+    path.write_text(TRM_YAML)
+    arch = load_arch_file(str(path))
+    assert arch["puzzle_emb_ndim"] == "${.hidden_size}"  # resolved late, so overrides reach it
+    arch = apply_overrides(arch, ["hidden_size=64", "arch.H_cycles=2", "mlp_t=true", "num_heads=1"])
+    cls, keys, loss = split_arch(arch)
+    assert cls == "TRM" and loss == "stablemax_cross_entropy"
+    assert keys["puzzle_emb_ndim"] == 64 and keys["H_cycles"] == 2 and keys["mlp_t"] is True and keys["L_cycles"] == 6
+    cls, cfg = model_config(arch, {"seq_len": 16, "vocab_size": 6, "num_puzzle_identifiers": 1}, per_rank_batch=4)
+    assert cfg["batch_size"] == 4 and cfg["seq_len"] == 16
+    assert split_arch(ARCH_PRESETS["hrm"])[0] == "HRM" and split_arch(ARCH_PRESETS["hrm"])[1]["puzzle_emb_ndim"] == 512
+    assert split_arch(ARCH_PRESETS["flat"])[0] == "FlatRecurrence"
+    json_path = tmp_path / "a.json"
+    json_path.write_text('{"name": "SRM", "skip": "none", "hidden_size": 32, "puzzle_emb_ndim": "${.hidden_size}"}')
+    assert split_arch(load_arch_file(str(json_path)))[1] == {"skip": "none", "hidden_size": 32, "puzzle_emb_ndim": 32}
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: TRM\nlayers:\n  - 1\n")
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="pyyaml"):
+            load_arch_file(str(bad))
+    with pytest.raises(ValueError, match="not a model"):
+        split_arch({"name": "foo@Bar"})
+    with pytest.raises(ValueError, match="refers to"):
+        split_arch({"name": "TRM", "puzzle_emb_ndim": "${.nope}"})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        apply_overrides({}, ["H_cycles"])
+    with pytest.raises(ValueError, match="unknown training config"):
+        TrainConfig.from_dict({"lrr": 1})
+    with pytest.raises(ValueError, match="global_batch_size"):
+        TrainConfig(global_batch_size=0).validate()
+
+
+def test_cli_build_config():
+    from fastrecur.train import cli
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    cfg, spec = cli.build_config(p.parse_args(["--preset", "sudoku-4x4-cpu", "--out", "o", "--lr", "0.002", "--set", "hidden_size=32",
+                                               "H_cycles=3", "--no-ema"]))
+    assert spec["n"] == 4 and cfg.lr == 0.002 and cfg.arch["hidden_size"] == 32 and cfg.arch["H_cycles"] == 3 and cfg.ema is False
+    cfg, spec = cli.build_config(p.parse_args(["--data", "d", "--arch", "hrm", "--set", "shared_layers=true"]))
+    assert spec is None and cfg.arch["shared_layers"] is True and cfg.out_dir == os.path.join("runs", "hrm")
+    with pytest.raises(ValueError, match="--data"):
+        cli.build_config(p.parse_args(["--arch", "trm"]))
+
+
+# ----- the loop -----
+def test_carry_persists_and_halted_rows_take_new_data(data_dir, tmp_path, one_thread):
+    arch = dict(TINY_ARCH, halt_max_steps=2, halt_exploration_prob=0.0)
+    cfg = tiny_config(data_dir, tmp_path, arch=arch, ema=False)
+    train_ds, _ = datasets(data_dir)
+    t = Trainer(cfg, train_ds, None, log=lambda s: None)
+    it = train_ds.iter_train(8, seed=cfg.seed)
+    b1, b2, b3 = next(it), next(it), next(it)
+    t.train_step(b1)
+    assert torch.equal(t.carry.current_data["inputs"], b1["inputs"]) and (t.carry.steps == 1).all()
+    # q_halt starts at -5 and exploration is off: nobody halts before halt_max_steps=2, so step 2 keeps batch 1.
+    t.train_step(b2)
+    assert torch.equal(t.carry.current_data["inputs"], b1["inputs"]) and t.carry.halted.all()
+    t.train_step(b3)
+    assert torch.equal(t.carry.current_data["inputs"], b3["inputs"]) and (t.carry.steps == 1).all()
+    adam = t.optimizers[-1]
+    assert all(float(adam.state[p]["step"]) == 3 for p in t.params)  # one optimiser step per ACT step
+    assert t.step == 3 and t.lr == pytest.approx(3e-3 * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(0.1 * torch.pi)).item())))
+
+
+def test_fit_writes_run_folder_and_eval_matches_reload(data_dir, tmp_path, one_thread):
+    out = tmp_path / "run"
+    cfg = tiny_config(data_dir, out, eval_interval=6, checkpoint_interval=6, keep_checkpoints=1)
+    train_ds, test_ds = datasets(data_dir)
+    t = Trainer(cfg, train_ds, test_ds, log=lambda s: None)
+    summary = t.fit()
+    assert summary["step"] == 12 and 0.0 <= summary["eval"]["accuracy"] <= 1.0
+    assert summary["eval"]["count"] == 12 and summary["eval"]["steps"] == 3.0
+    ck = resolve_checkpoint_dir(str(out))
+    assert os.path.basename(ck) == "step_00000012"
+    assert sorted(os.listdir(ck)) == ["config.json", "ema.safetensors", "model.safetensors", "train_state.pt"]
+    assert sorted(os.listdir(out / "checkpoints")) == ["latest.json", "step_00000012"]  # keep_checkpoints=1 pruned step 6
+    lines = (out / "metrics.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("step,epoch") and [ln.split(",")[0] for ln in lines[1:]] == ["4", "6", "8", "12"]
+    # train_state.pt is weights-only loadable (tensors and plain types only)
+    state = torch.load(os.path.join(ck, "train_state.pt"), weights_only=True)
+    assert state["step"] == 12 and len(state["ranks"]) == 1 and state["ranks"][0]["carry"]["inner"]["z_H"].shape == (8, 17, 16)
+    # eval/solve rebuild the model from config.json and get the same numbers (EMA copy by default)
+    head, info = load_model(str(out))
+    assert info["weights"].endswith("ema.safetensors")
+    m = evaluate_model(head, test_ds, 8, torch.device("cpu"))
+    for k in ("accuracy", "exact_accuracy", "lm_loss", "halt_step"):
+        assert m[k] == pytest.approx(summary["eval"][k], abs=1e-6)
+    live, _ = load_model(os.path.join(ck, "model.safetensors"))
+    assert_same_weights({k: v for k, v in live.model.state_dict().items()}, weights(t))
+
+
+def test_exact_resume_in_process(data_dir, tmp_path, one_thread):
+    train_ds, test_ds = datasets(data_dir)
+    full = Trainer(tiny_config(data_dir, tmp_path / "full", max_steps=14), train_ds, None, log=lambda s: None)
+    full.fit()
+    # 5 steps, checkpoint, then a new trainer resumes and runs to 14 (crossing epoch boundaries: 6 batches/epoch).
+    a = Trainer(tiny_config(data_dir, tmp_path / "part", max_steps=14), train_ds, None, log=lambda s: None)
+    it = train_ds.iter_train(8, seed=a.config.seed)
+    for _ in range(5):
+        a.train_step(next(it))
+        a.batch_in_epoch += 1
+    a.save()
+    torch.manual_seed(1234)  # resume must restore the RNG itself
+    b = Trainer(tiny_config(data_dir, tmp_path / "part", max_steps=14), train_ds, None, resume="auto", log=lambda s: None)
+    assert b.step == 5 and b.batch_in_epoch == 5 and b.epoch == 0
+    b.fit()
+    assert b.step == 14
+    assert_same_weights(weights(full), weights(b))
+    for n in full.ema.shadow:
+        assert torch.equal(full.ema.shadow[n], b.ema.shadow[n])
+
+
+def _train_cmd(data_dir, out, steps):
+    return [sys.executable, "-m", "fastrecur.train.cli", "--data", data_dir, "--out", str(out), "--set", "name=TRM", "H_cycles=2",
+            "L_cycles=1", "H_layers=0", "L_layers=1", "hidden_size=16", "num_heads=1", "expansion=2", "puzzle_emb_ndim=16",
+            "puzzle_emb_len=1", "forward_dtype=float32", "halt_max_steps=3", "halt_exploration_prob=0.1", "--global-batch-size", "8",
+            "--max-steps", str(steps), "--lr", "3e-3", "--lr-warmup-steps", "2", "--ema", "--checkpoint-interval", "5",
+            "--log-interval", "1", "--device", "cpu", "--threads", "1", "--progress", "plain", "--seed", "5"]
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(data_dir, tmp_path):
+    steps = 40
+    env = dict(os.environ, PYTHONPATH=PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    ref = subprocess.run(_train_cmd(data_dir, tmp_path / "ref", steps), env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(data_dir, out, steps), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("step 13/") or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    killed_at = int(os.path.basename(resolve_checkpoint_dir(str(out)))[len("step_"):])
+    assert 10 <= killed_at < steps, "killed before the first checkpoint or after the end"
+    resumed = subprocess.run(_train_cmd(data_dir, out, steps), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    a, _ = load_model(str(tmp_path / "ref"), use_ema=False)
+    b, _ = load_model(str(out), use_ema=False)
+    assert_same_weights(a.model.state_dict(), b.model.state_dict())
+    a, _ = load_model(str(tmp_path / "ref"))
+    b, _ = load_model(str(out))
+    assert_same_weights(a.model.state_dict(), b.model.state_dict())
+    rows = (out / "metrics.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, steps + 1))  # redone steps are not logged twice
+
+
+# ----- faults -----
+def _corrupt(path, mode):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2] if mode == "truncate" else b"\x00garbage" + data[8:])
+
+
+@pytest.mark.parametrize("victim,mode", [("model.safetensors", "truncate"), ("model.safetensors", "garbage"),
+                                         ("train_state.pt", "truncate"), ("ema.safetensors", "truncate"), ("config.json", "truncate")])
+def test_corrupted_checkpoint_is_a_clear_error_and_loads_nothing(data_dir, tmp_path, victim, mode, one_thread):
+    train_ds, _ = datasets(data_dir)
+    t = Trainer(tiny_config(data_dir, tmp_path / "r", max_steps=3), train_ds, None, log=lambda s: None)
+    t.fit()
+    folder = resolve_checkpoint_dir(str(tmp_path / "r"))
+    _corrupt(os.path.join(folder, victim), mode)
+    fresh = Trainer(tiny_config(data_dir, tmp_path / "other", max_steps=3, seed=9), train_ds, None, log=lambda s: None)
+    before = weights(fresh)
+    if victim != "config.json":
+        with pytest.raises(CheckpointError) as e:
+            fresh.load(folder)
+        assert victim in str(e.value) or "truncated" in str(e.value) or "corrupted" in str(e.value)
+        assert_same_weights(before, weights(fresh))
+        assert fresh.step == 0
+    if victim != "train_state.pt":  # eval/solve read the weights (EMA copy by default) and config.json only
+        with pytest.raises(CheckpointError):
+            load_model(str(tmp_path / "r"), use_ema=victim != "model.safetensors")
+
+
+def test_bad_latest_pointer_and_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest.json").write_text('{"step": 3, "di')
+    with pytest.raises(CheckpointError, match="JSON"):
+        load_model(str(tmp_path))
+
+
+# ----- eval and solve commands -----
+def test_eval_and_solve_commands(data_dir, tmp_path, capsys, one_thread):
+    from fastrecur.train import evaluate, solve
+
+    train_ds, test_ds = datasets(data_dir)
+    Trainer(tiny_config(data_dir, tmp_path / "r", max_steps=4), train_ds, test_ds, log=lambda s: None).fit()
+    p = argparse.ArgumentParser()
+    evaluate.add_arguments(p)
+    assert evaluate.run(p.parse_args([str(tmp_path / "r"), data_dir, "--device", "cpu", "--json", "--batch-size", "5"])) == 0
+    out = capsys.readouterr().out
+    assert '"exact_accuracy"' in out and '"count": 12' in out
+    p = argparse.ArgumentParser()
+    solve.add_arguments(p)
+    puzzle = "1..4" "...." "2..1" ".3.."
+    assert solve.run(p.parse_args([str(tmp_path / "r"), "--puzzle", puzzle])) == 0
+    out = capsys.readouterr().out
+    assert out.count("step ") == 3 and "q_halt" in out and "answer: " in out and "-+-" in out
+    assert solve.run(p.parse_args([str(tmp_path / "r"), "--puzzle", "1..4"])) == 2
+
+
+@pytest.mark.parametrize("arch,sets", [
+    ("hrm", ["H_layers=1", "L_layers=1", "H_cycles=1", "L_cycles=2", "shared_layers=true"]),
+    ("trm_mlp", ["H_cycles=2", "L_cycles=1", "L_layers=1", "puzzle_emb_ndim=0", "puzzle_emb_len=0"]),
+    ("srm", ["H_cycles=2", "L_cycles=1", "L_layers=1", "skip=none", "grad_cycles=2"]),
+    ("flat", ["L_cycles=2", "L_layers=1", "grad_cycles=2"]),
+])
+def test_every_arch_trains(data_dir, tmp_path, arch, sets, one_thread):
+    small = ["hidden_size=16", "num_heads=1", "expansion=2", "forward_dtype=float32", "halt_max_steps=2"]
+    a = apply_overrides(ARCH_PRESETS[arch], small + sets)
+    if arch in ("srm", "trm_mlp") and "puzzle_emb_ndim=0" not in sets:
+        a["puzzle_emb_len"] = 1
+    train_ds, test_ds = datasets(data_dir)
+    t = Trainer(tiny_config(data_dir, tmp_path, arch=a, max_steps=3, grad_clip_norm=1.0, ema=False), train_ds, test_ds,
+                log=lambda s: None)
+    before = weights(t)
+    summary = t.fit()
+    assert summary["step"] == 3 and summary["eval"]["count"] == 12
+    assert any(not torch.equal(before[k], v) for k, v in weights(t).items())
+    assert t.model_class == {"hrm": "HRM", "trm_mlp": "TRM", "srm": "SRM", "flat": "FlatRecurrence"}[arch]
