@@ -81,3 +81,39 @@ def test_trace_rejects_bad_input():
         trace(models[0], tiny_batch(cfg), steps=0)
     with pytest.raises(ValueError, match="seq_len"):
         trace(models[0], dict(tiny_batch(cfg), inputs=torch.zeros(3, 2, dtype=torch.long)))
+
+
+def test_inspect_command_writes_pngs_and_json(tmp_path, capsys):
+    import argparse
+    import json
+
+    from fastrecur.data import build_sudoku_dataset
+    from fastrecur.inspect import cli
+    from fastrecur.train import Trainer
+    from fastrecur.data import PuzzleDataset
+    from test_train import tiny_config as train_config
+
+    data = tmp_path / "data"
+    build_sudoku_dataset(str(data), n=4, num_train=24, num_test=6, num_aug=0, seed=1)
+    Trainer(train_config(str(data), tmp_path / "run", max_steps=3), PuzzleDataset(str(data), "train"),
+            PuzzleDataset(str(data), "test"), log=lambda s: None).fit()
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    out = tmp_path / "insp"
+    assert cli.run(p.parse_args([str(tmp_path / "run"), str(data), "--out", str(out)])) == 0
+    for name in ("steps.png", "residuals.png", "participation_ratio.png", "accuracy.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    result = json.loads((out / "inspect.json").read_text())
+    assert result["examples"] == 6 and len(result["exact_accuracy_per_step"]) == 3
+    assert set(result["participation_ratio"]) == {"z_H", "z_L"}
+    assert all(1.0 <= v <= 16 for v in result["participation_ratio"].values())
+    printed = capsys.readouterr().out
+    assert printed.count("step ") >= 3 and "[" in printed  # givens marked in the terminal grids
+
+    # Bad puzzles: wrong length, characters outside the vocabulary; neither DATASET nor --puzzle.
+    assert cli.run(p.parse_args([str(tmp_path / "run"), "--puzzle", "1..4", "--out", str(out)])) == 2
+    assert cli.run(p.parse_args([str(tmp_path / "run"), "--puzzle", "1..4....2..1.3x.", "--out", str(out)])) == 2
+    assert cli.run(p.parse_args([str(tmp_path / "run"), "--out", str(out)])) == 2
+    err = capsys.readouterr().err
+    assert "16" in err or "cells" in err
+    assert cli.run(p.parse_args([str(tmp_path / "run"), "--puzzle", "1..4....2..1.3..", "--out", str(out / "p")])) == 0

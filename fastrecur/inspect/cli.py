@@ -1,0 +1,145 @@
+"""``fastrecur inspect CHECKPOINT (DATASET | --puzzle "...")``: look inside a trained model's recursion.
+
+Writes to ``--out``: ``steps.png`` (the first puzzle's grid after each ACT step: givens bold, violations red,
+changed cells grey), ``residuals.png`` (forward residual of each state over all inner updates, log scale),
+``participation_ratio.png`` (PR of each state over samples x positions), ``accuracy.png`` (exact accuracy
+versus ACT steps run) and ``inspect.json`` with every number plotted. Prints the grids in the terminal too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from .plots import MAZE_CHARS, draw_accuracy, draw_bars, draw_residuals, draw_sudoku_steps, text_grid
+from .pr import participation_ratio
+from .trace import trace
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run folder, checkpoint folder, or .safetensors file beside a config.json")
+    p.add_argument("dataset", nargs="?", help="dataset folder (reference format); or give --puzzle")
+    p.add_argument("--puzzle", help="one Sudoku ('.' or '0' for blanks) or maze (rows of '# SGo' separated by '/')")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-examples", type=int, default=256, help="examples traced from the dataset")
+    p.add_argument("--steps", type=int, default=None, help="ACT steps (default: the model's halt_max_steps)")
+    p.add_argument("--out", default="inspect-out")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-ema", action="store_true", help="use the live weights even if an EMA copy exists")
+
+
+def _sudoku_side(seq_len: int, vocab: int):
+    from fastrecur.data.sudoku import BOX_SHAPES
+
+    n = int(round(seq_len ** 0.5))
+    return n if n * n == seq_len and n in BOX_SHAPES and vocab == n + 2 else None
+
+
+def _puzzle_batch(text: str, cfg) -> dict:
+    from fastrecur.data import encode_maze, encode_sudoku
+
+    if set(text) <= set("# SGo/\n"):
+        tokens = encode_maze(text.replace("/", "\n"))
+    else:
+        tokens = encode_sudoku(text)
+    if tokens.size != cfg.seq_len:
+        raise ValueError(f"--puzzle has {tokens.size} cells but the model takes seq_len={cfg.seq_len}")
+    if int(tokens.max()) >= cfg.vocab_size:
+        raise ValueError(f"--puzzle uses token ids up to {int(tokens.max())}, outside the model's vocabulary of {cfg.vocab_size}")
+    t = torch.as_tensor(tokens.astype(np.int64)).view(1, -1)
+    return {"inputs": t, "labels": torch.full_like(t, -100), "puzzle_identifiers": torch.zeros(1, dtype=torch.long)}
+
+
+def _dataset_batch(path: str, split: str, limit: int) -> dict:
+    from fastrecur.data import PuzzleDataset
+
+    if limit < 1:
+        raise ValueError(f"--max-examples must be >= 1, got {limit}")
+    ds = PuzzleDataset(path, split=split)
+    parts = []
+    for batch, n_valid in ds.iter_eval(min(limit, 256)):
+        parts.append({k: v[:n_valid] for k, v in batch.items()})
+        if sum(p["inputs"].shape[0] for p in parts) >= limit:
+            break
+    return {k: torch.cat([p[k] for p in parts])[:limit].long() for k in parts[0]}
+
+
+def run(args) -> int:
+    from fastrecur.train.state import CheckpointError, load_model
+
+    if (args.dataset is None) == (args.puzzle is None):
+        print("fastrecur inspect: give a DATASET folder or --puzzle (one of them)", file=sys.stderr)
+        return 2
+    try:
+        head, info = load_model(args.checkpoint, args.device, use_ema=not args.no_ema, backend="eager")
+        model = head.model
+        batch = _puzzle_batch(args.puzzle, model.config) if args.puzzle else _dataset_batch(args.dataset, args.split, args.max_examples)
+        batch = {k: v.to(args.device) for k, v in batch.items()}
+        tr = trace(model, batch, steps=args.steps, keep_states=True)
+    except (CheckpointError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"fastrecur inspect: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    cfg = model.config
+    inputs0 = batch["inputs"][0].cpu().numpy()
+    preds0 = [s.preds[0].cpu().numpy() for s in tr.steps]
+    q0 = [float(s.q_halt[0]) for s in tr.steps]
+    n = _sudoku_side(cfg.seq_len, cfg.vocab_size)
+    box = None
+    if n:
+        from fastrecur.data.sudoku import BOX_SHAPES
+
+        box = BOX_SHAPES[n]
+    print(f"{type(model).__name__} from {info['weights']}; {batch['inputs'].shape[0]} example(s), {len(tr.steps)} ACT steps\n")
+    prev = None
+    for i, p in enumerate(preds0):
+        if n:
+            grid = text_grid(p, inputs0, prev, box)
+        else:
+            side = int(round(cfg.seq_len ** 0.5))
+            chars = [MAZE_CHARS.get(int(t), "?") for t in p] if cfg.vocab_size == 6 else [str(int(t)) for t in p]
+            grid = "\n".join("".join(chars[r * side:(r + 1) * side]) for r in range(side)) if side * side == cfg.seq_len else " ".join(chars)
+        print(f"step {i + 1} (q_halt {q0[i]:+.2f}):\n{grid}\n")
+        prev = p
+
+    labels = batch["labels"]
+    valid = labels != -100
+    has_labels = bool(valid.any())
+    acc = [float(((s.preds == labels) | ~valid).all(-1).float().mean()) for s in tr.steps] if has_labels else []
+    plen = model.inner.puzzle_emb_len
+    # Participation ratio over samples x positions (puzzle-embedding prefix excluded) at the last ACT step.
+    pr = {k: participation_ratio(v[:, plen:]) for k, v in tr.steps[-1].states.items()} if batch["inputs"].numel() > 1 else {}
+    per_step = len(tr.steps[0].updates)
+    residuals = {}
+    for state in sorted({u.state for u in tr.steps[0].updates}):
+        rows = [(i * per_step + j, float(u.residual.mean())) for i, s in enumerate(tr.steps) for j, u in enumerate(s.updates) if u.state == state]
+        residuals[state] = np.array(rows)
+    result = {
+        "model": type(model).__name__, "checkpoint": info["weights"], "examples": int(batch["inputs"].shape[0]),
+        "act_steps": len(tr.steps), "exact_accuracy_per_step": acc, "participation_ratio": pr,
+        "residuals": {k: v[:, 1].tolist() for k, v in residuals.items()},
+        "residual_update_index": {k: v[:, 0].astype(int).tolist() for k, v in residuals.items()},
+        "first_example": {"inputs": inputs0.tolist(), "preds": [p.tolist() for p in preds0], "q_halt": q0},
+    }
+    with open(os.path.join(args.out, "inspect.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    try:
+        if n:
+            draw_sudoku_steps(os.path.join(args.out, "steps.png"), inputs0, preds0, box, q0)
+        draw_residuals(os.path.join(args.out, "residuals.png"), residuals, per_step)
+        if pr:
+            draw_bars(os.path.join(args.out, "participation_ratio.png"), pr, "participation ratio (last ACT step)", "PR")
+        if acc:
+            draw_accuracy(os.path.join(args.out, "accuracy.png"), acc)
+    except ImportError as e:
+        print(f"fastrecur inspect: no plots ({e}); numbers are in inspect.json")
+    if acc:
+        print("exact accuracy after each ACT step: " + " ".join(f"{a:.3f}" for a in acc))
+    if pr:
+        print("participation ratio: " + ", ".join(f"{k} {v:.1f}" for k, v in pr.items()))
+    print(f"written to {args.out}/")
+    return 0

@@ -1,0 +1,142 @@
+"""Pictures and terminal grids of the recursion (matplotlib is imported only when a PNG is drawn)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+MAZE_CHARS = {1: "#", 2: " ", 3: "S", 4: "G", 5: "o"}
+
+
+def sudoku_violations(digits: np.ndarray, box: Tuple[int, int]) -> np.ndarray:
+    """Bool ``[n, n]``: cells whose digit repeats in their row, column or box (0 = empty, never a violation)."""
+    n = digits.shape[0]
+    bad = np.zeros_like(digits, dtype=bool)
+    for r in range(n):
+        for c in range(n):
+            d = digits[r, c]
+            if d == 0:
+                continue
+            br, bc = (r // box[0]) * box[0], (c // box[1]) * box[1]
+            block = digits[br:br + box[0], bc:bc + box[1]]
+            bad[r, c] = (digits[r] == d).sum() > 1 or (digits[:, c] == d).sum() > 1 or (block == d).sum() > 1
+    return bad
+
+
+def sudoku_digits(tokens: np.ndarray) -> np.ndarray:
+    """Token ids (0 pad, 1 blank, d+1 digit d) -> ``[n, n]`` digits with 0 for blank or out-of-range."""
+    n = int(round(tokens.size ** 0.5))
+    d = tokens.astype(np.int64) - 1
+    d[(d < 1) | (d > n)] = 0
+    return d.reshape(n, n)
+
+
+def text_grid(pred: np.ndarray, inputs: np.ndarray, prev: Optional[np.ndarray], box: Optional[Tuple[int, int]]) -> str:
+    """A Sudoku grid for the terminal: ``[d]`` given, `` d*`` changed since the previous step, `` d!`` violation."""
+    digits, given = sudoku_digits(pred), sudoku_digits(inputs) > 0
+    n = digits.shape[0]
+    bad = sudoku_violations(digits, box) if box else np.zeros_like(given)
+    changed = np.zeros_like(given) if prev is None else (sudoku_digits(prev) != digits)
+    lines = []
+    for r in range(n):
+        if box and r and r % box[0] == 0:
+            lines.append("-" * (4 * n + 2 * (n // box[1] - 1)))
+        cells = []
+        for c in range(n):
+            d = str(digits[r, c]) if digits[r, c] else "."
+            cell = f"[{d}]" if given[r, c] else f" {d}" + ("!" if bad[r, c] else "*" if changed[r, c] else " ")
+            cells.append(cell + (" |" if box and (c + 1) % box[1] == 0 and c + 1 < n else ""))
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("drawing PNGs needs matplotlib: pip install matplotlib") from e
+    return plt
+
+
+def draw_sudoku_steps(path: str, inputs: np.ndarray, preds: Sequence[np.ndarray], box: Tuple[int, int],
+                      q_halt: Sequence[float]) -> None:
+    """One panel per ACT step: givens bold, violations red, cells changed since the previous step grey."""
+    plt = _plt()
+    k = len(preds)
+    cols = min(k, 4)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    given = sudoku_digits(inputs) > 0
+    n = given.shape[0]
+    prev = None
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= k:
+            continue
+        digits = sudoku_digits(preds[i])
+        bad = sudoku_violations(digits, box)
+        changed = np.zeros_like(given) if prev is None else digits != sudoku_digits(prev)
+        prev = preds[i]
+        ax.set_xlim(0, n)
+        ax.set_ylim(n, 0)
+        for r in range(n):
+            for c in range(n):
+                if changed[r, c]:
+                    ax.add_patch(plt.Rectangle((c, r), 1, 1, color="0.85"))
+                if digits[r, c]:
+                    ax.text(c + 0.5, r + 0.55, str(digits[r, c]), ha="center", va="center", fontsize=max(6, 60 // n),
+                            fontweight="bold" if given[r, c] else "normal", color="red" if bad[r, c] else "black")
+        for j in range(n + 1):
+            lw = 1.6 if j % box[1] == 0 else 0.4
+            ax.plot([j, j], [0, n], color="black", lw=lw if j % box[1] == 0 else 0.4)
+            ax.plot([0, n], [j, j], color="black", lw=1.6 if j % box[0] == 0 else 0.4)
+        ax.set_title(f"step {i + 1}  q_halt {q_halt[i]:+.1f}", fontsize=9)
+    fig.suptitle("prediction per ACT step (bold: given, red: violation, grey: changed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_residuals(path: str, residuals: Dict[str, np.ndarray], updates_per_step: int) -> None:
+    """Forward residual of each state over all inner updates (log scale), ACT-step boundaries dashed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for name, r in residuals.items():
+        ax.semilogy(r[:, 0], r[:, 1], marker=".", lw=1, label=name)
+    total = max(int(r[:, 0].max()) for r in residuals.values()) + 1
+    for b in range(updates_per_step, total, updates_per_step):
+        ax.axvline(b - 0.5, color="0.7", ls="--", lw=0.8)
+    ax.set_xlabel("inner update (all ACT steps)")
+    ax.set_ylabel("||z_t - z_(t-1)|| / ||z_(t-1)||")
+    ax.legend()
+    ax.set_title("forward residual per state (mean over samples)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_bars(path: str, values: Dict[str, float], title: str, ylabel: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.bar(list(values), list(values.values()), color="tab:blue")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_accuracy(path: str, acc: List[float]) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(range(1, len(acc) + 1), acc, marker="o")
+    ax.set_xlabel("ACT steps run")
+    ax.set_ylabel("exact accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("what more thinking buys")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
