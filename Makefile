@@ -10,7 +10,9 @@ STAMP := $(VENV)/.fastrecur-installed
 .PHONY: train test bench install clean
 
 # torch 2.14.1 is the CUDA 13.0 build: it runs on CPU, and its headers let CI compile and link the CUDA sources.
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
+# Reinstalled whenever a source changes (the install is not editable); ninja reuses unchanged objects in build/.
+SOURCES := $(shell find fastrecur kernels csrc -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.cu' -o -name '*.h' \) 2>/dev/null)
+$(STAMP): pyproject.toml setup.py $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)" numpy pytest pytest-benchmark ninja safetensors setuptools wheel tqdm matplotlib pyyaml
 	# Not editable: proves `pip install .` works; builds the C++/CUDA extension once per environment.

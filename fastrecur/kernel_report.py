@@ -1,8 +1,9 @@
 """``python -m fastrecur.kernel_report``: static GPU facts about every Triton kernel, without a GPU.
 
 For each kernel (from each ``fastrecur.kernels.<op>.compile_targets()``) and each target (sm_90a Hopper,
-sm_80 Ampere) it compiles ahead of time and prints registers, shared memory, spill bytes (LOCAL), the
-widest global load in the SASS (``LDG.E.128`` = 16 bytes) and the tensor-core instruction used (HGMMA =
+sm_80 Ampere; with the tile sizes its launcher picks there) it compiles ahead of time and prints registers,
+shared memory, local memory (LOCAL), the stack frame (STACK: where ptxas puts register spills), the widest
+global load in the SASS (``LDG.E.128`` = 16 bytes) and the tensor-core instruction used (HGMMA =
 Hopper wgmma, HMMA = mma.sync, none). Then, for the TRM-Sudoku (B=768, S=97, D=512) and TRM-Maze (S=916)
 shapes, the bytes each fused op must move and its FLOPs against the eager sequence it replaces.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import re
@@ -30,24 +32,8 @@ def _bin(tool: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
 
 
-def compile_spec(spec: dict, target) -> "object":
-    """Compile one ``compile_targets()`` entry for ``target`` = ``("cuda", cc, 32)``; no GPU needed."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn = spec["fn"]
-    signature = dict(spec["signature"])
-    for name in spec["constexprs"]:
-        signature[name] = "constexpr"
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.get("divisible_by_16", ())}
-    options = dict(spec.get("options") or {"num_warps": spec.get("num_warps", 4), "num_stages": spec.get("num_stages", 3)})
-    src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec["constexprs"]), attrs=attrs)
-    return triton.compile(src, target=GPUTarget(*target), options=options)
-
-
 def cubin_facts(cubin: bytes) -> Dict[str, object]:
-    """Registers, shared memory, spill bytes, widest global load and tensor-core kind from a cubin."""
+    """Registers, shared memory, spill bytes (LOCAL), stack frame, widest global load and tensor-core kind."""
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
         path = f.name
@@ -62,19 +48,34 @@ def cubin_facts(cubin: bytes) -> Dict[str, object]:
     widest = max(widths) if widths else (4 if plain or "LDG" in sass else 0)
     tc = "HGMMA" if "HGMMA" in sass else ("HMMA" if "HMMA" in sass else "none")
     return {"registers": num("REG"), "shared_bytes": num("SHARED"), "spill_bytes": num("LOCAL"),
+            "stack_bytes": num("STACK"),
             "widest_load_bytes": widest // 8 if widest >= 32 else widest, "tensor_core": tc}
 
 
+def _compile_targets(mod, target) -> List[dict]:
+    """``mod.compile_targets()`` for ``target``: a module whose tile sizes depend on the architecture takes a
+    ``capability`` argument, so each target is compiled with the configuration its launcher uses there."""
+    if "capability" in inspect.signature(mod.compile_targets).parameters:
+        return mod.compile_targets(capability=(target[1] // 10, target[1] % 10))
+    return mod.compile_targets()
+
+
 def kernel_rows(modules=KERNEL_MODULES, targets=TARGETS) -> List[dict]:
+    """One row per kernel, ``compile_targets()`` entry and target: ``cubin_facts``, or ``error`` when the import
+    or the compile failed."""
     rows = []
     for mod_name in modules:
         try:
+            from fastrecur.kernels._common import compile_spec
+
             mod = importlib.import_module(f"fastrecur.kernels.{mod_name}")
         except ImportError as e:
             rows.append({"module": mod_name, "error": f"import failed: {e}"})
             continue
-        for spec in mod.compile_targets():
-            for tname, target in targets.items():
+        per_target = [(tname, target, _compile_targets(mod, target)) for tname, target in targets.items()]
+        for i in range(len(per_target[0][2])):
+            for tname, target, specs in per_target:
+                spec = specs[i]
                 row = {"module": mod_name, "kernel": spec["name"], "target": tname}
                 try:
                     row.update(cubin_facts(compile_spec(spec, target).asm["cubin"]))
@@ -174,14 +175,14 @@ def main(argv=None):
         json.dump({"kernels": rows, "traffic": traffic}, sys.stdout, indent=1)
         print()
         return
-    print(f"{'kernel':45s} {'target':7s} {'regs':>5s} {'smem':>7s} {'spill':>6s} {'ldg':>4s} {'tc':>6s}")
+    print(f"{'kernel':45s} {'target':7s} {'regs':>5s} {'smem':>7s} {'spill':>6s} {'stack':>6s} {'ldg':>4s} {'tc':>6s}")
     for r in rows:
         name = f"{r['module']}.{r.get('kernel', '?')}"
         if "error" in r:
             print(f"{name:45s} {r.get('target', ''):7s} ERROR {r['error']}")
         else:
             print(f"{name:45s} {r['target']:7s} {r['registers']:5d} {r['shared_bytes']:7d} {r['spill_bytes']:6d} "
-                  f"{r['widest_load_bytes']:4d} {r['tensor_core']:>6s}")
+                  f"{r['stack_bytes']:6d} {r['widest_load_bytes']:4d} {r['tensor_core']:>6s}")
     print("\nForward traffic, bf16 (eager: counted op by op on meta tensors; fused: inputs + weights + outputs + stats)")
     print(f"{'shape':11s} {'op':24s} {'GFLOP':>8s} {'eager ops':>9s} {'eager MB':>9s} {'fused MB':>9s} {'ratio':>6s}")
     for t in traffic:

@@ -1,8 +1,5 @@
 """Fused residual add + RMSNorm (forward), and the RMSNorm backward every fused op in fastrecur reuses.
 
-Also the small Triton helpers shared by ``swiglu_mlp.py`` and ``token_mix.py`` (dtype rounding, the
-interpreter switch, the ``compile_targets`` metadata format), so that no kernel file duplicates them.
-
 Math (rows of length N, per row):
     s = round_dtype(x + residual)            # eager adds in the activation dtype first
     rstd = 1 / sqrt(mean(s^2) + eps)         # fp32
@@ -16,45 +13,13 @@ nothing of size [M, N] is saved that the caller does not already hold.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-__all__ = [
-    "interpreting",
-    "round_to",
-    "add_rms_norm_fwd",
-    "rms_norm_bwd",
-    "compile_spec",
-    "compile_targets",
-]
+from ._common import TL_PTR, norm_outputs, round_to, strides3
 
-# Triton element types for the activation dtypes fastrecur supports.
-TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-TL_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def dot_options(dtype: torch.dtype) -> dict:
-    """Constexprs for the ``tl.dot`` calls of the matmul kernels.
-
-    UPCAST: the interpreter computes wrong results for bf16 ``tl.dot`` operands, so there the operands are
-    converted to fp32 after loading (fp32 accumulation either way). IN_PREC: fp32 inputs use IEEE fp32
-    products (tf32 would break the 1e-5 agreement with eager fp32); 16-bit inputs ignore it.
-    """
-    return {"UPCAST": interpreting(), "IN_PREC": "ieee" if dtype == torch.float32 else "tf32"}
-
-
-@triton.jit
-def round_to(x, DTYPE: tl.constexpr):
-    """Round fp32 ``x`` to DTYPE and back: reproduces where eager torch rounds an intermediate."""
-    return x.to(DTYPE).to(tl.float32)
+__all__ = ["add_rms_norm_fwd", "rms_norm_bwd", "compile_targets"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -105,10 +70,7 @@ def add_rms_norm_fwd(x2: torch.Tensor, r2: torch.Tensor, weight, eps: float, y=N
     """Launch the forward on 2-D ``[M, N]`` views (any strides). Writes into (or allocates) y [M, N] with unit
     column stride and rstd [M] fp32 (contiguous); returns them."""
     n_rows, n_cols = x2.shape
-    if y is None:
-        y = torch.empty((n_rows, n_cols), dtype=x2.dtype, device=x2.device)
-    if rstd is None:
-        rstd = torch.empty((n_rows,), dtype=torch.float32, device=x2.device)
+    y, rstd = norm_outputs(x2, y, rstd)
     if n_rows == 0:
         return y, rstd
     if weight is not None:
@@ -185,10 +147,6 @@ def rms_norm_bwd_kernel(
         tl.store(DW + pid * n_cols + cols, dw, mask=col_mask)
 
 
-def _strides3(t):
-    return (t.stride(0), t.stride(1), t.stride(2)) if t is not None else (0, 0, 0)
-
-
 def rms_norm_bwd(dy3, rstd, *, y3=None, x3=None, r3=None, weight=None, ds3=None, max_programs: int = 1024):
     """Launch the norm backward on 3-D ``[batch, rows, cols]`` views (any strides; norm over cols).
 
@@ -219,7 +177,7 @@ def rms_norm_bwd(dy3, rstd, *, y3=None, x3=None, r3=None, weight=None, ds3=None,
             weight if weight is not None else dummy, rstd, ds3,
             dw_partial if dw_partial is not None else rstd,
             n_batch, n_rows, n_cols,
-            *_strides3(dy3), *_strides3(y3), *_strides3(x3), *_strides3(r3), *_strides3(ds3),
+            *strides3(dy3), *strides3(y3), *strides3(x3), *strides3(r3), *strides3(ds3),
             FROM_Y=from_y, HAS_WEIGHT=weight is not None, BLOCK_R=block_r, BLOCK_C=block_c,
             num_warps=num_warps,
         )
@@ -232,36 +190,13 @@ def rms_norm_bwd(dy3, rstd, *, y3=None, x3=None, r3=None, weight=None, ds3=None,
 # --------------------------------------------------------------------------------------------------------
 # Ahead-of-time compile metadata (for a kernel report on machines without a GPU)
 # --------------------------------------------------------------------------------------------------------
-def compile_spec(spec: dict, target=("cuda", 90, 32)):
-    """Compile one entry of a ``compile_targets()`` list for ``target`` (no GPU needed); returns the
-    ``triton.compile`` result (``.asm['ptx']``, ``.asm['cubin']``, ``.metadata``).
-
-    Must run without ``TRITON_INTERPRET`` (the interpreter replaces kernels by Python functions).
-    """
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn = spec["fn"]
-    signature = dict(spec["signature"])
-    constexprs = dict(spec["constexprs"])
-    for name in constexprs:
-        signature[name] = "constexpr"
-    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in spec.get("divisible_by_16", ())}
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": spec.get("num_warps", 4), "num_stages": spec.get("num_stages", 3)}
-    return triton.compile(src, target=GPUTarget(*target), options=options)
-
-
 def _ptr_args(names, dtype):
     return {n: TL_PTR[dtype] for n in names}
 
 
 def compile_targets(dtype: torch.dtype = torch.bfloat16, n_rows: int = 97 * 768, n_cols: int = 512):
-    """Representative launches of this file's kernels (HRM/TRM hidden 512, bf16) as ``compile_spec`` input.
-
-    Each entry: fn, signature (argument -> Triton type), constexprs (including the arguments the JIT would
-    specialise to 1), divisible_by_16 (pointer/stride arguments the JIT would mark aligned), num_warps.
-    """
+    """Representative launches of this file's kernels (HRM/TRM hidden 512, bf16); the entry format is described
+    in ``_common``."""
     block_m, block_n, num_warps = _row_block(n_cols)
     fwd = {
         "name": "add_rms_norm_fwd_kernel",

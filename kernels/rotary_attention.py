@@ -47,18 +47,14 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import dot_operand, dot_precision, interpreting, round_rne
+
 LOG2E = 1.4426950408889634
 # Kernels may only read constexpr globals.
 _LOG2E = tl.constexpr(LOG2E)
 _LN2 = tl.constexpr(0.6931471805599453)
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
-
-
-def _interpreting() -> bool:
-    """Whether the kernels were defined under ``TRITON_INTERPRET=1`` (then the interpreter runs them, whatever the
-    environment says now)."""
-    return not isinstance(_attn_fwd_kernel, triton.runtime.jit.JITFunction)
 
 
 # ----------------------------------------------------------------------------------------------- device helpers
@@ -94,27 +90,40 @@ def _load_rope_rows(base, rows, stride_s, cos_ptr, sin_ptr, stride_cs, S, HD: tl
 
 
 @triton.jit
-def round_rne(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
-    """fp32 ``x`` rounded to nearest-even in ``DTYPE``, returned as ``DTYPE`` (shared with other kernels files).
-
-    The interpreter converts fp32 to bf16 by truncation; there the rounding is done on the bits first, so the
-    conversion itself is exact and the interpreter matches torch (and the GPU's cvt.rn) bit for bit.
-    """
-    if INTERPRET and DTYPE == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        x = bits.to(tl.float32, bitcast=True)
-    return x.to(DTYPE)
+def _head(qkv_ptr, stride_qb, H: tl.constexpr, HD: tl.constexpr):
+    """This program's (batch*head) id ``bh`` (grid axis 0, whose limit is 2**31 - 1; axis 1 allows only 65535),
+    its batch ``b`` (int64) and head ``h``, and the base pointers of its q, k and v columns in qkv."""
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    q_base = qkv_ptr + b * stride_qb + h * HD
+    return bh, b, h, q_base, q_base + H * HD, q_base + 2 * H * HD
 
 
 @triton.jit
-def _dot_operand(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
-    """Round an fp32 tile to the storage dtype for a tensor-core dot (kept fp32 under the interpreter, whose bf16
-    dot is broken: same values, same products, fp32 accumulation either way)."""
-    y = round_rne(x, DTYPE, INTERPRET)
-    if INTERPRET:
-        y = y.to(tl.float32)
-    return y
+def _load_key_tile(k_base, v_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD: tl.constexpr,
+                   HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr):
+    """Rows ``offs_n`` of one head's rotated k and of its v, as dot operands."""
+    DTYPE: tl.constexpr = k_base.dtype.element_ty
+    k = _load_rope_rows(k_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
+    k = dot_operand(k, DTYPE, INTERPRET)
+    v = dot_operand(_load_rows(v_base, offs_n, stride_qs, S, HD), DTYPE, INTERPRET)
+    return k, v
+
+
+@triton.jit
+def _load_query_tile(q_base, do_base, lse_base, delta_base, offs_m, stride_qs, stride_ds, cos_ptr, sin_ptr,
+                     stride_cs, S, HD: tl.constexpr, HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr):
+    """What the backward needs of query rows ``offs_m``: rotated q and dO as dot operands, lse in log2 units and
+    delta. Padded rows get lse = +inf, hence p = 0: they add nothing to dK, dV."""
+    DTYPE: tl.constexpr = q_base.dtype.element_ty
+    m_mask = offs_m < S
+    q = _load_rope_rows(q_base, offs_m, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
+    q = dot_operand(q, DTYPE, INTERPRET)
+    do = dot_operand(_load_rows(do_base, offs_m, stride_ds, S, HD), DTYPE, INTERPRET)
+    lse = tl.load(lse_base + offs_m, mask=m_mask, other=float("inf")) * _LOG2E
+    delta = tl.load(delta_base + offs_m, mask=m_mask, other=0.0)
+    return q, do, lse, delta
 
 
 @triton.jit
@@ -158,38 +167,30 @@ def _attn_fwd_kernel(
     HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Forward: out = softmax(rope(q) rope(k)^T * scale) v for one query tile of one (batch, head)."""
-    # (batch*head) on grid axis 0, whose limit is 2**31 - 1 (axis 1 allows only 65535).
-    bh = tl.program_id(0)
+    bh, b, h, q_base, k_base, v_base = _head(qkv_ptr, stride_qb, H, HD)
     pid_m = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
     DTYPE: tl.constexpr = qkv_ptr.dtype.element_ty
-
-    q_base = qkv_ptr + b * stride_qb + h * HD
-    k_base = q_base + H * HD
-    v_base = q_base + 2 * H * HD
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HD)
 
     q = _load_rope_rows(q_base, offs_m, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
-    q = _dot_operand(q, DTYPE, INTERPRET)
+    q = dot_operand(q, DTYPE, INTERPRET)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HD], tl.float32)
     for start_n in range(0, S, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rope_rows(k_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
-        v = _load_rows(v_base, offs_n, stride_qs, S, HD)
+        k, v = _load_key_tile(k_base, v_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE,
+                              INTERPRET)
         # Scores in log2 units: exp2 is the native instruction.
-        qk = tl.dot(q, tl.trans(_dot_operand(k, DTYPE, INTERPRET)), input_precision=DOT_PRECISION) * qk_scale
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         qk = tl.where(offs_n[None, :] < S, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(_dot_operand(p, DTYPE, INTERPRET), _dot_operand(v, DTYPE, INTERPRET),
-                                            input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(dot_operand(p, DTYPE, INTERPRET), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     acc = acc / l_i[:, None]
@@ -227,40 +228,27 @@ def _attn_bwd_dkdv_kernel(
     HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """dK, dV for one key tile of one (batch, head), looping over all query tiles (transposed scores)."""
-    bh = tl.program_id(0)
+    bh, b, h, q_base, k_base, v_base = _head(qkv_ptr, stride_qb, H, HD)
     pid_n = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
     DTYPE: tl.constexpr = qkv_ptr.dtype.element_ty
-
-    q_base = qkv_ptr + b * stride_qb + h * HD
-    k_base = q_base + H * HD
-    v_base = q_base + 2 * H * HD
     do_base = do_ptr + b * stride_db + h * HD
     lse_base = lse_ptr + bh.to(tl.int64) * S
     delta_base = delta_ptr + bh.to(tl.int64) * S
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
 
-    k = _load_rope_rows(k_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
-    k = _dot_operand(k, DTYPE, INTERPRET)
-    v = _dot_operand(_load_rows(v_base, offs_n, stride_qs, S, HD), DTYPE, INTERPRET)
+    k, v = _load_key_tile(k_base, v_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
     dk = tl.zeros([BLOCK_N, HD], tl.float32)
     dv = tl.zeros([BLOCK_N, HD], tl.float32)
     for start_m in range(0, S, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        m_mask = offs_m < S
-        q = _load_rope_rows(q_base, offs_m, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
-        q = _dot_operand(q, DTYPE, INTERPRET)
-        do = _dot_operand(_load_rows(do_base, offs_m, stride_ds, S, HD), DTYPE, INTERPRET)
-        # Padded query rows get lse = +inf, hence p = 0: they add nothing to dK, dV.
-        lse = tl.load(lse_base + offs_m, mask=m_mask, other=float("inf")) * _LOG2E
-        delta = tl.load(delta_base + offs_m, mask=m_mask, other=0.0)
+        q, do, lse, delta = _load_query_tile(q_base, do_base, lse_base, delta_base, offs_m, stride_qs, stride_ds,
+                                             cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
         pT = tl.math.exp2(qkT - lse[None, :])
-        dv += tl.dot(_dot_operand(pT, DTYPE, INTERPRET), do, input_precision=DOT_PRECISION)
+        dv += tl.dot(dot_operand(pT, DTYPE, INTERPRET), do, input_precision=DOT_PRECISION)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         dsT = pT * (dpT - delta[None, :])
-        dk += tl.dot(_dot_operand(dsT, DTYPE, INTERPRET), q, input_precision=DOT_PRECISION)
+        dk += tl.dot(dot_operand(dsT, DTYPE, INTERPRET), q, input_precision=DOT_PRECISION)
 
     g_base = dqkv_ptr + b * stride_gb + h * HD
     _store_grad_rope(g_base + H * HD, dk * sm_scale, offs_n, stride_gs, cos_ptr, sin_ptr, stride_cs, S, HD,
@@ -278,35 +266,24 @@ def _attn_bwd_dq_kernel(
     HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """dQ for one query tile of one (batch, head), looping over all key tiles."""
-    bh = tl.program_id(0)
+    bh, b, h, q_base, k_base, v_base = _head(qkv_ptr, stride_qb, H, HD)
     pid_m = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
     DTYPE: tl.constexpr = qkv_ptr.dtype.element_ty
-
-    q_base = qkv_ptr + b * stride_qb + h * HD
-    k_base = q_base + H * HD
-    v_base = q_base + 2 * H * HD
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = offs_m < S
-
-    q = _load_rope_rows(q_base, offs_m, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
-    q = _dot_operand(q, DTYPE, INTERPRET)
-    do = _dot_operand(_load_rows(do_ptr + b * stride_db + h * HD, offs_m, stride_ds, S, HD), DTYPE, INTERPRET)
-    lse = tl.load(lse_ptr + bh.to(tl.int64) * S + offs_m, mask=m_mask, other=float("inf")) * _LOG2E
-    delta = tl.load(delta_ptr + bh.to(tl.int64) * S + offs_m, mask=m_mask, other=0.0)
+    q, do, lse, delta = _load_query_tile(q_base, do_ptr + b * stride_db + h * HD, lse_ptr + bh.to(tl.int64) * S,
+                                         delta_ptr + bh.to(tl.int64) * S, offs_m, stride_qs, stride_ds, cos_ptr,
+                                         sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
     dq = tl.zeros([BLOCK_M, HD], tl.float32)
     for start_n in range(0, S, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rope_rows(k_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
-        k = _dot_operand(k, DTYPE, INTERPRET)
-        v = _dot_operand(_load_rows(v_base, offs_n, stride_qs, S, HD), DTYPE, INTERPRET)
+        k, v = _load_key_tile(k_base, v_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE,
+                              INTERPRET)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         # Padded keys must get p = 0 (their zero k would otherwise score 0, not -inf).
         p = tl.where(offs_n[None, :] < S, tl.math.exp2(qk - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(_dot_operand(ds, DTYPE, INTERPRET), k, input_precision=DOT_PRECISION)
+        dq += tl.dot(dot_operand(ds, DTYPE, INTERPRET), k, input_precision=DOT_PRECISION)
 
     _store_grad_rope(dqkv_ptr + b * stride_gb + h * HD, dq * sm_scale, offs_m, stride_gs, cos_ptr, sin_ptr,
                      stride_cs, S, HD, HAS_ROPE, INTERPRET)
@@ -355,13 +332,6 @@ def _launch_opts(cfg: dict) -> dict:
     return {k: cfg[k] for k in ("num_warps", "num_stages")}
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot`` input precision: fp32 inputs use 3xTF32 on the GPU (fp32-level accuracy on tensor cores; plain
-    tf32 would round the operands to 10 mantissa bits, and "ieee" lowers to FMA loops that spill heavily);
-    the interpreter's dot is a NumPy fp32 matmul either way. 16-bit operands ignore the setting."""
-    return "ieee" if _interpreting() or dtype != torch.float32 else "tf32x3"
-
-
 def rotary_attention_fwd(qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
                          num_heads: int, config: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel. Returns ``(out [B, S, H*hd] in qkv.dtype, lse [B, H, S] fp32)``.
@@ -384,7 +354,7 @@ def rotary_attention_fwd(qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Op
         S, qkv.stride(0), qkv.stride(1), stride_cs, out.stride(0), out.stride(1),
         LOG2E / math.sqrt(hd),
         H=H, HD=hd, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        HAS_ROPE=has_rope, INTERPRET=_interpreting(), DOT_PRECISION=dot_precision(qkv.dtype), **_launch_opts(cfg),
+        HAS_ROPE=has_rope, INTERPRET=interpreting(), DOT_PRECISION=dot_precision(qkv.dtype), **_launch_opts(cfg),
     )
     return out, lse
 
@@ -413,7 +383,7 @@ def rotary_attention_bwd(grad_out: torch.Tensor, qkv: torch.Tensor, cos: Optiona
     common = (qkv, cos_a, sin_a, grad_out, lse, delta, dqkv,
               S, qkv.stride(0), qkv.stride(1), stride_cs, grad_out.stride(0), grad_out.stride(1),
               dqkv.stride(0), dqkv.stride(1), LOG2E / math.sqrt(hd), 1.0 / math.sqrt(hd))
-    meta = dict(H=H, HD=hd, BLOCK_M=bm, BLOCK_N=bn, HAS_ROPE=has_rope, INTERPRET=_interpreting(),
+    meta = dict(H=H, HD=hd, BLOCK_M=bm, BLOCK_N=bn, HAS_ROPE=has_rope, INTERPRET=interpreting(),
                 DOT_PRECISION=dot_precision(qkv.dtype), **_launch_opts(cfg))
     _attn_bwd_dkdv_kernel[(B * H, triton.cdiv(S, bn))](*common, **meta)
     _attn_bwd_dq_kernel[(B * H, triton.cdiv(S, bm))](*common, **meta)
@@ -423,21 +393,14 @@ def rotary_attention_bwd(grad_out: torch.Tensor, qkv: torch.Tensor, cos: Optiona
 # ------------------------------------------------------------------------------------------- compile metadata
 def compile_targets(seq_len: int = 916, head_dim: int = 64, num_heads: int = 8, dtype: str = "bf16",
                     rope: bool = True, capability: tuple[int, int] = (9, 0)) -> list[dict]:
-    """What a kernel report needs to compile each kernel ahead of time for a representative shape.
-
-    Each entry: ``name``, ``fn`` (the ``@triton.jit`` function), ``signature`` (arg -> Triton type string, as
-    ``triton.compiler.ASTSource`` takes it), ``constexprs``, ``options`` (num_warps, num_stages) and
-    ``divisible_by_16``: the arguments the runtime JIT would specialise as 16-divisible for this shape
-    (pointers and strides; build ``attrs={(fn.arg_names.index(a),): [["tt.divisibility", 16]]}`` from them,
-    without them the compiled code cannot vectorise its loads). Default: the Maze shape (916 positions), Hopper
-    tile sizes (``capability`` picks another architecture's backward tiles).
-    """
+    """Representative launches of this file's kernels (entry format: see ``_common``). Default: the Maze shape
+    (916 positions), Hopper tile sizes (``capability`` picks another architecture's backward tiles)."""
     ptr, f32p = f"*{dtype}", "*fp32"
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     fwd = fwd_config(seq_len, head_dim, torch_dtype)
     bwd = bwd_config(seq_len, head_dim, torch_dtype, capability)
     rope_meta = dict(H=num_heads, HD=head_dim, HAS_ROPE=rope, INTERPRET=False,
-                     DOT_PRECISION="ieee" if torch_dtype != torch.float32 else "tf32x3")
+                     DOT_PRECISION=dot_precision(torch_dtype, interpret=False))
     bwd_sig = dict(qkv_ptr=ptr, cos_ptr=f32p, sin_ptr=f32p, do_ptr=ptr, lse_ptr=f32p, delta_ptr=f32p,
                    dqkv_ptr=ptr, S="i32", stride_qb="i32", stride_qs="i32", stride_cs="i32", stride_db="i32",
                    stride_ds="i32", stride_gb="i32", stride_gs="i32", qk_scale="fp32", sm_scale="fp32")

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .rotary_attention import _interpreting, round_rne
+from ._common import interpreting, round_rne
 
 _EPS = tl.constexpr(1e-30)
 
@@ -165,27 +165,25 @@ def stablemax_ce_bwd(grad: torch.Tensor, logits: torch.Tensor, labels: torch.Ten
         grad, logits, labels, rowsum, dlogits,
         N, S, V, grad.stride(0), grad.stride(1), logits.stride(0), logits.stride(1), logits.stride(2),
         labels.stride(0), labels.stride(1),
-        ignore_index, BLOCK_R=block_r, BLOCK_V=block_v, INTERPRET=_interpreting(), **_LAUNCH_OPTS,
+        ignore_index, BLOCK_R=block_r, BLOCK_V=block_v, INTERPRET=interpreting(), **_LAUNCH_OPTS,
     )
     return dlogits
 
 
 # ------------------------------------------------------------------------------------------- compile metadata
 def compile_targets(vocab_size: int = 12, dtype: str = "bf16", label_dtype: str = "i32") -> list[dict]:
-    """What a kernel report needs to compile each kernel ahead of time (see ``rotary_attention.compile_targets``
-    for the entry format). Default: ARC's 12-class vocabulary, bf16 logits, int32 labels."""
+    """Representative launches of this file's kernels (entry format: see ``_common``). Default: ARC's 12-class
+    vocabulary, bf16 logits, int32 labels."""
     block_r, block_v = _tile(vocab_size)
     ptr, yptr = f"*{dtype}", f"*{label_dtype}"
-    cx = dict(BLOCK_R=block_r, BLOCK_V=block_v)
-    opts = dict(_LAUNCH_OPTS)
     # The JIT specialises integer arguments equal to 1 as constants: the class stride of contiguous logits.
-    cx = dict(cx, stride_xv=1)
+    cx = dict(BLOCK_R=block_r, BLOCK_V=block_v, stride_xv=1)
+    opts = dict(_LAUNCH_OPTS)
     fwd_sig = dict(logits_ptr=ptr, labels_ptr=yptr, loss_ptr="*fp64", rowsum_ptr="*fp64", N="i32", S="i32",
-                   V="i32", stride_xb="i32", stride_xs="i32", stride_xv="constexpr", stride_yb="i32",
-                   stride_ys="i32", ignore_index="i32")
+                   V="i32", stride_xb="i32", stride_xs="i32", stride_yb="i32", stride_ys="i32", ignore_index="i32")
     bwd_sig = dict(grad_ptr="*fp64", logits_ptr=ptr, labels_ptr=yptr, rowsum_ptr="*fp64", dlogits_ptr=ptr,
                    N="i32", S="i32", V="i32", stride_gb="i32", stride_gs="i32", stride_xb="i32", stride_xs="i32",
-                   stride_xv="constexpr", stride_yb="i32", stride_ys="i32", ignore_index="i32")
+                   stride_yb="i32", stride_ys="i32", ignore_index="i32")
     targets = [
         dict(name="_stablemax_ce_fwd_kernel", fn=_stablemax_ce_fwd_kernel, signature=fwd_sig, constexprs=cx,
              options=opts),

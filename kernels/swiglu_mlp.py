@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .add_rms_norm import TL_PTR, dot_options, rms_norm_bwd, round_to
+from ._common import TL_PTR, dot_options, norm_outputs, round_to, strides3
+from .add_rms_norm import rms_norm_bwd
 
 __all__ = [
     "swiglu_gate_up",
@@ -43,6 +44,24 @@ def _tile_coords(pid, num_m, num_n, GROUP_M: tl.constexpr):
     pid_m = first_m + (pid % width) % size_m
     pid_n = (pid % width) // size_m
     return pid_m, pid_n
+
+
+@triton.jit
+def _tile_offsets(pid_m, pid_n, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Row and column indices of tile (pid_m, pid_n) as 64-bit offsets (strided token-mix views span the whole
+    tensor), and their masks."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_m.to(tl.int64), offs_n.to(tl.int64), offs_m < M, offs_n < N
+
+
+@triton.jit
+def _load_operand(ptrs, mask, UPCAST: tl.constexpr):
+    """A ``tl.dot`` operand tile (0 where masked), upcast to fp32 under UPCAST (see ``_common.dot_options``)."""
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -73,13 +92,8 @@ def swiglu_gate_up_kernel(
     """
     pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     b = tl.program_id(1).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    om, on, m_mask, n_mask = _tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
-    om = offs_m.to(tl.int64)  # 64-bit offsets: strided token-mix views span the whole tensor
-    on = offs_n.to(tl.int64)
     x_ptrs = X + b * s_xb + om[:, None] * s_xm + offs_k[None, :] * s_xk
     wg_ptrs = W + on[None, :] * s_wn + offs_k[:, None] * s_wk
     wu_ptrs = wg_ptrs + N * s_wn
@@ -87,13 +101,9 @@ def swiglu_gate_up_kernel(
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_mask = offs_k < K - k0
-        x = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        wg = tl.load(wg_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        wu = tl.load(wu_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        if UPCAST:
-            x = x.to(tl.float32)
-            wg = wg.to(tl.float32)
-            wu = wu.to(tl.float32)
+        x = _load_operand(x_ptrs, m_mask[:, None] & k_mask[None, :], UPCAST)
+        wg = _load_operand(wg_ptrs, k_mask[:, None] & n_mask[None, :], UPCAST)
+        wu = _load_operand(wu_ptrs, k_mask[:, None] & n_mask[None, :], UPCAST)
         acc_g = tl.dot(x, wg, acc_g, input_precision=IN_PREC)
         acc_u = tl.dot(x, wu, acc_u, input_precision=IN_PREC)
         x_ptrs += BLOCK_K * s_xk
@@ -123,25 +133,16 @@ def matmul_residual_norm_kernel(
     Bytes (forward): reads act once, W (L2-resident) once per row block, h once; writes y and rstd.
     Eager writes the projection, reads it with h to write the sum, then the norm's ~8 passes.
     """
-    pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
+    om, on, m_mask, n_mask = _tile_offsets(tl.program_id(0), 0, M, N, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
-    om = offs_m.to(tl.int64)
-    on = offs_n.to(tl.int64)
     a_ptrs = A + b * s_ab + om[:, None] * s_am + offs_k[None, :] * s_ak
     w_ptrs = W + on[None, :] * s_wn + offs_k[:, None] * s_wk
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_mask = offs_k < K - k0
-        a = tl.load(a_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            w = w.to(tl.float32)
+        a = _load_operand(a_ptrs, m_mask[:, None] & k_mask[None, :], UPCAST)
+        w = _load_operand(w_ptrs, k_mask[:, None] & n_mask[None, :], UPCAST)
         acc = tl.dot(a, w, acc, input_precision=IN_PREC)
         a_ptrs += BLOCK_K * s_ak
         w_ptrs += BLOCK_K * s_wk
@@ -155,7 +156,7 @@ def matmul_residual_norm_kernel(
     if NORM:
         rstd = tl.math.rsqrt(tl.sum(s * s, axis=1) / N + eps)
         s = s * rstd[:, None]
-        tl.store(RSTD + b * M + offs_m, rstd, mask=m_mask)
+        tl.store(RSTD + b * M + om, rstd, mask=m_mask)
     tl.store(Y + b * s_yb + om[:, None] * s_ym + on[None, :] * s_yn, s.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -183,13 +184,8 @@ def swiglu_mlp_bwd_kernel(
     """
     pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     b = tl.program_id(1).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    om, on, m_mask, n_mask = _tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
-    om = offs_m.to(tl.int64)
-    on = offs_n.to(tl.int64)
     x_ptrs = X + b * s_xb + om[:, None] * s_xm + offs_k[None, :] * s_xk
     d_ptrs = DS + b * s_db + om[:, None] * s_dm + offs_k[None, :] * s_dk
     wg_ptrs = WGU + on[None, :] * s_gn + offs_k[:, None] * s_gk
@@ -202,17 +198,11 @@ def swiglu_mlp_bwd_kernel(
         k_mask = offs_k < K - k0
         mk = m_mask[:, None] & k_mask[None, :]
         kn = k_mask[:, None] & n_mask[None, :]
-        x = tl.load(x_ptrs, mask=mk, other=0.0)
-        d = tl.load(d_ptrs, mask=mk, other=0.0)
-        wg = tl.load(wg_ptrs, mask=kn, other=0.0)
-        wu = tl.load(wu_ptrs, mask=kn, other=0.0)
-        wd = tl.load(wd_ptrs, mask=kn, other=0.0)
-        if UPCAST:
-            x = x.to(tl.float32)
-            d = d.to(tl.float32)
-            wg = wg.to(tl.float32)
-            wu = wu.to(tl.float32)
-            wd = wd.to(tl.float32)
+        x = _load_operand(x_ptrs, mk, UPCAST)
+        d = _load_operand(d_ptrs, mk, UPCAST)
+        wg = _load_operand(wg_ptrs, kn, UPCAST)
+        wu = _load_operand(wu_ptrs, kn, UPCAST)
+        wd = _load_operand(wd_ptrs, kn, UPCAST)
         acc_g = tl.dot(x, wg, acc_g, input_precision=IN_PREC)
         acc_u = tl.dot(x, wu, acc_u, input_precision=IN_PREC)
         acc_d = tl.dot(d, wd, acc_d, input_precision=IN_PREC)
@@ -235,10 +225,6 @@ def swiglu_mlp_bwd_kernel(
 # --------------------------------------------------------------------------------------------------------
 # Launchers. 3-D operands are [batch, m, k]-indexed views with arbitrary strides; weights are 2-D.
 # --------------------------------------------------------------------------------------------------------
-def _s3(t):
-    return t.stride(0), t.stride(1), t.stride(2)
-
-
 def _tile_config(m: int, n: int, k: int, n_acc: int):
     """Block sizes for the tiled kernels: big tiles on the GPU, clamped to the problem (the interpreter is
     fastest with few, large programs). n_acc = number of [BLOCK_M, BLOCK_N] fp32 accumulators."""
@@ -266,7 +252,7 @@ def swiglu_gate_up(x3, w_gate_up, act3):
     cfg = _tile_config(m, n, k, n_acc=2)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), n_batch)
     swiglu_gate_up_kernel[grid](
-        x3, w_gate_up, act3, m, n, k, *_s3(x3), w_gate_up.stride(0), w_gate_up.stride(1), *_s3(act3),
+        x3, w_gate_up, act3, m, n, k, *strides3(x3), w_gate_up.stride(0), w_gate_up.stride(1), *strides3(act3),
         **cfg, **dot_options(x3.dtype),
     )
     return act3
@@ -285,7 +271,7 @@ def matmul_residual_norm(a3, w, h3, y3, rstd, eps: float, norm: bool = True):
     grid = (triton.cdiv(m, cfg["BLOCK_M"]), n_batch)
     matmul_residual_norm_kernel[grid](
         a3, w, h3, y3, rstd if rstd is not None else y3, m, n, k,
-        *_s3(a3), w.stride(0), w.stride(1), *_s3(h3), *_s3(y3), eps,
+        *strides3(a3), w.stride(0), w.stride(1), *strides3(h3), *strides3(y3), eps,
         NORM=norm, ROUND=norm, **cfg, **dot_options(a3.dtype),
     )
     return y3
@@ -302,8 +288,8 @@ def swiglu_mlp_bwd_tiles(x3, ds3, w_gate_up, w_down, act3, dgu3):
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), n_batch)
     swiglu_mlp_bwd_kernel[grid](
         x3, ds3, w_gate_up, w_down, act3, dgu3, m, n, k,
-        *_s3(x3), *_s3(ds3), w_gate_up.stride(0), w_gate_up.stride(1), w_down.stride(0), w_down.stride(1),
-        *_s3(act3), *_s3(dgu3),
+        *strides3(x3), *strides3(ds3), w_gate_up.stride(0), w_gate_up.stride(1), w_down.stride(0), w_down.stride(1),
+        *strides3(act3), *strides3(dgu3),
         **cfg, **dot_options(x3.dtype),
     )
     return act3, dgu3
@@ -312,12 +298,9 @@ def swiglu_mlp_bwd_tiles(x3, ds3, w_gate_up, w_down, act3, dgu3):
 def swiglu_mlp_fwd(h2, w_gate_up, w_down, eps: float, y=None, rstd=None):
     """Forward on h2 [M, D] (any strides). Writes into (or allocates) y [M, D] and rstd [M] fp32
     (contiguous); returns them."""
-    m, d = h2.shape
+    m = h2.shape[0]
     i = w_down.shape[1]
-    if y is None:
-        y = torch.empty((m, d), dtype=h2.dtype, device=h2.device)
-    if rstd is None:
-        rstd = torch.empty((m,), dtype=torch.float32, device=h2.device)
+    y, rstd = norm_outputs(h2, y, rstd)
     if m == 0:
         return y, rstd
     act = torch.empty((m, i), dtype=h2.dtype, device=h2.device)
@@ -349,35 +332,47 @@ def swiglu_mlp_bwd(dy2, h2, y2, rstd, w_gate_up, w_down, dh=None):
 
 
 # --------------------------------------------------------------------------------------------------------
-def _matmul_spec(name, fn, ptrs, ints, unit_strides, cfg, dtype, aligned):
-    consts = {s: 1 for s in unit_strides}
-    consts.update({k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")})
-    consts.update({"UPCAST": False, "IN_PREC": "ieee" if dtype == torch.float32 else "tf32"})
-    sig = {**{p: ("*fp32" if p == "RSTD" else TL_PTR[dtype]) for p in ptrs}, **{s: "i32" for s in ints}}
-    if "eps" in fn.arg_names:
-        sig["eps"] = "fp32"
-    return {"name": name, "fn": fn, "signature": sig, "constexprs": consts,
-            "divisible_by_16": list(ptrs) + [a for a in aligned if a in sig],
-            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+# Ahead-of-time compile metadata (entry format: see ``_common``)
+# --------------------------------------------------------------------------------------------------------
+_KERNEL_PTRS = {  # pointer arguments of each kernel, always 16-aligned (torch allocations)
+    "gate_up": ("swiglu_gate_up_kernel", ["X", "W", "ACT"]),
+    "norm": ("matmul_residual_norm_kernel", ["A", "W", "H", "Y", "RSTD"]),
+    "bwd": ("swiglu_mlp_bwd_kernel", ["X", "DS", "WGU", "WD", "ACT", "DGU"]),
+}
+
+
+def block_compile_targets(dtype: torch.dtype, rows: int, n: int, i: int, layout: dict, suffix: str = ""):
+    """``compile_targets()`` entries of the three kernels of one SwiGLU block over ``n`` features of ``rows`` rows
+    with hidden size ``i``: gate/up (M=rows, N=i, K=n), down + norm (M=rows, N=n, K=i), backward tiles (M=rows,
+    N=i, K=n). ``layout[kernel] = (unit, unaligned)`` for kernel in gate_up/norm/bwd: the stride arguments equal
+    to 1 (constexpr, as the JIT specialises them) and the integer arguments not known to be multiples of 16;
+    every other integer argument and every pointer is marked 16-aligned."""
+    kernels = {
+        "gate_up": (swiglu_gate_up_kernel, _tile_config(rows, i, n, 2)),
+        "norm": (matmul_residual_norm_kernel, {**_norm_config(rows, n, i), "NORM": True, "ROUND": True}),
+        "bwd": (swiglu_mlp_bwd_kernel, _tile_config(rows, i, n, 3)),
+    }
+    specs = []
+    for key, (fn, cfg) in kernels.items():
+        name, ptrs = _KERNEL_PTRS[key]
+        unit, unaligned = layout[key]
+        launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
+        consts = {**{s: 1 for s in unit}, **{k: v for k, v in cfg.items() if k not in launch},
+                  **dot_options(dtype, interpret=False)}
+        sig = {a: ("*fp32" if a == "RSTD" else TL_PTR[dtype]) if a in ptrs else ("fp32" if a == "eps" else "i32")
+               for a in fn.arg_names if a not in consts}
+        aligned = [a for a, ty in sig.items() if ty.startswith("*") or (ty == "i32" and a not in unaligned)]
+        specs.append({"name": name + suffix, "fn": fn, "signature": sig, "constexprs": consts,
+                      "divisible_by_16": aligned, **launch})
+    return specs
 
 
 def compile_targets(dtype: torch.dtype = torch.bfloat16, m: int = 97 * 256, d: int = 512, i: int = 1536):
-    """Representative launches (HRM/TRM channel MLP: D=512, I=1536, row-major h and weights) for
-    ``add_rms_norm.compile_spec``. Unit strides are constexpr 1 and the rest marked 16-aligned, as the JIT
-    specialises them for contiguous tensors (batch strides of the [1, M, D] views are M*D, aligned too)."""
-    a = _tile_config(m, i, d, 2)
-    b = _norm_config(m, d, i)
-    c = _tile_config(m, i, d, 3)
-    return [
-        _matmul_spec("swiglu_gate_up_kernel", swiglu_gate_up_kernel, ["X", "W", "ACT"],
-                     ["M", "N", "K", "s_xb", "s_xm", "s_wn", "s_ab", "s_am"], ["s_xk", "s_wk", "s_an"], a, dtype,
-                     ["N", "K", "s_xb", "s_xm", "s_wn", "s_ab", "s_am"]),
-        _matmul_spec("matmul_residual_norm_kernel", matmul_residual_norm_kernel, ["A", "W", "H", "Y", "RSTD"],
-                     ["M", "N", "K", "s_ab", "s_am", "s_wn", "s_hb", "s_hm", "s_yb", "s_ym"],
-                     ["s_ak", "s_wk", "s_hn", "s_yn"], {**b, "NORM": True, "ROUND": True}, dtype,
-                     ["N", "K", "s_ab", "s_am", "s_wn", "s_hb", "s_hm", "s_yb", "s_ym"]),
-        _matmul_spec("swiglu_mlp_bwd_kernel", swiglu_mlp_bwd_kernel, ["X", "DS", "WGU", "WD", "ACT", "DGU"],
-                     ["M", "N", "K", "s_xb", "s_xm", "s_db", "s_dm", "s_gn", "s_wk", "s_ab", "s_am", "s_ob", "s_om"],
-                     ["s_xk", "s_dk", "s_gk", "s_wn", "s_an", "s_on"], c, dtype,
-                     ["N", "K", "s_xb", "s_xm", "s_db", "s_dm", "s_gn", "s_wk", "s_ab", "s_am", "s_ob", "s_om"]),
-    ]
+    """Representative launches (HRM/TRM channel MLP: D=512, I=1536, row-major h and weights). Unit strides are
+    constexpr 1 and the rest marked 16-aligned, as the JIT specialises them for contiguous tensors (batch strides
+    of the [1, M, D] views are M*D, aligned too); the row count M is not assumed aligned."""
+    return block_compile_targets(dtype, m, d, i, layout={
+        "gate_up": (["s_xk", "s_wk", "s_an"], ["M"]),
+        "norm": (["s_ak", "s_wk", "s_hn", "s_yn"], ["M"]),
+        "bwd": (["s_xk", "s_dk", "s_gk", "s_wn", "s_an", "s_on"], ["M"]),
+    })

@@ -17,17 +17,7 @@ from __future__ import annotations
 import torch
 
 from .add_rms_norm import rms_norm_bwd
-from .swiglu_mlp import (
-    _matmul_spec,
-    _norm_config,
-    _tile_config,
-    matmul_residual_norm,
-    matmul_residual_norm_kernel,
-    swiglu_gate_up,
-    swiglu_gate_up_kernel,
-    swiglu_mlp_bwd_kernel,
-    swiglu_mlp_bwd_tiles,
-)
+from .swiglu_mlp import block_compile_targets, matmul_residual_norm, swiglu_gate_up, swiglu_mlp_bwd_tiles
 
 __all__ = ["token_mix_fwd", "token_mix_bwd", "compile_targets"]
 
@@ -90,22 +80,10 @@ def token_mix_bwd(dy, h, y, rstd, w_gate_up_t, w_down_t):
 def compile_targets(dtype: torch.dtype = torch.bfloat16, batch: int = 256, n_tok: int = 97, d: int = 512,
                     i: int = 512):
     """Representative launches for TRM Sudoku mlp_t (L=97, I=512, D=512): the channel kernels with the
-    token-mix strides (m = channel, stride 1; k = token, stride D)."""
-    a = _tile_config(d, i, n_tok, 2)
-    b = _norm_config(d, n_tok, i)
-    c = _tile_config(d, i, n_tok, 3)
-    return [
-        _matmul_spec("swiglu_gate_up_kernel[token_mix]", swiglu_gate_up_kernel, ["X", "W", "ACT"],
-                     ["M", "N", "K", "s_xb", "s_xk", "s_wn", "s_ab", "s_an"], ["s_xm", "s_wk", "s_am"], a, dtype,
-                     ["M", "N", "s_xb", "s_xk", "s_ab", "s_an"]),  # s_wn = L (97) is not aligned
-        _matmul_spec("matmul_residual_norm_kernel[token_mix]", matmul_residual_norm_kernel,
-                     ["A", "W", "H", "Y", "RSTD"],
-                     ["M", "N", "K", "s_ab", "s_ak", "s_wn", "s_hb", "s_hn", "s_yb", "s_yn"],
-                     ["s_am", "s_wk", "s_hm", "s_ym"], {**b, "NORM": True, "ROUND": True}, dtype,
-                     ["M", "K", "s_ab", "s_ak", "s_wn", "s_hb", "s_hn", "s_yb", "s_yn"]),
-        _matmul_spec("swiglu_mlp_bwd_kernel[token_mix]", swiglu_mlp_bwd_kernel,
-                     ["X", "DS", "WGU", "WD", "ACT", "DGU"],
-                     ["M", "N", "K", "s_xb", "s_xk", "s_db", "s_dk", "s_gn", "s_wk", "s_ab", "s_an", "s_ob", "s_on"],
-                     ["s_xm", "s_dm", "s_gk", "s_wn", "s_am", "s_om"], c, dtype,
-                     ["M", "N", "s_xb", "s_xk", "s_db", "s_dk", "s_wk", "s_ab", "s_an", "s_ob", "s_on"]),
-    ]
+    token-mix strides (m = channel, stride 1; k = token, stride D). L = 97 leaves the arguments equal to it
+    unaligned (K or N, and the weights' row stride)."""
+    return block_compile_targets(dtype, d, n_tok, i, suffix="[token_mix]", layout={
+        "gate_up": (["s_xm", "s_wk", "s_am"], ["K", "s_wn"]),
+        "norm": (["s_am", "s_wk", "s_hm", "s_ym"], ["N"]),
+        "bwd": (["s_xm", "s_dm", "s_gk", "s_wn", "s_am", "s_om"], ["K", "s_gn"]),
+    })

@@ -226,10 +226,12 @@ def _train_cmd(data_dir, out, steps):
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(data_dir, tmp_path):
     steps = 40
     env = dict(os.environ, PYTHONPATH=PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    ref = subprocess.run(_train_cmd(data_dir, tmp_path / "ref", steps), env=env, capture_output=True, text=True, timeout=300)
+    # cwd outside the repository, so `python -m` imports the installed package, not the source tree.
+    ref = subprocess.run(_train_cmd(data_dir, tmp_path / "ref", steps), env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(data_dir, out, steps), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(_train_cmd(data_dir, out, steps), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path)
     seen = []
     deadline = time.time() + 240
     for line in proc.stdout:
@@ -241,7 +243,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(data_dir, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
     killed_at = int(os.path.basename(resolve_checkpoint_dir(str(out)))[len("step_"):])
     assert 10 <= killed_at < steps, "killed before the first checkpoint or after the end"
-    resumed = subprocess.run(_train_cmd(data_dir, out, steps), env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_train_cmd(data_dir, out, steps), env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
     a, _ = load_model(str(tmp_path / "ref"), use_ema=False)

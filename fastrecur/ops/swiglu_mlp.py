@@ -20,7 +20,8 @@ from fastrecur.kernels import swiglu_mlp as _k
 from ._validate import check_same_dtype, check_tensor, check_triton_device
 from .add_rms_norm import add_rms_norm_reference, check_eps
 
-__all__ = ["swiglu_mlp_block", "swiglu_mlp_block_reference", "swiglu_reference", "check_mlp_weights"]
+__all__ = ["swiglu_mlp_block", "swiglu_mlp_block_reference", "swiglu_reference", "check_block_args",
+           "register_block_autograd"]
 
 
 def swiglu_reference(h: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
@@ -34,14 +35,14 @@ def swiglu_mlp_block_reference(h: Tensor, w_gate_up: Tensor, w_down: Tensor, eps
     return add_rms_norm_reference(h, swiglu_reference(h, w_gate_up, w_down), eps)
 
 
-def check_mlp_weights(name_gu: str, w_gate_up, name_down: str, w_down, dim: int, ref: Tensor) -> int:
-    """Validate a SwiGLU weight pair acting on a dimension of size ``dim``; returns the hidden size I.
-
-    ``w_gate_up`` is ``[2I, dim]``, ``w_down`` is ``[dim, I]``, both on ref's device with ref's dtype.
+def check_block_args(h: Tensor, name_gu: str, w_gate_up, name_down: str, w_down, dim: int, eps) -> float:
+    """The checks of a fused SwiGLU block after h's own: the weight pair acting on h's dimension of size ``dim``
+    (``w_gate_up [2I, dim]``, ``w_down [dim, I]``, both on h's device with h's dtype, dim within the fused
+    norm's limit), h on a Triton device, eps; returns eps as float.
     """
-    check_tensor(name_gu, w_gate_up, ndim=2, device=ref.device)
-    check_tensor(name_down, w_down, ndim=2, device=ref.device)
-    check_same_dtype(**{"h": ref, name_gu: w_gate_up, name_down: w_down})
+    check_tensor(name_gu, w_gate_up, ndim=2, device=h.device)
+    check_tensor(name_down, w_down, ndim=2, device=h.device)
+    check_same_dtype(**{"h": h, name_gu: w_gate_up, name_down: w_down})
     two_i, k = w_gate_up.shape
     if k != dim:
         raise ValueError(f"{name_gu} has shape {tuple(w_gate_up.shape)}: its second dim must be {dim}")
@@ -52,7 +53,31 @@ def check_mlp_weights(name_gu: str, w_gate_up, name_down: str, w_down, dim: int,
         raise ValueError(f"{name_down} has shape {tuple(w_down.shape)}, expected ({dim}, {inter})")
     if dim > _k.MAX_NORM_COLS:
         raise ValueError(f"the normalised dim {dim} exceeds the fused kernel's limit {_k.MAX_NORM_COLS}")
-    return inter
+    check_triton_device("h", h)
+    return check_eps(eps)
+
+
+def register_block_autograd(fwd, bwd) -> None:
+    """Autograd for a fused SwiGLU block op ``fwd(h, w_gate_up, w_down, eps) -> (y, rstd)`` through its backward op
+    ``bwd(dy, h, y, rstd, w_gate_up, w_down) -> (dh, dw_gate_up, dw_down)``, whose fake impl is registered here
+    too. Saves h, the weights, y and rstd; rstd gets no gradient."""
+
+    @bwd.register_fake
+    def _(dy, h, y, rstd, w_gate_up, w_down):
+        return h.new_empty(h.shape), w_gate_up.new_empty(w_gate_up.shape), w_down.new_empty(w_down.shape)
+
+    def setup_context(ctx, inputs, output):
+        h, w_gate_up, w_down, _eps = inputs
+        y, rstd = output
+        ctx.save_for_backward(h, w_gate_up, w_down, y, rstd)
+        ctx.mark_non_differentiable(rstd)
+
+    def backward(ctx, dy, _drstd):
+        h, w_gate_up, w_down, y, rstd = ctx.saved_tensors
+        dh, dwgu, dwd = bwd(dy, h, y, rstd, w_gate_up, w_down)
+        return dh, dwgu, dwd, None
+
+    fwd.register_autograd(backward, setup_context=setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -81,25 +106,7 @@ def _bwd(dy: Tensor, h: Tensor, y: Tensor, rstd: Tensor, w_gate_up: Tensor, w_do
     return dh, dwgu, dwd
 
 
-@_bwd.register_fake
-def _(dy, h, y, rstd, w_gate_up, w_down):
-    return h.new_empty(h.shape), w_gate_up.new_empty(w_gate_up.shape), w_down.new_empty(w_down.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    h, w_gate_up, w_down, _eps = inputs
-    y, rstd = output
-    ctx.save_for_backward(h, w_gate_up, w_down, y, rstd)
-    ctx.mark_non_differentiable(rstd)
-
-
-def _backward(ctx, dy, _drstd):
-    h, w_gate_up, w_down, y, rstd = ctx.saved_tensors
-    dh, dwgu, dwd = _bwd(dy, h, y, rstd, w_gate_up, w_down)
-    return dh, dwgu, dwd, None
-
-
-_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_block_autograd(_fwd, _bwd)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -117,8 +124,6 @@ def swiglu_mlp_block(h: Tensor, w_gate_up: Tensor, w_down: Tensor, eps: float = 
     check_tensor("h", h)
     if h.dim() < 1 or h.shape[-1] == 0:
         raise ValueError(f"h must have a non-empty last dimension, got shape {tuple(h.shape)}")
-    check_mlp_weights("w_gate_up", w_gate_up, "w_down", w_down, h.shape[-1], h)
-    check_triton_device("h", h)
-    eps = check_eps(eps)
+    eps = check_block_args(h, "w_gate_up", w_gate_up, "w_down", w_down, h.shape[-1], eps)
     y, _ = _fwd(h, w_gate_up, w_down, eps)
     return y

@@ -18,9 +18,8 @@ from torch import Tensor
 
 from fastrecur.kernels import token_mix as _k
 
-from ._validate import check_tensor, check_triton_device
-from .add_rms_norm import check_eps
-from .swiglu_mlp import check_mlp_weights, swiglu_mlp_block_reference
+from ._validate import check_tensor
+from .swiglu_mlp import check_block_args, register_block_autograd, swiglu_mlp_block_reference
 
 __all__ = ["token_mix_block", "token_mix_block_reference"]
 
@@ -50,25 +49,7 @@ def _bwd(dy: Tensor, h: Tensor, y: Tensor, rstd: Tensor, w_gate_up_t: Tensor, w_
     return _k.token_mix_bwd(dy, h, y, rstd, w_gate_up_t, w_down_t)
 
 
-@_bwd.register_fake
-def _(dy, h, y, rstd, w_gate_up_t, w_down_t):
-    return h.new_empty(h.shape), w_gate_up_t.new_empty(w_gate_up_t.shape), w_down_t.new_empty(w_down_t.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    h, w_gate_up_t, w_down_t, _eps = inputs
-    y, rstd = output
-    ctx.save_for_backward(h, w_gate_up_t, w_down_t, y, rstd)
-    ctx.mark_non_differentiable(rstd)
-
-
-def _backward(ctx, dy, _drstd):
-    h, w_gate_up_t, w_down_t, y, rstd = ctx.saved_tensors
-    dh, dwgu, dwd = _bwd(dy, h, y, rstd, w_gate_up_t, w_down_t)
-    return dh, dwgu, dwd, None
-
-
-_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_block_autograd(_fwd, _bwd)
 
 
 def token_mix_block(h: Tensor, w_gate_up_t: Tensor, w_down_t: Tensor, eps: float = 1e-5) -> Tensor:
@@ -85,8 +66,6 @@ def token_mix_block(h: Tensor, w_gate_up_t: Tensor, w_down_t: Tensor, eps: float
         raise ValueError(f"h must have non-empty token and channel dims, got shape {tuple(h.shape)}")
     if h.shape[0] > 65535:
         raise ValueError(f"h has batch size {h.shape[0]}: the kernels launch one grid row per batch (max 65535)")
-    check_mlp_weights("w_gate_up_t", w_gate_up_t, "w_down_t", w_down_t, h.shape[1], h)
-    check_triton_device("h", h)
-    eps = check_eps(eps)
+    eps = check_block_args(h, "w_gate_up_t", w_gate_up_t, "w_down_t", w_down_t, h.shape[1], eps)
     y, _ = _fwd(h, w_gate_up_t, w_down_t, eps)
     return y

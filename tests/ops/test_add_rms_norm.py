@@ -1,63 +1,13 @@
 """fastrecur.ops.add_rms_norm: the Triton kernels (interpreter on CPU) against eager torch in fp64 and in the
-input dtype, forward and every input gradient; layouts, bad inputs, torch.compile and opcheck.
-
-Also home of ``check_fused``, the comparison the other fused-op tests import.
+input dtype, forward and every input gradient; layouts, bad inputs, torch.compile and opcheck. Also the test
+that ``check_fused`` (the comparison every fused-op test uses) is not vacuous.
 """
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
 from fastrecur.ops.add_rms_norm import add_rms_norm, add_rms_norm_reference, rms_norm_reference
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| relative to max |b| (b is the fp64 reference)."""
-    return ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
-def check_fused(fused, reference, args, out_tol=None, grad_tol=None):
-    """Compare ``fused(*args)`` with ``reference`` on the output and the gradient of every argument.
-
-    fp32: output within 1e-5 and gradients within 1e-4 of the fp64 reference (relative to its max).
-    fp16/bf16: output within a few ulps (of the largest value) of the eager reference run in the same
-    dtype, and each error against fp64 at most 3x eager's own error plus one ulp. bf16 is looser because
-    the Triton interpreter truncates fp32 -> bf16 instead of rounding to nearest (so each rounded
-    intermediate carries up to twice eager's error); fp16 matches eager almost bit for bit.
-    """
-    dtype = args[0].dtype
-    leaves = [a.detach().clone().requires_grad_() for a in args]
-    y = fused(*leaves)
-    dy = torch.randn_like(y)
-    grads = torch.autograd.grad(y, leaves, dy)
-
-    ref64 = [a.detach().double().requires_grad_() for a in args]
-    y64 = reference(*ref64)
-    grads64 = torch.autograd.grad(y64, ref64, dy.double())
-    assert y.shape == y64.shape and y.dtype == dtype
-    if dtype == torch.float32:
-        assert _rel(y, y64) <= (out_tol or 1e-5)
-        for i, (g, g64) in enumerate(zip(grads, grads64)):
-            assert g.shape == args[i].shape
-            assert _rel(g, g64) <= (grad_tol or 1e-4), f"grad of argument {i}"
-        return y, grads
-
-    eps = torch.finfo(dtype).eps
-    lowp = [a.detach().clone().requires_grad_() for a in args]
-    y_lp = reference(*lowp)
-    grads_lp = torch.autograd.grad(y_lp, lowp, dy)
-    ulps = 2 if dtype == torch.float16 else 4
-    assert (y.double() - y_lp.double()).abs().max().item() <= ulps * eps * y64.abs().max().item()
-    assert _rel(y, y64) <= 3 * _rel(y_lp, y64) + eps
-    for i, (g, g_lp, g64) in enumerate(zip(grads, grads_lp, grads64)):
-        assert g.shape == args[i].shape and g.dtype == dtype
-        assert _rel(g, g64) <= 3 * _rel(g_lp, g64) + eps, f"grad of argument {i}"
-    return y, grads
+from .helpers import DTYPES, assert_needs_interpreter, check_compiles_like_eager, check_fused
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -124,9 +74,7 @@ def test_bad_inputs(monkeypatch):
         add_rms_norm(x, torch.empty(3, 16, device="meta"))
     with pytest.raises(ValueError, match="x"):
         add_rms_norm(torch.randn(3, 0), torch.randn(3, 0))
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
-        add_rms_norm(x, x)
+    assert_needs_interpreter(monkeypatch, lambda: add_rms_norm(x, x))
 
 
 def test_compile_fullgraph_and_opcheck():
@@ -136,18 +84,7 @@ def test_compile_fullgraph_and_opcheck():
     r = torch.randn(2, 5, 48, requires_grad=True)
     w = torch.randn(48, requires_grad=True)
 
-    def f(a, b, c):
-        return add_rms_norm(a, b, 1e-5, c) * 2
-
-    assert torch._dynamo.explain(f)(x, r, w).graph_break_count == 0
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    y = compiled(x, r, w)
-    grads = torch.autograd.grad(y.sum(), [x, r, w])
-    y_e = f(x, r, w)
-    grads_e = torch.autograd.grad(y_e.sum(), [x, r, w])
-    torch.testing.assert_close(y, y_e)
-    for g, g_e in zip(grads, grads_e):
-        torch.testing.assert_close(g, g_e)
+    check_compiles_like_eager(lambda a, b, c: add_rms_norm(a, b, 1e-5, c) * 2, [x, r, w])
     torch.library.opcheck(torch.ops.fastrecur.add_rms_norm_fwd.default, (x, r, w, 1e-5))
     torch.library.opcheck(torch.ops.fastrecur.add_rms_norm_fwd.default, (x, r, None, 1e-5))
 
@@ -203,31 +140,3 @@ def test_check_fused_catches_errors():
     xb, rb = x.bfloat16(), r.bfloat16()
     with pytest.raises(AssertionError):
         check_fused(lambda a, b: add_rms_norm(a, b) * 1.05, add_rms_norm_reference, [xb, rb])
-
-
-def test_compile_targets_match_kernel_signatures():
-    """Every compile_targets() entry names each kernel argument exactly once (signature or constexpr)."""
-    from fastrecur.kernels import add_rms_norm as k1, swiglu_mlp as k2, token_mix as k3
-
-    for mod in (k1, k2, k3):
-        for spec in mod.compile_targets():
-            names = list(spec["signature"]) + list(spec["constexprs"])
-            assert sorted(names) == sorted(spec["fn"].arg_names), spec["name"]
-            assert set(spec["divisible_by_16"]) <= set(spec["signature"]), spec["name"]
-
-
-def test_kernels_compile_for_sm90():
-    """The kernels compile for Hopper with the real Triton compiler (no GPU needed; the interpreter accepts
-    code the compiler rejects). Runs in a subprocess because this process has TRITON_INTERPRET=1."""
-    code = textwrap.dedent(
-        """
-        from fastrecur.kernels import add_rms_norm as k1, swiglu_mlp as k2, token_mix as k3
-        for mod in (k1, k2, k3):
-            for spec in mod.compile_targets():
-                assert len(k1.compile_spec(spec, ("cuda", 90, 32)).asm["cubin"]) > 0, spec["name"]
-        print("ok")
-        """
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

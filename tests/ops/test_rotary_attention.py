@@ -1,25 +1,16 @@
 """fastrecur.ops.rotary_attention: the Triton kernels (through the interpreter on CPU) against an independent fp64
 attention and against the eager reference in the input dtype; every qkv gradient; masking; strides; errors."""
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-import triton
 
 from fastrecur.kernels import rotary_attention as K
 from fastrecur.ops.rotary_attention import rotary_attention, rotary_attention_reference
 
+from .helpers import assert_needs_interpreter, bad_call_params, rel_err
+
 HALF_TOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # ~2 ulp of values around 1
-
-
-def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Max abs error relative to the largest expected magnitude."""
-    expected = expected.double()
-    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
 def _rope_tables(S: int, hd: int, base: float = 10000.0):
@@ -70,10 +61,10 @@ def _check_fp32_against_fp64(qkv, cos, sin, H, config=None):
         out, lse = K.rotary_attention_fwd(qkv, cos, sin, H, config=config)
         dqkv = K.rotary_attention_bwd(grad_out.float(), qkv, cos, sin, out, lse, H, config=config)
     assert out.dtype == qkv.dtype and out.shape == ref.shape
-    assert _rel_err(out, ref) <= 1e-5
-    assert _rel_err(lse, torch.logsumexp(scores.detach(), -1)) <= 1e-5
+    assert rel_err(out, ref) <= 1e-5
+    assert rel_err(lse, torch.logsumexp(scores.detach(), -1)) <= 1e-5
     assert dqkv.shape == qkv.shape
-    assert _rel_err(dqkv, qkv64.grad) <= 1e-4
+    assert rel_err(dqkv, qkv64.grad) <= 1e-4
 
 
 @pytest.mark.parametrize("B,S,H,hd,rope", [
@@ -123,18 +114,18 @@ def test_half_matches_eager_reference(dtype, B, S, H, hd, rope):
     out.backward(grad_out)
     assert out.dtype == dtype and x.grad.dtype == dtype
     tol = HALF_TOL[dtype]
-    assert _rel_err(out, ref) <= tol
-    assert _rel_err(x.grad, x_ref.grad) <= 2 * tol
+    assert rel_err(out, ref) <= tol
+    assert rel_err(x.grad, x_ref.grad) <= 2 * tol
     # And the rounding is the reference's: the fp64 truth is no closer to the kernel than to eager by much.
     truth, _ = _attention_fp64(qkv, cos, sin, H)
-    assert _rel_err(out, truth) <= 2 * max(_rel_err(ref, truth), tol / 4)
+    assert rel_err(out, truth) <= 2 * max(rel_err(ref, truth), tol / 4)
 
 
 def test_eager_reference_matches_fp64():
     qkv, cos, sin = _inputs(2, 21, 2, 32, torch.float32)
     ref, _ = _attention_fp64(qkv, cos, sin, 2)
-    assert _rel_err(rotary_attention_reference(qkv, cos, sin, 2), ref) <= 1e-5
-    assert _rel_err(rotary_attention_reference(qkv, None, None, 2), _attention_fp64(qkv, None, None, 2)[0]) <= 1e-5
+    assert rel_err(rotary_attention_reference(qkv, cos, sin, 2), ref) <= 1e-5
+    assert rel_err(rotary_attention_reference(qkv, None, None, 2), _attention_fp64(qkv, None, None, 2)[0]) <= 1e-5
 
 
 def test_maze_length_forward_backward():
@@ -147,8 +138,8 @@ def test_maze_length_forward_backward():
     x = qkv.clone().requires_grad_()
     out = rotary_attention(x, cos, sin, H)
     out.sum().backward()  # an expanded (stride 0) upstream gradient
-    assert _rel_err(out, ref) <= 1e-5
-    assert _rel_err(x.grad, qkv64.grad) <= 1e-4
+    assert rel_err(out, ref) <= 1e-5
+    assert rel_err(x.grad, qkv64.grad) <= 1e-4
 
 
 def test_compiles_without_graph_breaks():
@@ -161,7 +152,7 @@ def test_compiles_without_graph_breaks():
     x_ref = qkv.clone().requires_grad_()
     ref = rotary_attention_reference(x_ref, cos, sin, 2) * 2.0
     ref.sum().backward()
-    assert _rel_err(out, ref) <= 1e-5 and _rel_err(x.grad, x_ref.grad) <= 1e-4
+    assert rel_err(out, ref) <= 1e-5 and rel_err(x.grad, x_ref.grad) <= 1e-4
 
 
 def test_opcheck():
@@ -190,55 +181,13 @@ def _bad_calls():
     yield "cos device", lambda: rotary_attention(qkv, cos.to("meta"), sin.to("meta"), 2), ValueError
 
 
-@pytest.mark.parametrize("name,call,exc", list(_bad_calls()), ids=[c[0] for c in _bad_calls()])
-def test_bad_inputs(name, call, exc):
+@pytest.mark.parametrize("call,exc", bad_call_params(_bad_calls))
+def test_bad_inputs(call, exc):
     with pytest.raises(exc):
         call()
 
 
 def test_cpu_without_interpreter_is_an_error(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
     qkv, cos, sin = _inputs(1, 8, 2, 16, torch.float32)
-    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
-        rotary_attention(qkv, cos, sin, 2)
+    assert_needs_interpreter(monkeypatch, lambda: rotary_attention(qkv, cos, sin, 2))
     rotary_attention_reference(qkv, cos, sin, 2)  # the eager path needs no Triton
-
-
-# ------------------------------------------------------------------------------------ sm_90 build (no GPU needed)
-_SM90_SCRIPT = r"""
-import importlib, json, os, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-report = {}
-for t in importlib.import_module(sys.argv[1]).compile_targets():
-    attrs = {(t["fn"].arg_names.index(a),): [["tt.divisibility", 16]] for a in t["divisible_by_16"]}
-    src = ASTSource(fn=t["fn"], signature=t["signature"], constexprs=t["constexprs"], attrs=attrs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=t["options"])
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-    line = next(l for l in usage.splitlines() if "REG:" in l)
-    report[t["name"]] = {k: int(v) for k, v in (f.split(":") for f in line.split() if f.split(":")[0] in
-                                                  ("REG", "STACK", "LOCAL"))}
-print(json.dumps(report))
-"""
-
-
-@pytest.mark.parametrize("module", ["fastrecur.kernels.rotary_attention", "fastrecur.kernels.stablemax_ce"])
-def test_compile_targets_build_for_hopper_without_spills(module):
-    """Each kernels file's ``compile_targets()`` (default shape: hd 64 bf16 / 12 classes) compiles for sm_90 with no
-    spills (no stack frame, no local memory). Runs in a subprocess without the interpreter."""
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    if not all(os.path.exists(os.path.join(bindir, b)) for b in ("ptxas", "cuobjdump")):
-        pytest.skip("this triton has no bundled ptxas/cuobjdump")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _SM90_SCRIPT, module], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report
-    for name, usage in report.items():
-        assert usage["STACK"] == 0 and usage["LOCAL"] == 0, (name, usage)

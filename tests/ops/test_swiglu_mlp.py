@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fastrecur.ops.swiglu_mlp import swiglu_mlp_block, swiglu_mlp_block_reference
-from test_add_rms_norm import DTYPES, check_fused  # shared comparison (tests/ops is on sys.path)
+
+from .helpers import DTYPES, assert_needs_interpreter, check_compiles_like_eager, check_fused
 
 
 def _weights(d, i, dtype):
@@ -72,9 +73,7 @@ def test_bad_inputs(monkeypatch):
         swiglu_mlp_block(h, wgu, wd, eps=-1.0)
     with pytest.raises(ValueError, match="2048"):
         swiglu_mlp_block(torch.randn(1, 2049), torch.randn(2, 2049), torch.randn(2049, 1))
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
-        swiglu_mlp_block(h, wgu, wd)
+    assert_needs_interpreter(monkeypatch, lambda: swiglu_mlp_block(h, wgu, wd))
 
 
 def test_compile_fullgraph_and_opcheck():
@@ -82,16 +81,5 @@ def test_compile_fullgraph_and_opcheck():
     wgu = torch.randn(48, 32, requires_grad=True)
     wd = torch.randn(32, 24, requires_grad=True)
 
-    def f(a, b, c):
-        return swiglu_mlp_block(a, b, c) + 1
-
-    assert torch._dynamo.explain(f)(h, wgu, wd).graph_break_count == 0
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    y = compiled(h, wgu, wd)
-    grads = torch.autograd.grad(y.sum(), [h, wgu, wd])
-    y_e = f(h, wgu, wd)
-    grads_e = torch.autograd.grad(y_e.sum(), [h, wgu, wd])
-    torch.testing.assert_close(y, y_e)
-    for g, g_e in zip(grads, grads_e):
-        torch.testing.assert_close(g, g_e)
+    check_compiles_like_eager(lambda a, b, c: swiglu_mlp_block(a, b, c) + 1, [h, wgu, wd])
     torch.library.opcheck(torch.ops.fastrecur.swiglu_mlp_block_fwd.default, (h, wgu, wd, 1e-5))

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fastrecur.ops.token_mix import token_mix_block, token_mix_block_reference
-from test_add_rms_norm import DTYPES, check_fused  # shared comparison (tests/ops is on sys.path)
+
+from .helpers import DTYPES, assert_needs_interpreter, check_compiles_like_eager, check_fused
 
 
 def _weights(n_tok, i, dtype):
@@ -53,9 +54,7 @@ def test_bad_inputs(monkeypatch):
         token_mix_block(torch.randn(1, 2049, 1), torch.randn(2, 2049), torch.randn(2049, 1))
     with pytest.raises(ValueError, match="batch"):
         token_mix_block(torch.zeros(1, 6, 8).expand(65536, 6, 8), wgu, wd)
-    monkeypatch.setenv("TRITON_INTERPRET", "")
-    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
-        token_mix_block(h, wgu, wd)
+    assert_needs_interpreter(monkeypatch, lambda: token_mix_block(h, wgu, wd), value="")
 
 
 def test_compile_fullgraph_and_opcheck():
@@ -63,16 +62,5 @@ def test_compile_fullgraph_and_opcheck():
     wgu = torch.randn(32, 14, requires_grad=True)
     wd = torch.randn(14, 16, requires_grad=True)
 
-    def f(a, b, c):
-        return token_mix_block(a, b, c) * 3
-
-    assert torch._dynamo.explain(f)(h, wgu, wd).graph_break_count == 0
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    y = compiled(h, wgu, wd)
-    grads = torch.autograd.grad(y.sum(), [h, wgu, wd])
-    y_e = f(h, wgu, wd)
-    grads_e = torch.autograd.grad(y_e.sum(), [h, wgu, wd])
-    torch.testing.assert_close(y, y_e)
-    for g, g_e in zip(grads, grads_e):
-        torch.testing.assert_close(g, g_e)
+    check_compiles_like_eager(lambda a, b, c: token_mix_block(a, b, c) * 3, [h, wgu, wd])
     torch.library.opcheck(torch.ops.fastrecur.token_mix_block_fwd.default, (h, wgu, wd, 1e-5))
