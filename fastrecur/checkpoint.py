@@ -77,7 +77,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: PathOrState, strict: b
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    target = model.model if hasattr(model, "model") and hasattr(model, "loss_fn") else model
+    target = model.model if hasattr(model, "model") and hasattr(model, "per_token_loss") else model
     if isinstance(path_or_state_dict, Mapping):
         state = dict(path_or_state_dict)
     elif isinstance(path_or_state_dict, (str, os.PathLike)):

@@ -126,7 +126,6 @@ def traffic_rows() -> List[dict]:
     """Per fused op and TRM shape: FLOPs, bytes the eager sequence moves (counted op by op on meta tensors)
     and the bytes the fused op must move (its inputs, weights, outputs and saved fp32 statistics), bf16."""
     import torch
-    import torch.nn.functional as F
 
     from fastrecur.models.loss import stablemax_cross_entropy
     from fastrecur.nn import functional as Fr

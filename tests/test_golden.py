@@ -1,6 +1,5 @@
 """fastrecur's eager HRM and TRM against outputs and gradients of the public reference code."""
 import pytest
-import torch
 
 from golden import CASES, assert_close, build, load_case, run_eval, run_train
 

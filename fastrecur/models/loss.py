@@ -1,45 +1,28 @@
 """The reference ``ACTLossHead``: LM loss per valid token, Q-halt and Q-continue BCE, metrics."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_LABEL_ID = -100
+from fastrecur._backends import resolve_backend
+from fastrecur.ops import reference as R
+
+IGNORE_LABEL_ID = R.IGNORE_LABEL_ID
+stablemax_cross_entropy = R.stablemax_cross_entropy
+softmax_cross_entropy = R.softmax_cross_entropy
+LOSSES = ("stablemax_cross_entropy", "softmax_cross_entropy")
 
 
-def _stablemax_s(x: torch.Tensor, epsilon: float = 1e-30) -> torch.Tensor:
-    return torch.where(x < 0, 1 / (1 - x + epsilon), x + 1)
+def _loss_fn(loss_type: str, backend: str):
+    """The per-token loss: the fused stablemax kernel on the Triton backend, else the eager reference."""
+    if loss_type == "stablemax_cross_entropy" and backend == "triton":
+        from fastrecur.ops.stablemax_ce import stablemax_cross_entropy as fused
 
-
-def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID, valid_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-token ``-log(s(x)[label] / sum s(x))`` in float64, 0 where ``labels == ignore_index``.
-
-    ``s(x) = 1/(1-x)`` for ``x < 0`` else ``x + 1`` (stablemax). Matches the reference; returns float64.
-    """
-    s = _stablemax_s(logits.to(torch.float64))
-    logprobs = torch.log(s / s.sum(-1, keepdim=True))
-    if valid_mask is None:
-        valid_mask = labels != ignore_index
-    picked = torch.gather(logprobs, -1, torch.where(valid_mask, labels, 0).to(torch.long).unsqueeze(-1)).squeeze(-1)
-    return -torch.where(valid_mask, picked, 0)
-
-
-def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID, valid_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-token softmax cross-entropy in float32, 0 on ignored labels.
-
-    The reference's version fails inside its own loss head (``.view`` on the non-contiguous logits slice when
-    puzzle embeddings are on; in the TRM repo also an unexpected ``valid_mask`` argument). This is what it
-    meant: plain softmax CE over valid tokens (``valid_mask`` ignored beyond ``ignore_index``).
-    """
-    return F.cross_entropy(
-        logits.to(torch.float32).reshape(-1, logits.shape[-1]), labels.to(torch.long).reshape(-1), ignore_index=ignore_index, reduction="none"
-    ).view(labels.shape)
-
-
-LOSSES = {"stablemax_cross_entropy": stablemax_cross_entropy, "softmax_cross_entropy": softmax_cross_entropy}
+        return fused
+    return getattr(R, loss_type)
 
 
 class ACTLossHead(nn.Module):
@@ -56,7 +39,10 @@ class ACTLossHead(nn.Module):
             raise ValueError(f"loss_type must be one of {sorted(LOSSES)}, got {loss_type!r}")
         self.model = model
         self.loss_type = loss_type
-        self.loss_fn = LOSSES[loss_type]
+
+    def per_token_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The configured loss per token (0 on ignored labels), fused on the Triton backend."""
+        return _loss_fn(self.loss_type, resolve_backend(getattr(self.model, "backend", "eager"), labels.device))(logits, labels, IGNORE_LABEL_ID)
 
     def initial_carry(self, *args, **kwargs):
         return self.model.initial_carry(*args, **kwargs)
@@ -83,7 +69,7 @@ class ACTLossHead(nn.Module):
                 "steps": torch.where(valid, new_carry.steps, 0).sum(),
             }
 
-        lm_loss = (self.loss_fn(outputs["logits"], labels, ignore_index=IGNORE_LABEL_ID, valid_mask=mask) / loss_divisor).sum()
+        lm_loss = (self.per_token_loss(outputs["logits"], labels) / loss_divisor).sum()
         q_halt_loss = F.binary_cross_entropy_with_logits(outputs["q_halt_logits"], seq_is_correct.to(outputs["q_halt_logits"].dtype), reduction="sum")
         metrics.update({"lm_loss": lm_loss.detach(), "q_halt_loss": q_halt_loss.detach()})
         q_continue_loss = 0

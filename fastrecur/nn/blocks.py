@@ -3,13 +3,16 @@
 Module and parameter names follow the reference code so that state dicts are interchangeable:
 ``self_attn.qkv_proj``, ``self_attn.o_proj``, ``mlp.gate_up_proj``, ``mlp.down_proj``, ``mlp_t.*``, ``layers.{i}``.
 """
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from . import functional as Fr
+from fastrecur.ops import reference as R
+
 from .linear import CastedLinear
+
+CosSin = Optional[Tuple[torch.Tensor, torch.Tensor]]
 
 
 def swiglu_intermediate_size(hidden_size: int, expansion: float) -> int:
@@ -26,7 +29,7 @@ class SwiGLU(nn.Module):
         self.down_proj = CastedLinear(inter, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return Fr.swiglu(x, self.gate_up_proj.weight.to(x.dtype), self.down_proj.weight.to(x.dtype))
+        return R.swiglu(x, self.gate_up_proj.cast_weight(x.dtype), self.down_proj.cast_weight(x.dtype))
 
 
 class Attention(nn.Module):
@@ -41,9 +44,9 @@ class Attention(nn.Module):
         self.qkv_proj = CastedLinear(hidden_size, 3 * hidden_size, bias=False)
         self.o_proj = CastedLinear(hidden_size, hidden_size, bias=False)
 
-    def forward(self, h: torch.Tensor, cos_sin: Fr.CosSin) -> torch.Tensor:
-        qkv = self.qkv_proj(h)
-        return self.o_proj(Fr.attention_core(qkv, cos_sin, self.num_heads))
+    def forward(self, h: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
+        cos, sin = cos_sin if cos_sin is not None else (None, None)
+        return self.o_proj(R.rotary_attention(self.qkv_proj(h), cos, sin, self.num_heads))
 
 
 class ReasoningBlock(nn.Module):
@@ -63,17 +66,17 @@ class ReasoningBlock(nn.Module):
             self.self_attn = Attention(hidden_size, num_heads)
         self.mlp = SwiGLU(hidden_size, expansion)
 
-    def forward(self, h: torch.Tensor, cos_sin: Fr.CosSin = None, backend: str = "eager") -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos_sin: CosSin = None, backend: str = "eager") -> torch.Tensor:
         if backend == "triton":
             return self._forward_triton(h, cos_sin)
+        dt = h.dtype
         if self.mlp_t_enabled:
-            t = h.transpose(1, 2)
-            h = Fr.rms_norm(t + self.mlp_t(t), self.eps).transpose(1, 2)
+            h = R.token_mix_block(h, self.mlp_t.gate_up_proj.cast_weight(dt), self.mlp_t.down_proj.cast_weight(dt), self.eps)
         else:
-            h = Fr.rms_norm(h + self.self_attn(h, cos_sin), self.eps)
-        return Fr.rms_norm(h + self.mlp(h), self.eps)
+            h = R.add_rms_norm(h, self.self_attn(h, cos_sin), self.eps)
+        return R.swiglu_mlp_block(h, self.mlp.gate_up_proj.cast_weight(dt), self.mlp.down_proj.cast_weight(dt), self.eps)
 
-    def _forward_triton(self, h: torch.Tensor, cos_sin: Fr.CosSin) -> torch.Tensor:
+    def _forward_triton(self, h: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
         """The same block through the fused Triton ops (same parameters, same math)."""
         from fastrecur import ops
 
@@ -100,7 +103,7 @@ class ReasoningModule(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.repeat = repeat
 
-    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: Fr.CosSin = None, backend: str = "eager") -> torch.Tensor:
+    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin = None, backend: str = "eager") -> torch.Tensor:
         h = h + injection
         for _ in range(self.repeat):
             for layer in self.layers:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from fastrecur.kernels import add_rms_norm as _k
 
+from . import reference as R
 from ._validate import check_same_dtype, check_tensor, check_triton_device
 
 __all__ = ["add_rms_norm", "add_rms_norm_reference", "rms_norm_reference", "check_eps"]
@@ -30,18 +31,8 @@ __all__ = ["add_rms_norm", "add_rms_norm_reference", "rms_norm_reference", "chec
 # ----------------------------------------------------------------------------------------------------------
 # Eager references: the exact block math of the models (the eager backend calls these)
 # ----------------------------------------------------------------------------------------------------------
-def rms_norm_reference(x: Tensor, eps: float = 1e-5, weight: Optional[Tensor] = None) -> Tensor:
-    """HRM/TRM rms_norm: upcast to fp32, ``x * rsqrt(mean(x^2, -1) + eps)`` [* weight], cast back."""
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
-    if weight is not None:
-        y = y * weight.float()
-    return y.to(x.dtype)
-
-
-def add_rms_norm_reference(x: Tensor, residual: Tensor, eps: float = 1e-5, weight: Optional[Tensor] = None) -> Tensor:
-    """``rms_norm(x + residual)``, the sum taken in the activation dtype as the models do."""
-    return rms_norm_reference(x + residual, eps, weight)
+rms_norm_reference = R.rms_norm
+add_rms_norm_reference = R.add_rms_norm
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -26,9 +26,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from fastrecur.kernels import rotary_attention as _k
+from fastrecur.ops import reference as R
 from fastrecur.ops._validate import check_tensor, check_triton_device
 
 __all__ = ["rotary_attention", "rotary_attention_reference", "SUPPORTED_HEAD_DIMS"]
@@ -37,26 +37,11 @@ SUPPORTED_HEAD_DIMS = _k.SUPPORTED_HEAD_DIMS
 
 
 # ---------------------------------------------------------------------------------------------------- reference
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, S, H, hd]: rotate in cos.dtype (fp32), cast back -- the reference's rounding."""
-    xf = x.to(cos.dtype)
-    return (xf * cos.unsqueeze(-2) + _rotate_half(xf) * sin.unsqueeze(-2)).to(x.dtype)
-
-
 def rotary_attention_reference(qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
                                num_heads: int) -> torch.Tensor:
     """Eager reference (any device, autograd through torch): same contract as :func:`rotary_attention`."""
-    B, S, hd = _check_inputs(qkv, cos, sin, num_heads, need_triton=False)
-    q, k, v = qkv.view(B, S, 3, num_heads, hd).unbind(2)
-    if cos is not None:
-        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2).reshape(B, S, num_heads * hd)
+    _check_inputs(qkv, cos, sin, num_heads, need_triton=False)
+    return R.rotary_attention(qkv, cos, sin, num_heads)
 
 
 # --------------------------------------------------------------------------------------------------- validation

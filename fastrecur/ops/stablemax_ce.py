@@ -20,9 +20,9 @@ given in ``fastrecur.ops.rotary_attention``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from fastrecur.kernels import stablemax_ce as _k
+from fastrecur.ops import reference as R
 from fastrecur.ops._validate import check_tensor, check_triton_device
 
 __all__ = ["stablemax_cross_entropy", "stablemax_cross_entropy_reference", "softmax_cross_entropy"]
@@ -48,29 +48,17 @@ def _check_inputs(logits, labels, ignore_index, *, need_triton: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- reference
-def _stablemax_s(x: torch.Tensor, epsilon: float = 1e-30) -> torch.Tensor:
-    return torch.where(x < 0, 1 / (1 - x + epsilon), x + 1)
-
-
 def stablemax_cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor,
                                       ignore_index: int = -100) -> torch.Tensor:
     """Eager reference, the reference repos' exact op sequence (float64 ``labels.shape`` losses)."""
     _check_inputs(logits, labels, ignore_index, need_triton=False)
-    s_x = _stablemax_s(logits.to(torch.float64))
-    logprobs = torch.log(s_x / torch.sum(s_x, dim=-1, keepdim=True))
-    valid_mask = labels != ignore_index
-    transformed_labels = torch.where(valid_mask, labels, 0)
-    prediction_logprobs = torch.gather(logprobs, index=transformed_labels.to(torch.long).unsqueeze(-1),
-                                       dim=-1).squeeze(-1)
-    return -torch.where(valid_mask, prediction_logprobs, 0)
+    return R.stablemax_cross_entropy(logits, labels, ignore_index)
 
 
 def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Float32 softmax cross-entropy per token (``reduction='none'``), 0 at ignored labels; any logits layout."""
     _check_inputs(logits, labels, ignore_index, need_triton=False)
-    return F.cross_entropy(logits.to(torch.float32).reshape(-1, logits.shape[-1]),
-                           labels.to(torch.long).reshape(-1), ignore_index=ignore_index,
-                           reduction="none").view(labels.shape)
+    return R.softmax_cross_entropy(logits, labels, ignore_index)
 
 
 # ----------------------------------------------------------------------------------------------- custom ops

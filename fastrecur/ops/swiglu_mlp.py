@@ -12,27 +12,20 @@ No double backward.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from fastrecur.kernels import swiglu_mlp as _k
 
 from ._validate import check_same_dtype, check_tensor, check_triton_device
-from .add_rms_norm import add_rms_norm_reference, check_eps
+from . import reference as R
+from .add_rms_norm import check_eps
 
 __all__ = ["swiglu_mlp_block", "swiglu_mlp_block_reference", "swiglu_reference", "check_block_args",
            "register_block_autograd"]
 
 
-def swiglu_reference(h: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
-    """HRM/TRM SwiGLU: ``down(silu(gate) * up)`` with ``gate, up = (h @ w_gate_up.T).chunk(2, -1)``."""
-    gate, up = F.linear(h, w_gate_up).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, w_down)
-
-
-def swiglu_mlp_block_reference(h: Tensor, w_gate_up: Tensor, w_down: Tensor, eps: float = 1e-5) -> Tensor:
-    """Eager block math: ``rms_norm(h + swiglu(h))`` (what the fused op computes)."""
-    return add_rms_norm_reference(h, swiglu_reference(h, w_gate_up, w_down), eps)
+swiglu_reference = R.swiglu
+swiglu_mlp_block_reference = R.swiglu_mlp_block
 
 
 def check_block_args(h: Tensor, name_gu: str, w_gate_up, name_down: str, w_down, dim: int, eps) -> float:

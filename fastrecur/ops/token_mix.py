@@ -19,17 +19,13 @@ from torch import Tensor
 from fastrecur.kernels import token_mix as _k
 
 from ._validate import check_tensor
-from .swiglu_mlp import check_block_args, register_block_autograd, swiglu_mlp_block_reference
+from . import reference as R
+from .swiglu_mlp import check_block_args, register_block_autograd
 
 __all__ = ["token_mix_block", "token_mix_block_reference"]
 
 
-def token_mix_block_reference(h: Tensor, w_gate_up_t: Tensor, w_down_t: Tensor, eps: float = 1e-5) -> Tensor:
-    """Eager TRM ``mlp_t`` block math: transpose, ``rms_norm(t + SwiGLU_L(t))`` over L, transpose back.
-
-    Returns the transposed view, as the reference model code does (the fused op returns it contiguous).
-    """
-    return swiglu_mlp_block_reference(h.transpose(1, 2), w_gate_up_t, w_down_t, eps).transpose(1, 2)
+token_mix_block_reference = R.token_mix_block
 
 
 @torch.library.custom_op("fastrecur::token_mix_block_fwd", mutates_args=())

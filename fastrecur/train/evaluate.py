@@ -73,7 +73,7 @@ def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torc
                 break
         has, tok, exact = _row_metrics(out["logits"], labels)
         mask = labels != IGNORE_LABEL_ID
-        lm = head.loss_fn(out["logits"], labels, ignore_index=IGNORE_LABEL_ID, valid_mask=mask).sum(-1) / mask.sum(-1).clamp_min(1)
+        lm = head.per_token_loss(out["logits"], labels).sum(-1) / mask.sum(-1).clamp_min(1)
         use = valid_rows & has
         f = use.to(torch.float64)
         sums += torch.stack([f.sum(), (tok * f).sum(), (exact & use).sum().to(torch.float64), (carry.steps.to(torch.float64) * f).sum(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, Iterable, Optional, Tuple, Union
+from typing import Dict, Tuple, Union
 
 import torch
 import torch.distributed as dist
