@@ -33,3 +33,21 @@ def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         with torch.no_grad():
             model(carry=model.initial_carry(case["batch"]), batch=case["batch"])
+
+
+def test_triton_loss_head_uses_fused_stablemax_and_matches_eager():
+    from fastrecur.models import ACTLossHead
+
+    case = load_case("trm_mlp")
+    results = {}
+    for backend in ("eager", "triton"):
+        head = ACTLossHead(build(case, backend=backend), "stablemax_cross_entropy").train()
+        batch = case["batch"]
+        carry = head.initial_carry(batch)
+        _, loss, metrics, _, _ = head(carry=carry, batch=batch)
+        loss.backward()
+        results[backend] = (loss.detach(), {n: p.grad for n, p in head.named_parameters() if p.grad is not None})
+    (le, ge), (lt, gt) = results["eager"], results["triton"]
+    assert_close(lt, le, "loss")
+    for n in ge:
+        assert_close(gt[n], ge[n], f"loss-head grad {n}")
