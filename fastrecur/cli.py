@@ -15,7 +15,7 @@ SUBCOMMANDS = {
     "train": ("fastrecur.train.cli", "train HRM/TRM/SRM/flat with the reference recipe"),
     "eval": ("fastrecur.train.evaluate", "exact accuracy of a checkpoint on a dataset"),
     "solve": ("fastrecur.train.solve", "solve one puzzle, printing the prediction after each ACT step"),
-    "bench": ("fastrecur.bench", "time one ACT step per backend against its GEMM floor"),
+    "bench": ("fastrecur.bench", "benchmark suite: kernels, models (vs the GEMM floor), launch counters"),
     "inspect": ("fastrecur.inspect.cli", "plots of the recursion: per-step grids, residuals, participation ratio"),
 }
 

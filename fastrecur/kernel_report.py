@@ -127,9 +127,8 @@ def traffic_rows() -> List[dict]:
     and the bytes the fused op must move (its inputs, weights, outputs and saved fp32 statistics), bf16."""
     import torch
 
-    from fastrecur.models.loss import stablemax_cross_entropy
-    from fastrecur.nn import functional as Fr
     from fastrecur.nn.blocks import swiglu_intermediate_size
+    from fastrecur.ops import reference as R
 
     bf, f32 = torch.bfloat16, torch.float32
     meta = lambda *shape, dt=bf: torch.empty(*shape, device="meta", dtype=dt)  # noqa: E731
@@ -143,14 +142,14 @@ def traffic_rows() -> List[dict]:
         logits, labels = meta(B, S, V), torch.empty(B, S, device="meta", dtype=torch.long)
         stats = meta(M, dt=f32)
         cases = [
-            ("add_rms_norm", lambda: Fr.rms_norm(h + r, 1e-5), 4 * M * D, _nbytes(h, r, h, stats)),
-            ("swiglu_mlp_block", lambda: Fr.rms_norm(h + Fr.swiglu(h, wgu, wd), 1e-5), 6 * M * D * I,
+            ("add_rms_norm", lambda: R.add_rms_norm(h, r, 1e-5), 4 * M * D, _nbytes(h, r, h, stats)),
+            ("swiglu_mlp_block", lambda: R.swiglu_mlp_block(h, wgu, wd, 1e-5), 6 * M * D * I,
              _nbytes(h, wgu, wd, h, stats) + 2 * M * I * 2),  # act written once and read once
-            ("token_mix_block", lambda: Fr.rms_norm(h.transpose(1, 2) + Fr.swiglu(h.transpose(1, 2), wtgu, wtd), 1e-5).transpose(1, 2),
+            ("token_mix_block", lambda: R.token_mix_block(h, wtgu, wtd, 1e-5),
              6 * B * S * D * It, _nbytes(h, wtgu, wtd, h) + 2 * B * It * D * 2 + B * D * 4),
-            ("rotary_attention", lambda: Fr.attention_core(qkv, (cos, sin), H), 4 * B * H * S * S * hd,
+            ("rotary_attention", lambda: R.rotary_attention(qkv, cos, sin, H), 4 * B * H * S * S * hd,
              _nbytes(qkv, cos, sin, h, meta(B * H * S, dt=f32))),
-            ("stablemax_cross_entropy", lambda: stablemax_cross_entropy(logits, labels), 8 * M * V,
+            ("stablemax_cross_entropy", lambda: R.stablemax_cross_entropy(logits, labels), 8 * M * V,
              _nbytes(logits, labels, meta(M, dt=torch.float64))),
         ]
         for op, fn, flops, fused in cases:

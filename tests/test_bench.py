@@ -1,0 +1,174 @@
+"""The benchmark harness (``fastrecur.bench``) runs one tiny case per backend and writes valid results.
+
+No speed assertions: these tests check that every section runs, that the numbers it derives are consistent
+(bytes and FLOPs of the fused ops against ``fastrecur.kernel_report``; launch counts add up) and that the
+JSON, markdown and README readout are written. tests/conftest.py sets TRITON_INTERPRET=1, so the Triton
+variant runs here through the interpreter at the tiny shape.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from fastrecur import bench
+from fastrecur._backends import backends
+
+CPU = torch.device("cpu")
+HAS_TRITON = backends()["triton"][0]
+HAS_CPP = backends()["cpp"][0]
+
+
+# --------------------------------------------------------------------------------------------- kernel level
+def test_kernel_cases_cover_every_op_and_shape():
+    cases = bench.kernel_cases("full")
+    assert {c.op for c in cases} == set(bench.KERNEL_OPS)
+    assert {c.shape for c in cases} == {"TRM-Sudoku", "HRM-Sudoku", "TRM-Maze"}
+    assert {c.shape for c in cases if c.op == "token_mix_block"} == {"TRM-Sudoku"}  # TRM-MLP is a Sudoku model
+    sudoku = next(c for c in cases if c.shape == "TRM-Sudoku")
+    assert (sudoku.dims["B"], sudoku.dims["S"], sudoku.dims["D"]) == (768, 97, 512)
+    assert next(c for c in cases if c.shape == "TRM-Maze").dims["S"] == 916
+    assert all(c.dims["B"] < 768 for c in bench.kernel_cases("quick"))
+
+
+def test_op_cost_agrees_with_kernel_report():
+    """The forward bytes/FLOPs used for GB/s and the roofline are kernel_report's counts of the same ops."""
+    from fastrecur.kernel_report import traffic_rows
+
+    for t in traffic_rows():
+        dims = dict(bench.KERNEL_SHAPES[t["shape"]])
+        if t["op"] == "stablemax_cross_entropy":
+            dims.update(L=dims["S"], V=11)  # kernel_report takes logits over all S positions, vocab 11
+        cost = bench.op_cost(t["op"], dims, elt=2)["fwd"]
+        assert cost["flops"] == t["flops"], t
+        extra = 8 * dims["B"] * dims["S"] if t["op"] == "stablemax_cross_entropy" else 0  # + saved fp64 row sums
+        assert cost["bytes"] == t["fused_bytes"] + extra, t
+        both = bench.op_cost(t["op"], dims, elt=2)["fwd+bwd"]
+        assert both["bytes"] > cost["bytes"] and both["flops"] > cost["flops"]
+
+
+@pytest.mark.parametrize("variant", ["eager"] + (["triton"] if HAS_TRITON else []))
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_kernel_case_runs(variant, mode):
+    case = next(c for c in bench.kernel_cases("tiny") if c.op == "add_rms_norm")
+    roof = {"copy_GBps": 10.0, "matmul_TFLOPs": 0.1}
+    row = bench.run_kernel_case(case, variant, mode, CPU, torch.float32, warmup=0, iters=1, roofline=roof)
+    assert "error" not in row, row.get("error")
+    assert row["ms"] > 0 and row["GBps"] > 0 and row["roofline_frac"] > 0
+    assert row["bytes"] == bench.op_cost("add_rms_norm", case.dims, 4)[mode]["bytes"]
+
+
+def test_kernel_variants_compute_the_same():
+    """The timed callables are the real ops: fused and eager agree on the tiny case (fp32)."""
+    if not HAS_TRITON:
+        pytest.skip("triton not available")
+    for case in bench.kernel_cases("tiny", ["add_rms_norm", "stablemax_cross_entropy"]):
+        torch.manual_seed(0)
+        args, _ = case.make_inputs(CPU, torch.float32)
+        torch.testing.assert_close(case.fused(*args), case.eager(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="scale"):
+        bench.kernel_shapes("huge")
+    with pytest.raises(ValueError, match="unknown op"):
+        bench.op_cost("softmax", bench.KERNEL_SHAPES["TRM-Sudoku"])
+    with pytest.raises(ValueError, match="unknown op"):
+        bench.kernel_cases("tiny", ["nope"])
+    with pytest.raises(ValueError, match="arch"):
+        bench.sudoku_cfg("gpt", "float32", 1)
+    with pytest.raises(SystemExit, match="archs"):
+        bench.main(["--archs", "gpt", "--out", "/nonexistent-never-written"])
+
+
+def test_triton_not_timed_on_cpu_unless_asked():
+    ok, why = bench.triton_usable(CPU, requested_on_cpu=False)
+    assert not ok and "interpreter" in why
+
+
+# --------------------------------------------------------------------------------------------- counters
+def test_counters_add_up():
+    row = bench.counter_rows("hrm", "eager", CPU, hidden=64, dtype="float32", seq_len=4)
+    for step in ("eval_step", "train_step"):
+        c = row[step]
+        assert c["total"] == c["aten"] + c["triton"] + c["cpp_native"]
+        assert c["aten"] > 0 and c["triton"] == 0 and c["cpp_native"] == 0
+    assert row["train_step"]["total"] > row["eval_step"]["total"]  # backward launches kernels too
+    assert row["saved_bytes"] > 0 and row["saved_tensors"] > 0
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_counters_cpp_reports_native_ops():
+    row = bench.counter_rows("hrm", "cpp", CPU, hidden=64, dtype="float32", seq_len=4)
+    assert row["eval_step"]["cpp_calls"] == 1 and row["eval_step"]["cpp_native"] > 0
+    eager = bench.counter_rows("hrm", "eager", CPU, hidden=64, dtype="float32", seq_len=4)
+    # the C++ loop replaces the Python-issued ATen calls of the no-grad steps
+    assert row["eval_step"]["aten"] < eager["eval_step"]["aten"]
+
+
+def test_saved_bytes_grow_with_grad_cycles():
+    """The grad_cycles sweep measures what issue 9 is about: more cycles with gradient keep more activations."""
+    saved = []
+    for gc in (1, 2):
+        cfg = dict(bench.sudoku_cfg("trm", "float32", 1, 64, 4), grad_cycles=gc)
+        model = bench.build("trm", cfg, "eager")
+        data = bench.sudoku_batch(cfg, CPU)
+        head = bench.ACTLossHead(model).train()
+        carry = head.initial_carry(data)
+        saved.append(bench.saved_bytes(lambda: head(carry=carry, batch=data)[1].backward(), model)["saved_bytes"])
+    assert saved[1] > saved[0]
+
+
+# --------------------------------------------------------------------------------------------- CLI end to end
+def test_cli_writes_json_markdown_and_readout(tmp_path, capsys):
+    argv = ["--device", "cpu", "--out", str(tmp_path), "--quick", "--no-compile", "--archs", "hrm", "--hidden", "64",
+            "--seq-len", "4", "--batches", "1", "--solve-steps", "2", "--iters", "1", "--warmup", "0",
+            "--kernel-scale", "tiny", "--ops", "add_rms_norm", "--sections", "kernels,models,counters"]
+    assert bench.main(argv) == 0
+    (out,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert out.name.startswith("cpu-")
+    results = json.loads((out / "results.json").read_text())
+    meta = results["meta"]
+    for key in ("device", "torch", "triton", "date", "threads"):
+        assert key in meta
+    assert meta["runtime_s"] > 0
+    variants = {r["variant"] for r in results["kernels"]}
+    assert variants == {"eager", "compile", "triton"}
+    assert all("ms" in r or "skipped" in r for r in results["kernels"])
+    models = {(r["kind"], r["variant"]): r for r in results["models"]}
+    for kind in ("train", "solve"):
+        assert models[(kind, "eager")]["puzzles_per_s"] > 0
+        assert models[(kind, "gemm_floor")]["ms"] > 0
+        assert models[(kind, "compile")]["skipped"] == "--no-compile"
+        assert "error" not in models[(kind, "cpp")] and ("ms" in models[(kind, "cpp")]) == HAS_CPP
+    counters = {r["backend"]: r for r in results["counters"]}
+    assert counters["eager"]["eval_step"]["total"] > 0
+    if HAS_TRITON:  # in process: the interpreter is on under tests/conftest.py
+        assert counters["triton"]["eval_step"]["triton"] > 0
+    md = (out / "results.md").read_text()
+    assert meta["date"] in md and meta["torch"] in md and "| HRM | train step | 1 | eager |" in md
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (out / "speedup.png").exists()
+    else:
+        assert (out / "speedup.png").stat().st_size > 0
+
+    capsys.readouterr()
+    assert bench.main(["--readout", str(out / "results.json")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("## Results") and meta["device"] in text and "### Models" in text
+    assert os.path.basename(str(out)) in text
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not available")
+def test_triton_launches_counted_per_kernel():
+    """One fused add_rms_norm forward + backward = one forward and one backward Triton launch, executed or not."""
+    case = next(c for c in bench.kernel_cases("tiny") if c.op == "add_rms_norm")
+    fn = bench.kernel_callable(case, "triton", "fwd+bwd", CPU, torch.float32)
+    counts = bench.count_launches(fn, CPU)
+    assert counts["triton"] == 2 and counts["total"] == counts["aten"] + 2
+    with bench.TritonLaunchCounter(execute=False) as dry:
+        assert bench.count_launches(fn, CPU, dry)["triton"] == 2
