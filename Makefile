@@ -27,7 +27,9 @@ train: $(STAMP)
 	cd / && $(abspath $(VENV))/bin/fastrecur train --preset sudoku-4x4-cpu --out $(CURDIR)/runs/demo
 
 test: $(STAMP)
-	FASTRECUR_REQUIRE_EXT=$${FASTRECUR_REQUIRE_EXT-1} $(VENV)/bin/pytest -q -p no:cacheprovider tests
+	# FASTRECUR_ASAN=1 includes the AddressSanitizer/UBSan build and run of the extension (tests/test_asan.py).
+	FASTRECUR_REQUIRE_EXT=$${FASTRECUR_REQUIRE_EXT-1} FASTRECUR_ASAN=$${FASTRECUR_ASAN-1} PYTHON=$(abspath $(PY)) \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 bench: $(STAMP)
 	cd / && $(abspath $(PY)) -m fastrecur.bench --quick --device cpu --out $(CURDIR)/bench-out

@@ -21,6 +21,7 @@
 #include <ATen/ATen.h>
 #include <ATen/DeviceGuard.h>
 #include <ATen/MemoryOverlap.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -138,14 +139,37 @@ void check_launch(int code, const char* what) {
     default: FR_CHECK_TYPE(false, "unsupported dtype ", dtype);                                       \
   }
 
-// out, a, b: 2D [rows, cols] views with stride(1) == 1.
-void k_add_rms_norm_rows(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double eps) {
+// Profiler label of a fused kernel (visible in torch.profiler next to the ATen ops it sits between).
+#define FR_RECORD(name) RECORD_FUNCTION(name, c10::ArrayRef<const c10::IValue>{})
+
+// The optional second destination of finished rows, as a [n0, seq, cols] view with a contiguous last dim
+// (undefined: none). The caller validated it.
+[[maybe_unused]] cuda::RowCopy cuda_row_copy(const at::Tensor& c) {
+  if (!c.defined()) return cuda::RowCopy{nullptr, 1, 0, 0};
+  return cuda::RowCopy{c.data_ptr(), c.size(1), c.stride(0), c.stride(1)};
+}
+template <typename T>
+cpu::RowCopy<T> cpu_row_copy(const at::Tensor& c) {
+  cpu::RowCopy<T> rc;
+  if (c.defined()) {
+    rc.ptr = c.data_ptr<T>();
+    rc.seq = c.size(1);
+    rc.s0 = c.stride(0);
+    rc.s1 = c.stride(1);
+  }
+  return rc;
+}
+
+// out, a, b: 2D [rows, cols] views with stride(1) == 1; copy: see cuda_row_copy (rows == n0 * seq).
+void k_add_rms_norm_rows(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double eps,
+                         const at::Tensor& copy = at::Tensor()) {
+  FR_RECORD("fastrecur::add_rms_norm");
   const int64_t rows = out.size(0), cols = out.size(1);
   if (out.is_cuda()) {
 #ifdef FASTRECUR_WITH_CUDA
     check_launch(cuda::add_rms_norm_rows(cuda_dtype(out.scalar_type()), out.data_ptr(), out.stride(0), a.data_ptr(),
                                          a.stride(0), b.data_ptr(), b.stride(0), rows, cols,
-                                         static_cast<float>(eps), cuda_stream(out)),
+                                         static_cast<float>(eps), cuda_row_copy(copy), cuda_stream(out)),
                  "add_rms_norm");
 #else
     no_cuda();
@@ -154,11 +178,38 @@ void k_add_rms_norm_rows(const at::Tensor& out, const at::Tensor& a, const at::T
   }
   FR_DISPATCH_CPU(out.scalar_type(),
                   cpu::add_rms_norm_rows<T>(out.data_ptr<T>(), out.stride(0), a.const_data_ptr<T>(), a.stride(0),
-                                            b.const_data_ptr<T>(), b.stride(0), rows, cols, static_cast<float>(eps)));
+                                            b.const_data_ptr<T>(), b.stride(0), rows, cols, static_cast<float>(eps),
+                                            cpu_row_copy<T>(copy)));
+}
+
+// target: contiguous [rows, cols]; srcs: contiguous tensors of the same shape (at most cuda::kMaxInject);
+// target += (srcs[0] + srcs[1] + ...) in eager's order and rounding; copy: see cuda_row_copy.
+void k_inject_add(const at::Tensor& target, const std::vector<at::Tensor>& srcs, const at::Tensor& copy) {
+  FR_RECORD("fastrecur::inject_add");
+  const int64_t rows = target.size(0), cols = target.size(1);
+  const int n_src = static_cast<int>(srcs.size());
+  if (target.is_cuda()) {
+#ifdef FASTRECUR_WITH_CUDA
+    cuda::InjectSources src{};
+    for (int j = 0; j < n_src; ++j) src.p[j] = srcs[j].data_ptr();
+    check_launch(cuda::inject_add(cuda_dtype(target.scalar_type()), target.data_ptr(), src, n_src, rows, cols,
+                                  cuda_row_copy(copy), cuda_stream(target)),
+                 "inject_add");
+#else
+    no_cuda();
+#endif
+    return;
+  }
+  FR_DISPATCH_CPU(target.scalar_type(), {
+    std::vector<const T*> p;
+    for (const auto& t : srcs) p.push_back(t.const_data_ptr<T>());
+    cpu::inject_add<T>(target.data_ptr<T>(), p.data(), n_src, rows, cols, cpu_row_copy<T>(copy));
+  });
 }
 
 // out, gate, up: 2D [rows, cols] views with stride(1) == 1.
 void k_swiglu(const at::Tensor& out, const at::Tensor& gate, const at::Tensor& up) {
+  FR_RECORD("fastrecur::swiglu");
   const int64_t rows = out.size(0), cols = out.size(1);
   if (out.is_cuda()) {
 #ifdef FASTRECUR_WITH_CUDA
@@ -178,6 +229,7 @@ void k_swiglu(const at::Tensor& out, const at::Tensor& gate, const at::Tensor& u
 // x: 2D [rows, >= heads * head_dim] view with stride(1) == 1; rotates the first `heads` heads of each row.
 void k_rope(const at::Tensor& x, int64_t heads, int64_t head_dim, int64_t seq_len, const at::Tensor& cos,
             const at::Tensor& sin) {
+  FR_RECORD("fastrecur::rope");
   const int64_t rows = x.size(0);
   if (x.is_cuda()) {
 #ifdef FASTRECUR_WITH_CUDA
@@ -195,6 +247,7 @@ void k_rope(const at::Tensor& x, int64_t heads, int64_t head_dim, int64_t seq_le
 
 // out, a, b: 3D [n0, n1, n2] views with stride(2) == 1; norm over axis 1.
 void k_add_rms_norm_dim1(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double eps) {
+  FR_RECORD("fastrecur::add_rms_norm_dim1");
   const int64_t n0 = out.size(0), n1 = out.size(1), n2 = out.size(2);
   if (out.is_cuda()) {
 #ifdef FASTRECUR_WITH_CUDA
@@ -409,7 +462,7 @@ Block make_block(at::TensorList weights, int64_t idx, int64_t kind, const at::Te
 
 // Offsets (in elements) of the workspace regions; each starts on a 64-element boundary.
 struct Layout {
-  int64_t inj = 0, o = 0, mix = 0, gu = 0, act = 0, wpad = 0, total = 0;
+  int64_t o = 0, mix = 0, gu = 0, act = 0, wpad = 0, total = 0;
 };
 
 int64_t align_up(int64_t n) { return (n + 63) / 64 * 64; }
@@ -433,7 +486,6 @@ Layout plan_workspace(const std::vector<Block>& blocks, int64_t kind, int64_t B,
   }
   Layout l;
   int64_t off = 0;
-  l.inj = off; off += align_up(M * D);
   l.o = off; off += align_up(M * D);
   l.mix = off; off += align_up(mix);
   l.gu = off; off += align_up(gu);
@@ -443,13 +495,26 @@ Layout plan_workspace(const std::vector<Block>& blocks, int64_t kind, int64_t B,
   return l;
 }
 
+// Views of the workspace and of the transposed weights that one block uses, made once per run_steps call:
+// the loop then issues only kernels. (A view costs about a microsecond of dispatch, and an ACT step would
+// otherwise make over a thousand of them.)
+struct BlockViews {
+  at::Tensor gate_up_t, down_t;          // channel MLP weights, transposed views
+  at::Tensor gu, gate, up, act, o;       // channel MLP: [M, 2I], its halves, [M, I], [M, D]
+  at::Tensor w0_t, w1_t, qkv, q, k, v;   // attention: weights, [M, 3*H*hd] and the q/k/v [B, H, S, hd] views
+  at::Tensor att_scratch, att_scratch4;  // attention output when SDPA's is not [B, S, H, hd] contiguous
+  at::Tensor hTp, G, Ggate, Gup, tact, outT, outT3;  // mixer: [Lp, N], [2*It, N], halves, [It, N], [S, N], [B, S, D]
+};
+
 struct Runner {
   at::Tensor buf;
   Layout lay;
   int64_t B, S, D, num_heads, Lp;
   double eps;
   std::optional<at::Tensor> cos, sin;
-  int64_t ops = 0;  // native ops issued (ATen calls + fused kernels), reported by workspace_info
+  at::Tensor mixer_in;  // [B, S, D] view of the transposed state in the mix region (mixer blocks)
+  std::vector<BlockViews> views;
+  int64_t ops = 0;  // native ops issued (ATen calls that run kernels + fused kernels), see workspace_info
 
   at::Tensor region(int64_t off, at::IntArrayRef sizes) const {
     int64_t n = 1;
@@ -457,67 +522,94 @@ struct Runner {
     return buf.narrow(0, off, n).view(sizes);
   }
 
-  // h2 = rms_norm(h2 + (silu(gate) * up) @ down.T) with [gate | up] = h2 @ gate_up.T.
-  void mlp(const at::Tensor& h2, const Block& b) {
-    const int64_t M = B * S;
-    auto gu = region(lay.gu, {M, 2 * b.inter});
-    at::mm_out(gu, h2, b.gate_up.t());
-    auto act = region(lay.act, {M, b.inter});
-    k_swiglu(act, gu.narrow(1, 0, b.inter), gu.narrow(1, b.inter, b.inter));
-    auto o = region(lay.o, {M, D});
-    at::mm_out(o, act, b.down.t());
-    k_add_rms_norm_rows(h2, h2, o, eps);
-    ops += 5;
+  void prepare(const std::vector<Block>& blocks, int64_t kind) {
+    const int64_t M = B * S, N = B * D;
+    if (kind == kMixer) mixer_in = region(lay.mix, {Lp, B, D}).narrow(0, 0, S).permute({1, 0, 2});
+    views.reserve(blocks.size());
+    for (const auto& b : blocks) {
+      BlockViews v;
+      v.gate_up_t = b.gate_up.t();
+      v.down_t = b.down.t();
+      v.gu = region(lay.gu, {M, 2 * b.inter});
+      v.gate = v.gu.narrow(1, 0, b.inter);
+      v.up = v.gu.narrow(1, b.inter, b.inter);
+      v.act = region(lay.act, {M, b.inter});
+      v.o = region(lay.o, {M, D});
+      if (kind == kAttention) {
+        const int64_t H = num_heads, hd = b.head_dim;
+        v.w0_t = b.w0.t();
+        v.w1_t = b.w1.t();
+        v.qkv = region(lay.mix, {M, 3 * H * hd});
+        auto q5 = v.qkv.view({B, S, 3, H, hd});
+        v.q = q5.select(2, 0).transpose(1, 2);
+        v.k = q5.select(2, 1).transpose(1, 2);
+        v.v = q5.select(2, 2).transpose(1, 2);
+        v.att_scratch = region(lay.act, {M, H * hd});
+        v.att_scratch4 = v.att_scratch.view({B, S, H, hd});
+      } else {
+        const int64_t It = b.mix_inter;
+        v.hTp = region(lay.mix, {Lp, N});
+        v.G = region(lay.gu, {2 * It, N});
+        v.Ggate = v.G.narrow(0, 0, It);
+        v.Gup = v.G.narrow(0, It, It);
+        v.tact = region(lay.act, {It, N});
+        v.outT = region(lay.o, {S, N});
+        v.outT3 = v.outT.view({S, B, D}).permute({1, 0, 2});
+      }
+      views.push_back(std::move(v));
+    }
   }
 
-  void attention_block(const at::Tensor& h2, const Block& b) {
+  // h2 = rms_norm(h2 + (silu(gate) * up) @ down.T) with [gate | up] = h2 @ gate_up.T; the new rows are also
+  // written to `copy` when defined (the next mixer block's input).
+  void mlp(const at::Tensor& h2, BlockViews& v, const at::Tensor& copy = at::Tensor()) {
+    at::mm_out(v.gu, h2, v.gate_up_t);
+    k_swiglu(v.act, v.gate, v.up);
+    at::mm_out(v.o, v.act, v.down_t);
+    k_add_rms_norm_rows(h2, h2, v.o, eps, copy);
+    ops += 4;
+  }
+
+  void attention_block(const at::Tensor& h2, const Block& b, BlockViews& v) {
     const int64_t M = B * S, H = num_heads, hd = b.head_dim;
-    auto qkv = region(lay.mix, {M, 3 * H * hd});
-    at::mm_out(qkv, h2, b.w0.t());
+    at::mm_out(v.qkv, h2, v.w0_t);
     ops += 1;
     if (cos) {
-      k_rope(qkv, 2 * H, hd, S, *cos, *sin);  // q and k heads are the first 2*H heads of each row
+      k_rope(v.qkv, 2 * H, hd, S, *cos, *sin);  // q and k heads are the first 2*H heads of each row
       ops += 1;
     }
-    auto q5 = qkv.view({B, S, 3, H, hd});
-    auto q = q5.select(2, 0).transpose(1, 2), k = q5.select(2, 1).transpose(1, 2), v = q5.select(2, 2).transpose(1, 2);
     // Allocates its output internally (see the file comment).
-    auto att = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, 1.0 / std::sqrt(double(hd)))
+    auto att = at::scaled_dot_product_attention(v.q, v.k, v.v, std::nullopt, 0.0, false, 1.0 / std::sqrt(double(hd)))
                    .transpose(1, 2);  // [B, S, H, hd]
     ops += 1;
     at::Tensor a2;
     if (att.is_contiguous()) {
       a2 = att.view({M, H * hd});
     } else {
-      a2 = region(lay.act, {M, H * hd});
-      a2.view({B, S, H, hd}).copy_(att);
+      v.att_scratch4.copy_(att);
+      a2 = v.att_scratch;
       ops += 1;
     }
-    auto o = region(lay.o, {M, D});
-    at::mm_out(o, a2, b.w1.t());
-    k_add_rms_norm_rows(h2, h2, o, eps);
+    at::mm_out(v.o, a2, v.w1_t);
+    k_add_rms_norm_rows(h2, h2, v.o, eps);
     ops += 2;
-    mlp(h2, b);
+    mlp(h2, v);
   }
 
   // Token mixing in the [L, B*D] layout, so both token GEMMs are single large GEMMs:
   // hT = h^T; G = t_gate_up @ hT; act = silu(G[:I_t]) * G[I_t:]; out = t_down @ act;
   // h = rms_norm over L of (hT + out), written straight back into h's [B, L, D] layout.
-  void mixer_block(const at::Tensor& h2, const Block& b) {
-    const int64_t N = B * D, It = b.mix_inter;
-    auto h3 = h2.view({B, S, D});
-    auto hTp = region(lay.mix, {Lp, B, D});  // rows S..Lp-1 stay zero (set once per call)
-    auto hT = hTp.narrow(0, 0, S);
-    hT.copy_(h3.permute({1, 0, 2}));
-    auto G = region(lay.gu, {2 * It, N});
-    at::mm_out(G, b.w0_padded, hTp.view({Lp, N}));
-    auto act = region(lay.act, {It, N});
-    k_swiglu(act, G.narrow(0, 0, It), G.narrow(0, It, It));
-    auto outT = region(lay.o, {S, N});
-    at::mm_out(outT, b.w1, act);
-    k_add_rms_norm_dim1(h3, hT.permute({1, 0, 2}), outT.view({S, B, D}).permute({1, 0, 2}), eps);
-    ops += 5;
-    mlp(h2, b);
+  // hT (the mix region, rows S..Lp-1 zero) must already hold h transposed: the kernel that last wrote h wrote
+  // it too (the injection, or the previous block's MLP norm), which saves a transpose copy per block.
+  // next_is_mixer: this level call runs another block after this one (its input copy is written here).
+  void mixer_block(const at::Tensor& h2, const at::Tensor& h3, const Block& b, BlockViews& v,
+                   bool next_is_mixer) {
+    at::mm_out(v.G, b.w0_padded, v.hTp);
+    k_swiglu(v.tact, v.Ggate, v.Gup);
+    at::mm_out(v.outT, b.w1, v.tact);
+    k_add_rms_norm_dim1(h3, mixer_in, v.outT3, eps);
+    ops += 4;
+    mlp(h2, v, next_is_mixer ? mixer_in : at::Tensor());
   }
 };
 
@@ -589,8 +681,8 @@ void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& 
              "] (slot 0 is x, which is read-only)");
     if (r[0] == kUpdate) {
       FR_CHECK(r[2] >= 0 && r[2] < n_levels, at_step, "level ", r[2], " outside [0, ", n_levels - 1, "]");
-      FR_CHECK(r[3] >= 0 && r[3] <= width - kProgramHeader, at_step, "inject count ", r[3], " outside [0, ",
-               width - kProgramHeader, "]");
+      FR_CHECK(r[3] >= 0 && r[3] <= width - kProgramHeader && r[3] <= cuda::kMaxInject, at_step, "inject count ",
+               r[3], " outside [0, ", std::min<int64_t>(width - kProgramHeader, cuda::kMaxInject), "]");
       for (int64_t j = 0; j < r[3]; ++j) {
         FR_CHECK(r[kProgramHeader + j] >= 0 && r[kProgramHeader + j] < n_slots, at_step, "inject slot ",
                  r[kProgramHeader + j], " outside [0, ", n_slots - 1, "]");
@@ -635,37 +727,43 @@ void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& 
     run.cos = *cos;
     run.sin = *sin;
   }
-  auto slot = [&](int64_t i) -> const at::Tensor& { return i == 0 ? x : states[i - 1]; };
+  run.prepare(blocks, block_kind);
   const int64_t M = B * S;
+  // Slot i as [B, S, D] and as [M, D] (views made once per call).
+  std::vector<at::Tensor> slot3, slot2;
+  slot3.push_back(x);
+  for (const auto& t : states) slot3.push_back(t);
+  for (const auto& t : slot3) slot2.push_back(t.view({M, D}));
+  const at::Tensor none;
+  std::vector<at::Tensor> srcs;
   for (int64_t s = 0; s < n_steps; ++s) {
     const int64_t* r = prog + s * width;
-    const at::Tensor& target = slot(r[1]);
+    const at::Tensor& target = slot3[r[1]];
     if (r[0] == kCopy) {
       if (r[2] != r[1]) {
-        target.copy_(slot(r[2]));
+        target.copy_(slot3[r[2]]);
         run.ops += 1;
       }
       continue;
     }
-    // target = target + (inj_0 + inj_1 + ...), summed in the order given, like the eager loop.
+    // target = target + (inj_0 + inj_1 + ...), summed in the order given, like the eager loop; one fused
+    // kernel, which also writes the transposed copy a first mixer block reads.
     const int64_t n_inj = r[3];
     const int64_t* inj = r + kProgramHeader;
-    if (n_inj == 1) {
-      target.add_(slot(inj[0]));
+    const int64_t first = level_offsets[r[2]], last = level_offsets[r[2] + 1];
+    const bool mixer = block_kind == kMixer && last > first;
+    const at::Tensor& h2 = slot2[r[1]];
+    if (n_inj > 0 || mixer) {
+      srcs.clear();
+      for (int64_t j = 0; j < n_inj; ++j) srcs.push_back(slot2[inj[j]]);
+      k_inject_add(h2, srcs, mixer ? run.mixer_in : none);
       run.ops += 1;
-    } else if (n_inj >= 2) {
-      auto sum = run.region(run.lay.inj, {B, S, D});
-      at::add_out(sum, slot(inj[0]), slot(inj[1]));
-      for (int64_t j = 2; j < n_inj; ++j) sum.add_(slot(inj[j]));
-      target.add_(sum);
-      run.ops += n_inj;
     }
-    auto h2 = target.view({M, D});
-    for (int64_t bi = level_offsets[r[2]]; bi < level_offsets[r[2] + 1]; ++bi) {
+    for (int64_t bi = first; bi < last; ++bi) {
       if (block_kind == kAttention) {
-        run.attention_block(h2, blocks[bi]);
+        run.attention_block(h2, blocks[bi], run.views[bi]);
       } else {
-        run.mixer_block(h2, blocks[bi]);
+        run.mixer_block(h2, target, blocks[bi], run.views[bi], bi + 1 < last);
       }
     }
   }

@@ -35,6 +35,11 @@ CUDA_SOURCES = ["kernels.cu"]
 # Ampere and Hopper SASS, plus Hopper PTX so newer GPUs can JIT the kernels.
 CUDA_ARCHS = [("80", "sm_80"), ("90", "sm_90")]
 CXX_FLAGS = ["-O3"]  # the language standard is torch's choice (C++20 for torch 2.14, C++17 before)
+# at::parallel_for is inline: without OpenMP in *this* translation unit the fused CPU kernels run on one
+# thread while torch's GEMMs use all of them. Linked as libgomp.so.1, the runtime torch itself loads (same
+# soname), so the two share one thread pool and torch.set_num_threads applies to both. FASTRECUR_NO_OPENMP=1
+# leaves it out (e.g. for a compiler without OpenMP).
+OPENMP_FLAGS = ["-fopenmp"]
 
 
 def _truthy(name: str) -> bool:
@@ -103,7 +108,11 @@ def extension_kwargs(with_cuda: bool, rel_to: str | None = None) -> dict:
         # 4x slower here). Every x86-64 server of the last decade has AVX2+FMA+F16C (Haswell, Zen 1);
         # FASTRECUR_NO_AVX2=1 builds the portable version.
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    kwargs = {"sources": paths, "extra_compile_args": {"cxx": cxx}, "include_dirs": [CSRC]}
+    link = []
+    if not _truthy("FASTRECUR_NO_OPENMP"):
+        cxx += OPENMP_FLAGS
+        link += OPENMP_FLAGS
+    kwargs = {"sources": paths, "extra_compile_args": {"cxx": cxx}, "include_dirs": [CSRC], "extra_link_args": link}
     if with_cuda:
         kwargs["extra_compile_args"]["cxx"].append("-DFASTRECUR_WITH_CUDA")
         kwargs["extra_compile_args"]["nvcc"] = nvcc_flags()

@@ -100,10 +100,23 @@ inline void scale_inplace(T* dst, int64_t n, float scale, const float* scales, f
   store_as(buf, dst, n);
 }
 
+// A second destination for finished rows: row r (of rows laid out as [n0, seq]) is also written to
+// ptr + (r / seq) * s0 + (r % seq) * s1 (element offsets), e.g. the [seq, n0, cols] transposed copy the next
+// token-mixer block reads. ptr == nullptr: none.
+template <typename T>
+struct RowCopy {
+  T* ptr = nullptr;
+  int64_t seq = 1, s0 = 0, s1 = 0;
+  void put(int64_t r, const T* src, int64_t n) const {
+    if (ptr) std::copy(src, src + n, ptr + (r / seq) * s0 + (r % seq) * s1);
+  }
+};
+
 // out[r, :] = rms_norm(a[r, :] + b[r, :]); out may be a or b (each element is read before it is written).
+// With copy.ptr set, each finished row is also copied there.
 template <typename T>
 void add_rms_norm_rows(T* out, int64_t os, const T* a, int64_t as, const T* b, int64_t bs, int64_t rows,
-                       int64_t cols, float eps) {
+                       int64_t cols, float eps, RowCopy<T> copy = {}) {
   at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
     float fa[kBlk], fb[kBlk], fs[kBlk];
     for (int64_t r = r0; r < r1; ++r) {
@@ -120,8 +133,62 @@ void add_rms_norm_rows(T* out, int64_t os, const T* a, int64_t as, const T* b, i
       for (int64_t c0 = 0; c0 < cols; c0 += kBlk) {
         scale_inplace(o + c0, std::min(kBlk, cols - c0), scale, nullptr, fs);
       }
+      copy.put(r, o, cols);
     }
   });
+}
+
+// Rounds n fp32 values to T and back in place (what eager holds after an op in dtype T); no-op for float.
+template <typename T>
+inline void round_through(float* buf, T* tmp, int64_t n) {
+  if constexpr (!std::is_same_v<T, float>) {
+    at::vec::convert(buf, tmp, n);
+    at::vec::convert(tmp, buf, n);
+  } else {
+    (void)buf;
+    (void)tmp;
+    (void)n;
+  }
+}
+
+// The injection of a level call, in eager's order and rounding: target = target + (src[0] + src[1] + ...),
+// every partial sum rounded to T. All [rows, cols] contiguous; target may not alias a source (the caller
+// checks). With copy.ptr set, each updated row is also copied there. n_src == 0: only the copy.
+template <typename T>
+void inject_add(T* target, const T* const* src, int64_t n_src, int64_t rows, int64_t cols, RowCopy<T> copy = {}) {
+  at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
+    float acc[kBlk], fb[kBlk], ft[kBlk];
+    T tmp[kBlk];
+    for (int64_t r = r0; r < r1; ++r) {
+      T* t = target + r * cols;
+      for (int64_t c0 = 0; n_src > 0 && c0 < cols; c0 += kBlk) {
+        const int64_t n = std::min(kBlk, cols - c0);
+        const float* s0 = as_float(src[0] + r * cols + c0, fb, n);
+        std::copy(s0, s0 + n, acc);
+        for (int64_t j = 1; j < n_src; ++j) {
+          const float* sj = as_float(src[j] + r * cols + c0, fb, n);
+          int64_t i = 0;
+          for (; i + kV <= n; i += kV) (fVec::loadu(acc + i) + fVec::loadu(sj + i)).store(acc + i);
+          if (i < n) (fVec::loadu(acc + i, n - i) + fVec::loadu(sj + i, n - i)).store(acc + i, n - i);
+          round_through(acc, tmp, n);
+        }
+        add_round_store(as_float(t + c0, ft, n), acc, fb, t + c0, n);
+      }
+      copy.put(r, t, cols);
+    }
+  });
+}
+
+// exp(-x) for silu. For bf16/fp16 activations exp_u20 (a polynomial good to a few fp32 ulp, about 2x faster
+// than Sleef's 1-ulp exp): the result is rounded to 8 or 11 mantissa bits anyway. fp32 keeps the 1-ulp exp,
+// so the fp32 path stays as close to eager as before (the recursion amplifies any rounding difference).
+template <typename T>
+inline fVec neg_exp(const fVec& x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x.neg().exp();
+  } else {
+    return x.neg().exp_u20();
+  }
 }
 
 // out[r, c] = silu(gate[r, c]) * up[r, c] in fp32, rounded once.
@@ -138,11 +205,11 @@ void swiglu(T* out, int64_t os, const T* gate, int64_t gs, const T* up, int64_t 
         int64_t i = 0;
         for (; i + kV <= n; i += kV) {
           const fVec x = fVec::loadu(g + i);
-          (x / (one + x.neg().exp()) * fVec::loadu(u + i)).store(fo + i);
+          (x / (one + neg_exp<T>(x)) * fVec::loadu(u + i)).store(fo + i);
         }
         if (i < n) {
           const fVec x = fVec::loadu(g + i, n - i);
-          (x / (one + x.neg().exp()) * fVec::loadu(u + i, n - i)).store(fo + i, n - i);
+          (x / (one + neg_exp<T>(x)) * fVec::loadu(u + i, n - i)).store(fo + i, n - i);
         }
         store_as(fo, out + r * os + c0, n);
       }

@@ -16,10 +16,27 @@ struct Strides3 {
   int64_t s0, s1, s2;
 };
 
+// Optional second destination of finished rows: row r (rows laid out as [n0, seq]) is also written to
+// ptr + (r / seq) * s0 + (r % seq) * s1 (element offsets; columns contiguous). ptr == nullptr: none.
+struct RowCopy {
+  void* ptr;
+  int64_t seq, s0, s1;
+};
+
 // out[r, :] = rms_norm(a[r, :] + b[r, :]) over `cols`; rows are `*_stride` elements apart, columns contiguous.
 // The sum is rounded to the activation dtype before the norm (as eager torch does). out may equal a or b.
 int add_rms_norm_rows(DType dt, void* out, int64_t out_stride, const void* a, int64_t a_stride,
-                      const void* b, int64_t b_stride, int64_t rows, int64_t cols, float eps, void* stream);
+                      const void* b, int64_t b_stride, int64_t rows, int64_t cols, float eps, RowCopy copy,
+                      void* stream);
+
+// The injection of a level call: target = target + (src[0] + ... + src[n_src - 1]), each partial sum rounded
+// to the activation dtype (eager's order). All [rows, cols] contiguous; target may equal a source exactly.
+constexpr int kMaxInject = 8;
+struct InjectSources {
+  const void* p[kMaxInject];
+};
+int inject_add(DType dt, void* target, InjectSources src, int n_src, int64_t rows, int64_t cols, RowCopy copy,
+               void* stream);
 
 // out[r, c] = silu(gate[r, c]) * up[r, c], computed in fp32 and rounded once.
 int swiglu(DType dt, void* out, int64_t out_stride, const void* gate, int64_t gate_stride, const void* up,

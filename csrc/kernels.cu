@@ -49,7 +49,7 @@ int64_t blocks_for(int64_t n) {
 // writes and needs no synchronisation; out == a (in place) is safe for the same reason.
 template <typename T>
 __global__ void add_rms_norm_rows_kernel(T* out, int64_t out_stride, const T* a, int64_t a_stride, const T* b,
-                                         int64_t b_stride, int64_t rows, int64_t cols, float eps) {
+                                         int64_t b_stride, int64_t rows, int64_t cols, float eps, RowCopy copy) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (row >= rows) return;  // whole warp exits together: row is uniform per warp
@@ -64,7 +64,38 @@ __global__ void add_rms_norm_rows_kernel(T* out, int64_t out_stride, const T* a,
   }
   ss = warp_sum(ss);
   const float scale = rsqrtf(ss / static_cast<float>(cols) + eps);
-  for (int64_t c = lane; c < cols; c += 32) o[c] = from_f<T>(to_f(o[c]) * scale);
+  T* cp = copy.ptr ? static_cast<T*>(copy.ptr) + (row / copy.seq) * copy.s0 + (row % copy.seq) * copy.s1 : nullptr;
+  for (int64_t c = lane; c < cols; c += 32) {
+    const T v = from_f<T>(to_f(o[c]) * scale);
+    o[c] = v;
+    if (cp) cp[c] = v;
+  }
+}
+
+// One thread per element (grid-stride); reads its sources and target before writing, so target == source is safe.
+template <typename T>
+__global__ void inject_add_kernel(T* target, InjectSources src, int n_src, int64_t rows, int64_t cols,
+                                  RowCopy copy) {
+  const int64_t n = rows * cols;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    T v = target[i];
+    if (n_src > 0) {
+      float acc = to_f(static_cast<const T*>(src.p[0])[i]);
+      // Unrolled over the fixed-size array so it stays in parameter space (a dynamic index would copy it to
+      // local memory).
+#pragma unroll
+      for (int j = 1; j < kMaxInject; ++j) {
+        if (j < n_src) acc = round_to<T>(acc + to_f(static_cast<const T*>(src.p[j])[i]));
+      }
+      v = from_f<T>(to_f(v) + acc);
+      target[i] = v;
+    }
+    if (copy.ptr) {
+      const int64_t r = i / cols, c = i - r * cols;
+      static_cast<T*>(copy.ptr)[(r / copy.seq) * copy.s0 + (r % copy.seq) * copy.s1 + c] = v;
+    }
+  }
 }
 
 template <typename T>
@@ -139,14 +170,25 @@ int dispatch(DType dt, F&& f) {
 }  // namespace
 
 int add_rms_norm_rows(DType dt, void* out, int64_t out_stride, const void* a, int64_t a_stride, const void* b,
-                      int64_t b_stride, int64_t rows, int64_t cols, float eps, void* stream) {
+                      int64_t b_stride, int64_t rows, int64_t cols, float eps, RowCopy copy, void* stream) {
   if (rows == 0) return 0;
   const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   return dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     add_rms_norm_rows_kernel<T><<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<T*>(out), out_stride, static_cast<const T*>(a), a_stride, static_cast<const T*>(b), b_stride,
-        rows, cols, eps);
+        rows, cols, eps, copy);
+  });
+}
+
+int inject_add(DType dt, void* target, InjectSources src, int n_src, int64_t rows, int64_t cols, RowCopy copy,
+               void* stream) {
+  if (rows * cols == 0 || (n_src == 0 && copy.ptr == nullptr)) return 0;
+  if (n_src < 0 || n_src > kMaxInject) return static_cast<int>(cudaErrorInvalidValue);
+  return dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    inject_add_kernel<T><<<blocks_for(rows * cols), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<T*>(target), src, n_src, rows, cols, copy);
   });
 }
 

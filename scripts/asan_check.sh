@@ -3,7 +3,7 @@
 # directory (torch.utils.cpp_extension.load, same sources and flags as setup.py) and run the extension's
 # equality tests against it. Fails if the build fails, a test fails, or a sanitizer reports anything.
 #
-# Usage: scripts/asan_check.sh [extra pytest args]     (run from anywhere; uses .venv/bin/python)
+# Usage: scripts/asan_check.sh [extra pytest args]     (run from anywhere; uses $PYTHON, default .venv/bin/python)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
@@ -21,7 +21,7 @@ kw = build_config.extension_kwargs(with_cuda=False)
 san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-g", "-O1"]
 cflags = [f for f in kw["extra_compile_args"]["cxx"] if f != "-O3"] + san
 load(name="fastrecur_C_asan", sources=kw["sources"], extra_include_paths=kw["include_dirs"],
-     extra_cflags=cflags, extra_ldflags=["-fsanitize=address,undefined"], build_directory=sys.argv[1],
+     extra_cflags=cflags, extra_ldflags=kw.get("extra_link_args", []) + ["-fsanitize=address,undefined"], build_directory=sys.argv[1],
      is_python_module=False, verbose=False)
 PYEOF
 SO="$TMP/fastrecur_C_asan.so"
@@ -31,7 +31,7 @@ LOG="$TMP/san"
 set +e
 LD_PRELOAD="$LIBASAN:$LIBUBSAN" ASAN_OPTIONS="detect_leaks=0:log_path=$LOG.asan" \
   UBSAN_OPTIONS="print_stacktrace=1:log_path=$LOG.ubsan" FASTRECUR_EXT_LIBRARY="$SO" FASTRECUR_REQUIRE_EXT=1 \
-  "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/tests/test_cpp_extension.py" "$@"
+  "$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/test_cpp_extension.py" "$@"
 rc=$?
 set -e
 if compgen -G "$LOG.*" > /dev/null; then

@@ -115,3 +115,18 @@ def test_cpp_does_not_modify_the_callers_carry():
         before = carry.inner_carry.z.clone()
         model(carry=carry, batch=batch)
     assert torch.equal(carry.inner_carry.z, before)
+
+
+def test_cpp_weight_cast_cache_follows_in_place_updates():
+    """The C++ path caches the weights cast to bf16; an in-place update (as an optimiser step) must be seen."""
+    eager_model, cfg = _twin("srm", "eager", "bfloat16")
+    cpp_model, _ = _twin("srm", "cpp", "bfloat16")
+    batch = tiny_batch(cfg)
+    with torch.no_grad():
+        for m in (eager_model, cpp_model):
+            m.eval()(carry=m.initial_carry(batch), batch=batch)  # fills the cache on the cpp model
+            for p in m.inner.L_level.parameters():
+                p.mul_(0.5)
+        _, e = eager_model(carry=eager_model.initial_carry(batch), batch=batch)
+        _, c = cpp_model(carry=cpp_model.initial_carry(batch), batch=batch)
+    assert _err(c["logits"].float(), e["logits"].float()) < 3e-2

@@ -92,6 +92,10 @@ class RecursiveInner(nn.Module):
 
         # Set by fastrecur.inspect.trace to see every state update; None = no tracing, no cost.
         self.observer = None
+        # backend="cpp" on CUDA: capture the no-grad recursion as a CUDA graph per shape and replay it
+        # (fastrecur.core.graphs documents the limits). Off by default.
+        self.use_cuda_graphs = False
+        self._cpp_weights = None  # (parameter versions, cast weights) for the C++ loop
 
         with torch.no_grad():  # Q starts near "continue" so early training does not halt at once
             self.q_head.weight.zero_()
@@ -134,7 +138,19 @@ class RecursiveInner(nn.Module):
         return {name: (lambda h, inj, _m=getattr(self, name): _m(h, inj, cs, backend)) for name in self.schedule.levels}
 
     def cpp_level_weights(self):
-        """Per level, the block weights in the activation dtype, as the C++ loop takes them."""
+        """Per level, the block weights in the activation dtype, as the C++ loop takes them.
+
+        The casts are cached until a parameter changes (in-place optimiser steps bump its version; ``.to()``
+        moves change its address), so inference does not re-cast the weights every ACT step.
+        """
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if self._cpp_weights is not None and self._cpp_weights[0] == key:
+            return self._cpp_weights[1]
+        levels = self._cast_level_weights()
+        self._cpp_weights = (key, levels)
+        return levels
+
+    def _cast_level_weights(self):
         from fastrecur.core.cpp_runner import AttentionBlockWeights, MixerBlockWeights
 
         dt = self.forward_dtype
@@ -162,9 +178,14 @@ class RecursiveInner(nn.Module):
             # The loop writes in place: give it private, contiguous buffers (the carry's tensors stay untouched).
             for k in self.schedule.states:
                 states[k] = states[k].detach().clone(memory_format=torch.contiguous_format)
-            cs = self.cos_sin()
-            run_steps_cpp(tuple(steps), states, x.detach().contiguous(), self.cpp_level_weights(),
-                          *(cs if cs is not None else (None, None)), num_heads=self.config.num_heads, eps=self.config.rms_norm_eps)
+            if self.use_cuda_graphs and x.is_cuda:
+                from fastrecur.core.graphs import run_no_grad_graphed
+
+                run_no_grad_graphed(self, tuple(steps), states, x.detach().contiguous(), "cpp")
+            else:
+                cs = self.cos_sin()
+                run_steps_cpp(tuple(steps), states, x.detach().contiguous(), self.cpp_level_weights(),
+                              *(cs if cs is not None else (None, None)), num_heads=self.config.num_heads, eps=self.config.rms_norm_eps)
         return "triton" if x.device.type == "cuda" and backends()["triton"][0] else "eager"
 
     def forward(self, carry: InnerCarry, batch: Mapping[str, torch.Tensor], backend: str = "eager"):
