@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml setup.py $(SOURCES)
 
 install: $(STAMP)
 
-# Generates 4x4 Sudoku puzzles, trains a small TRM on the CPU (a few minutes), evaluates, saves runs/demo/.
+# Generates 4x4 Sudoku puzzles into data/, trains a small TRM on the CPU (about 3 minutes), evaluates, and
+# writes runs/demo/ (checkpoints, metrics.csv, training.png); then draws the recursion into runs/demo/inspect/.
 train: $(STAMP)
-	cd / && $(abspath $(VENV))/bin/fastrecur train --preset sudoku-4x4-cpu --out $(CURDIR)/runs/demo
+	$(VENV)/bin/fastrecur train --preset sudoku-4x4-cpu --out runs/demo
+	$(VENV)/bin/fastrecur inspect runs/demo data/sudoku-4x4-cpu --out runs/demo/inspect
 
 test: $(STAMP)
 	# FASTRECUR_ASAN=1 includes the AddressSanitizer/UBSan build and run of the extension (tests/test_asan.py).

@@ -117,3 +117,23 @@ def test_inspect_command_writes_pngs_and_json(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "16" in err or "cells" in err
     assert cli.run(p.parse_args([str(tmp_path / "run"), "--puzzle", "1..4....2..1.3..", "--out", str(out / "p")])) == 0
+
+
+def test_trace_of_cpp_model_runs_eager_and_matches():
+    """Which path a trace takes on the C++ backend: the eager loop (the C++ loop reports no per-update numbers),
+    with results equal to tracing the eager model, and the model's backend restored afterwards."""
+    import fastrecur
+
+    if not fastrecur.backends()["cpp"][0]:
+        pytest.skip(fastrecur.backends()["cpp"][1])
+    cfg, models = _models()
+    eager_model = models[3]
+    cpp_model = SRM(eager_model.config.to_dict(), backend="cpp")
+    cpp_model.load_state_dict(eager_model.state_dict())
+    batch = tiny_batch(cfg)
+    te, tc = trace(eager_model, batch), trace(cpp_model, batch)
+    assert cpp_model.backend == "cpp"
+    for se, sc in zip(te.steps, tc.steps):
+        assert torch.equal(se.preds, sc.preds) and torch.equal(se.q_halt, sc.q_halt)
+        for ue, uc in zip(se.updates, sc.updates):
+            assert torch.equal(ue.residual, uc.residual)

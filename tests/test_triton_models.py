@@ -51,3 +51,34 @@ def test_triton_loss_head_uses_fused_stablemax_and_matches_eager():
     assert_close(lt, le, "loss")
     for n in ge:
         assert_close(gt[n], ge[n], f"loss-head grad {n}")
+
+
+@pytest.mark.parametrize("kind", ["hrm_shared", "flat", "srm", "srm_mlp_t"])
+def test_triton_variants_equal_eager(kind):
+    """The seeds' recursions on the Triton backend (interpreter): outputs over ACT steps and gradients equal eager."""
+    from test_cpp_models import _err, _run
+    from test_variants import make
+
+    torch.manual_seed(5)
+    base, cfg = make(kind)
+    one_head = dict(base.config.to_dict(), num_heads=1)  # head_dim 16: the smallest the attention kernel takes
+    eager_model, triton_model = type(base)(one_head, backend="eager"), type(base)(one_head, backend="triton")
+    eager_model.load_state_dict(base.state_dict())
+    triton_model.load_state_dict(base.state_dict())
+    (eo, eg), (to, tg) = _run(eager_model, cfg, steps=2), _run(triton_model, cfg, steps=2)
+    for i, (a, b) in enumerate(zip(to, eo)):
+        assert _err(a, b) <= 1e-4, f"{kind} output {i}: {_err(a, b):.2e}"
+    assert set(tg) == set(eg)
+    for n in eg:
+        assert _err(tg[n], eg[n]) <= 1e-3, f"{kind} grad {n}: {_err(tg[n], eg[n]):.2e}"
+
+
+def test_triton_backend_rejects_unsupported_head_dim_and_auto_falls_back():
+    from fastrecur.models import TRM
+    from test_models import tiny_config
+
+    cfg = dict(tiny_config(), puzzle_emb_len=1)  # hidden 16, 2 heads: head_dim 8
+    with pytest.raises(ValueError, match="head_dim"):
+        TRM(cfg, backend="triton")
+    assert TRM(cfg, backend="auto")._resolve_backend(torch.device("cuda")) == "eager"
+    assert TRM(dict(cfg, mlp_t=True, pos_encodings="none"), backend="triton").triton_support()[0]

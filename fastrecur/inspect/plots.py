@@ -32,10 +32,13 @@ def sudoku_digits(tokens: np.ndarray) -> np.ndarray:
 
 
 def text_grid(pred: np.ndarray, inputs: np.ndarray, prev: Optional[np.ndarray], box: Optional[Tuple[int, int]]) -> str:
-    """A Sudoku grid for the terminal: ``[d]`` given, `` d*`` changed since the previous step, `` d!`` violation."""
-    digits, given = sudoku_digits(pred), sudoku_digits(inputs) > 0
+    """A Sudoku grid for the terminal: ``[d]`` given, `` d*`` changed since the previous step, `` d!`` violation
+    (a repeated digit, or a given the prediction overwrote)."""
+    digits, given_digits = sudoku_digits(pred), sudoku_digits(inputs)
+    given = given_digits > 0
     n = digits.shape[0]
-    bad = sudoku_violations(digits, box) if box else np.zeros_like(given)
+    # A violation: a repeated digit, or a given the prediction overwrote.
+    bad = (sudoku_violations(digits, box) if box else np.zeros_like(given)) | (given & (digits != given_digits))
     changed = np.zeros_like(given) if prev is None else (sudoku_digits(prev) != digits)
     lines = []
     for r in range(n):
@@ -44,7 +47,8 @@ def text_grid(pred: np.ndarray, inputs: np.ndarray, prev: Optional[np.ndarray], 
         cells = []
         for c in range(n):
             d = str(digits[r, c]) if digits[r, c] else "."
-            cell = f"[{d}]" if given[r, c] else f" {d}" + ("!" if bad[r, c] else "*" if changed[r, c] else " ")
+            mark = "!" if bad[r, c] else "*" if changed[r, c] else " "
+            cell = (f"[{d}]" if given[r, c] and not bad[r, c] else f" {d}" + mark)
             cells.append(cell + (" |" if box and (c + 1) % box[1] == 0 and c + 1 < n else ""))
         lines.append(" ".join(cells))
     return "\n".join(lines)
@@ -69,7 +73,8 @@ def draw_sudoku_steps(path: str, inputs: np.ndarray, preds: Sequence[np.ndarray]
     cols = min(k, 4)
     rows = -(-k // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
-    given = sudoku_digits(inputs) > 0
+    given_digits = sudoku_digits(inputs)
+    given = given_digits > 0
     n = given.shape[0]
     prev = None
     for i, ax in enumerate(axes.flat):
@@ -77,7 +82,7 @@ def draw_sudoku_steps(path: str, inputs: np.ndarray, preds: Sequence[np.ndarray]
         if i >= k:
             continue
         digits = sudoku_digits(preds[i])
-        bad = sudoku_violations(digits, box)
+        bad = sudoku_violations(digits, box) | (given & (digits != given_digits))
         changed = np.zeros_like(given) if prev is None else digits != sudoku_digits(prev)
         prev = preds[i]
         ax.set_xlim(0, n)

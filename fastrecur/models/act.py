@@ -46,6 +46,34 @@ class ACTModel(nn.Module):
         self.backend = validate_backend_name(backend)
         self.check_inputs = True
 
+    def triton_support(self):
+        """``(supported, reason)``: whether the Triton kernels cover this model's shapes (attention head_dim)."""
+        c = self.config
+        if getattr(c, "mlp_t", False):
+            return True, "token-mixer blocks"
+        try:
+            from fastrecur.kernels.rotary_attention import SUPPORTED_HEAD_DIMS
+        except ImportError as e:
+            return False, f"the Triton kernels cannot be imported ({e})"
+        head_dim = c.hidden_size // c.num_heads
+        if head_dim not in SUPPORTED_HEAD_DIMS:
+            return False, f"the Triton attention kernel takes head_dim in {SUPPORTED_HEAD_DIMS}; this model has {head_dim}"
+        return True, f"head_dim {head_dim}"
+
+    def _check_backend_fits(self) -> None:
+        """Called by subclasses once ``config`` exists: an explicit "triton" must fit the model."""
+        if self.backend == "triton":
+            ok, why = self.triton_support()
+            if not ok:
+                raise ValueError(f"backend 'triton' cannot run this model: {why} (use backend='eager' or 'cpp')")
+
+    def _resolve_backend(self, device: torch.device) -> str:
+        """"auto" is Triton on CUDA when the kernels cover the model, else eager."""
+        backend = resolve_backend(self.backend, device)
+        if self.backend == "auto" and backend == "triton" and not self.triton_support()[0]:
+            return "eager"
+        return backend
+
     @property
     def puzzle_emb(self):
         return self.inner.puzzle_emb
@@ -104,7 +132,7 @@ class ACTModel(nn.Module):
             raise ValueError(f"carry is for a batch of {carry.halted.shape[0]} rows but batch has {b}; call initial_carry(batch)")
         if set(carry.current_data) != set(batch):
             raise ValueError(f"carry holds keys {sorted(carry.current_data)} but batch has {sorted(batch)}")
-        backend = resolve_backend(self.backend, batch["inputs"].device)
+        backend = self._resolve_backend(batch["inputs"].device)
 
         # Rows that halted last time start over: fresh states, new data.
         new_inner = self.inner.reset_carry(carry.halted, carry.inner_carry)

@@ -43,3 +43,4 @@ class HRM(ACTModel):
             {"z_H": "H_init", "z_L": "L_init"},
             puzzle_emb_len(c.puzzle_emb_ndim, c.hidden_size),
         )
+        self._check_backend_fits()

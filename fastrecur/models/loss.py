@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastrecur._backends import resolve_backend
 from fastrecur.ops import reference as R
 
 IGNORE_LABEL_ID = R.IGNORE_LABEL_ID
@@ -42,7 +41,9 @@ class ACTLossHead(nn.Module):
 
     def per_token_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The configured loss per token (0 on ignored labels), fused on the Triton backend."""
-        return _loss_fn(self.loss_type, resolve_backend(getattr(self.model, "backend", "eager"), labels.device))(logits, labels, IGNORE_LABEL_ID)
+        resolve = getattr(self.model, "_resolve_backend", None)
+        backend = resolve(labels.device) if resolve is not None else "eager"
+        return _loss_fn(self.loss_type, backend)(logits, labels, IGNORE_LABEL_ID)
 
     def initial_carry(self, *args, **kwargs):
         return self.model.initial_carry(*args, **kwargs)

@@ -33,6 +33,7 @@ class SRM(ACTModel):
         self.inner = RecursiveInner(
             c, srm_schedule(c.H_cycles, c.L_cycles, c.skip, c.grad_cycles), {"L_level": (c.L_layers, 1)}, {"z": "z_init"}, n, mlp_t=c.mlp_t
         )
+        self._check_backend_fits()
 
 
 class FlatRecurrence(ACTModel):
@@ -53,3 +54,4 @@ class FlatRecurrence(ACTModel):
             c, flat_schedule(c.L_cycles, c.grad_cycles), {"L_level": (c.L_layers, 1)}, {"z": "z_init"},
             puzzle_emb_len(c.puzzle_emb_ndim, c.hidden_size),
         )
+        self._check_backend_fits()

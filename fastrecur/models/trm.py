@@ -64,3 +64,4 @@ class TRM(ACTModel):
             n,
             mlp_t=c.mlp_t,
         )
+        self._check_backend_fits()
