@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from golden import run_eval  # the reference evaluation: the model's own ACT loop, outputs of every step
 from fastrecur import _ext
 from fastrecur.core import engine, graphs
 from fastrecur.core.engine import solve
@@ -41,17 +42,6 @@ def model_for(kind, backend="eager", seed=0):
         model, cfg = make(kind)
         model.backend = backend
     return model.eval(), cfg
-
-
-def model_loop(model, batch, steps):
-    """The reference evaluation: the model's own ACT loop, outputs of every step."""
-    outs = []
-    with torch.no_grad():
-        carry = model.initial_carry(batch)
-        for _ in range(steps):
-            carry, out = model(carry=carry, batch=batch)
-            outs.append(out)
-    return outs
 
 
 def err(a, b):
@@ -87,7 +77,7 @@ def test_max_steps_equals_model_loop(kind, backend):
     model, cfg = model_for(kind, backend)
     batch = tiny_batch(cfg, b=4)
     T = cfg["halt_max_steps"]
-    ref = model_loop(model, batch, T)
+    ref = run_eval(model, batch, T)
     res = solve(model, batch, halting="max_steps", backend=backend, return_step_predictions=True)
     assert res.steps.tolist() == [T] * 4 and res.mean_steps == T and res.work_fraction == 1.0
     assert err(res.logits, ref[-1]["logits"]) <= 1e-6
@@ -108,7 +98,7 @@ def test_bf16_solve_equals_model_loop(kind, backend):
     twin = type(model)(dict(model.config.to_dict(), forward_dtype="bfloat16"), backend=backend).eval()
     twin.load_state_dict(model.state_dict())
     batch = tiny_batch(cfg, b=3)
-    ref = model_loop(twin, batch, 3)[-1]
+    ref = run_eval(twin, batch, 3)[-1]
     res = solve(twin, batch, max_steps=3, backend=backend)
     assert res.logits.dtype == torch.bfloat16
     assert err(res.logits, ref["logits"]) <= 1e-6 and err(res.q_halt_logits, ref["q_halt_logits"]) <= 1e-6
@@ -136,8 +126,8 @@ def test_q_halting_each_row_equals_solving_it_alone(kind, backend):
         s = res.steps[i].item()
         alone = solve(model, row(batch, i), halting="q", backend=backend, return_step_predictions=True)
         assert alone.steps.item() == s, f"row {i}"
-        ref_in_batch = model_loop(model, batch, s)[-1]
-        ref_alone = model_loop(model, row(batch, i), s)[-1]
+        ref_in_batch = run_eval(model, batch, s)[-1]
+        ref_alone = run_eval(model, row(batch, i), s)[-1]
         tol = 2 * err(ref_in_batch["logits"][i], ref_alone["logits"][0]) + 2e-5
         assert err(res.logits[i], alone.logits[0]) <= tol, f"row {i}: {err(res.logits[i], alone.logits[0]):.2e} > {tol:.2e}"
         # Against the uncompacted batch (every row run s steps): equal up to the batch-size effect above.
