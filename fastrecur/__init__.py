@@ -9,8 +9,16 @@ Quick start::
 
 ``fastrecur.backends()`` says which execution backends work here and why the others do not.
 """
-from ._backends import backends
-from .checkpoint import load_checkpoint, save_checkpoint
-
 __version__ = "0.1.0"
 __all__ = ["backends", "load_checkpoint", "save_checkpoint", "__version__"]
+
+_LAZY = {"backends": "._backends", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint"}
+
+
+def __getattr__(name):
+    # Lazy, so that `import fastrecur` (and the CLI's --help) does not import torch.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,14 +38,12 @@ import datetime
 import importlib
 import importlib.util
 import json
-import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -488,13 +486,10 @@ def train_floor_fn(model, batch_size: int, device) -> Callable[[], None]:
 
 
 def make_optimizer(params):
-    """AdamATan2 as HRM/TRM train with (``fastrecur.train.optim``); AdamW when that is not importable."""
-    try:
-        from fastrecur.train.optim import AdamATan2
+    """AdamATan2 as HRM/TRM train with (``fastrecur.train.optim``)."""
+    from fastrecur.train.optim import AdamATan2
 
-        return AdamATan2(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1), "AdamATan2"
-    except ImportError:
-        return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1), "AdamW"
+    return AdamATan2(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1), "AdamATan2"
 
 
 def make_train_step(model, data, compile_mode: Optional[str] = None) -> Tuple[Callable[[], None], str]:

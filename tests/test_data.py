@@ -343,7 +343,6 @@ def test_reads_reference_layout(tmp_path, with_total_puzzles):
     assert valid == 19 and (np.concatenate(rows) == inputs).all()
     assert (np.concatenate(idents) == np.repeat(np.arange(1, 10), np.diff(pidx))).all()
     # Train: each batch full; each group contributes the examples of one of its puzzles (distinct examples).
-    gidx = np.cumsum([0, 2, 1, 3, 1, 2])
     seen_batches = 0
     for batch in ds.iter_train(4, seed=3):
         seen_batches += 1

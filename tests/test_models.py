@@ -278,3 +278,15 @@ def test_variants_construct_and_run():
         assert out["logits"].shape == (3, 6, 5)
         assert list(vars(carry.inner_carry)) == ["z"]
         assert "inner.z_init" in model.state_dict()
+
+
+def test_value_check_runs_once_per_batch_but_sees_in_place_changes():
+    cfg = tiny_config()
+    model = HRM(cfg).eval()
+    batch = tiny_batch(cfg)
+    with torch.no_grad():
+        carry = model.initial_carry(batch)
+        carry, _ = model(carry=carry, batch=batch)
+        batch["inputs"][0, 0] = cfg["vocab_size"]  # corrupt the same tensor in place: must still be caught
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            model(carry=carry, batch=batch)

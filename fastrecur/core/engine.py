@@ -7,7 +7,7 @@ in three ways that only remove work:
 
 - the input embeddings are computed once per solve, not once per ACT step (the data of a row never changes
   during its solve);
-- the weights are cast to the activation dtype once per solve, not once per level call;
+- on the C++ backend the weights are cast to the activation dtype once (cached until a parameter changes), not once per level call (the eager stepper casts per call, as the model does);
 - with ``halting="q"`` (or ``"q_continue"``), rows that halt are **compacted out**: their outputs are stored
   and the remaining rows of the states and of the embeddings are gathered (``index_select``) into a smaller
   batch, so each ACT step costs what the rows still running cost.
@@ -75,10 +75,10 @@ class SolveResult:
         return float(self.steps.sum()) / n if n else 1.0
 
 
-def _check_model(model):
-    from fastrecur.models.act import ACTModel
-
-    if not isinstance(model, ACTModel):
+def check_model(model):
+    """An ACT model on the recursion core (duck-typed: core sits below models)."""
+    inner = getattr(model, "inner", None)
+    if not (isinstance(model, torch.nn.Module) and hasattr(model, "initial_carry") and hasattr(inner, "schedule")):
         raise TypeError(f"model must be a fastrecur ACT model (HRM, TRM, SRM, FlatRecurrence), got {type(model).__name__}")
 
 
@@ -156,7 +156,7 @@ def solve(
         TypeError / ValueError: invalid model, batch or options; RuntimeError: backend "cpp" without the
         extension (``fastrecur._ext.status()`` says why).
     """
-    _check_model(model)
+    check_model(model)
     if halting not in HALTING:
         raise ValueError(f"halting must be one of {list(HALTING)}, got {halting!r}")
     if backend not in ENGINE_BACKENDS:

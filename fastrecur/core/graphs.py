@@ -98,7 +98,9 @@ def make_run_fn(inner, steps: Tuple, backend: str) -> RunFn:
         def run(states, x):
             cs = inner.cos_sin()
             cos, sin = cs if cs is not None else (None, None)
-            run_steps_cpp(steps, states, x, inner.cpp_level_weights(), cos, sin, num_heads=heads, eps=eps)
+            # Uncached casts: a captured graph must re-run them on replay to see in-place weight updates
+            # (the cached copies would be frozen in the graph, and freed when the cache refreshes).
+            run_steps_cpp(steps, states, x, inner._cast_level_weights(), cos, sin, num_heads=heads, eps=eps)
 
         return run
 

@@ -90,6 +90,3 @@ class Schedule:
             if isinstance(s, Update) and s.level not in seen:
                 seen.append(s.level)
         return tuple(seen)
-
-    def level_calls(self) -> int:
-        return sum(isinstance(s, Update) for s in self.steps)

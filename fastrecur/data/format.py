@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from fastrecur.checkpoint import atomic_write
 
 IGNORE_LABEL_ID = -100  # the loss's ignore index (reference models/losses.py)
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
@@ -101,24 +102,14 @@ class DatasetMetadata:
 
 
 def _atomic_write(path: str, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path`` (atomic on POSIX), so a
-    crashed or concurrent build never leaves a half-written file under the final name."""
-    folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # os.open with mode 0o666 lets the umask decide the permissions, as a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """``write(f)`` into a binary file object, atomically (:func:`fastrecur.checkpoint.atomic_write`: a temp
+    file in the same folder, then a rename), so a crashed build never leaves a half-written file."""
+
+    def write_path(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic_write(path, write_path)
 
 
 def _check_index(arr: np.ndarray, name: str, length: int, end: int, where: str) -> None:

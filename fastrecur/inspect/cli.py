@@ -15,7 +15,9 @@ import sys
 import numpy as np
 import torch
 
-from .plots import MAZE_CHARS, draw_accuracy, draw_bars, draw_residuals, draw_sudoku_steps, text_grid
+from fastrecur.ops.reference import IGNORE_LABEL_ID
+
+from .plots import draw_accuracy, draw_bars, draw_residuals, draw_sudoku_steps, text_grid
 from .pr import participation_ratio
 from .trace import trace
 
@@ -51,7 +53,7 @@ def _puzzle_batch(text: str, cfg) -> dict:
     if int(tokens.max()) >= cfg.vocab_size:
         raise ValueError(f"--puzzle uses token ids up to {int(tokens.max())}, outside the model's vocabulary of {cfg.vocab_size}")
     t = torch.as_tensor(tokens.astype(np.int64)).view(1, -1)
-    return {"inputs": t, "labels": torch.full_like(t, -100), "puzzle_identifiers": torch.zeros(1, dtype=torch.long)}
+    return {"inputs": t, "labels": torch.full_like(t, IGNORE_LABEL_ID), "puzzle_identifiers": torch.zeros(1, dtype=torch.long)}
 
 
 def _dataset_batch(path: str, split: str, limit: int) -> dict:
@@ -66,6 +68,18 @@ def _dataset_batch(path: str, split: str, limit: int) -> dict:
         if sum(p["inputs"].shape[0] for p in parts) >= limit:
             break
     return {k: torch.cat([p[k] for p in parts])[:limit].long() for k in parts[0]}
+
+
+def _other_grid(tokens: np.ndarray, cfg) -> str:
+    """A maze (vocabulary of 6) drawn with its characters; any other puzzle as token ids."""
+    if cfg.vocab_size == 6:
+        from fastrecur.data import decode_maze
+
+        try:
+            return decode_maze(tokens)
+        except ValueError:  # a prediction with pad tokens is not a drawable maze
+            pass
+    return " ".join(str(int(t)) for t in tokens)
 
 
 def run(args) -> int:
@@ -100,14 +114,12 @@ def run(args) -> int:
         if n:
             grid = text_grid(p, inputs0, prev, box)
         else:
-            side = int(round(cfg.seq_len ** 0.5))
-            chars = [MAZE_CHARS.get(int(t), "?") for t in p] if cfg.vocab_size == 6 else [str(int(t)) for t in p]
-            grid = "\n".join("".join(chars[r * side:(r + 1) * side]) for r in range(side)) if side * side == cfg.seq_len else " ".join(chars)
+            grid = _other_grid(p, cfg)
         print(f"step {i + 1} (q_halt {q0[i]:+.2f}):\n{grid}\n")
         prev = p
 
     labels = batch["labels"]
-    valid = labels != -100
+    valid = labels != IGNORE_LABEL_ID
     has_labels = bool(valid.any())
     acc = [float(((s.preds == labels) | ~valid).all(-1).float().mean()) for s in tr.steps] if has_labels else []
     plen = model.inner.puzzle_emb_len

@@ -5,9 +5,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-MAZE_CHARS = {1: "#", 2: " ", 3: "S", 4: "G", 5: "o"}
-
-
 def sudoku_violations(digits: np.ndarray, box: Tuple[int, int]) -> np.ndarray:
     """Bool ``[n, n]``: cells whose digit repeats in their row, column or box (0 = empty, never a violation)."""
     n = digits.shape[0]

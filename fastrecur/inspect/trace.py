@@ -60,10 +60,9 @@ def trace(model, batch: Mapping[str, torch.Tensor], steps: Optional[int] = None,
     model's (the observer only reads). ``keep_states`` keeps each step's carried states (for
     ``participation_ratio``).
     """
-    from fastrecur.models.act import ACTModel
+    from fastrecur.core.engine import check_model
 
-    if not isinstance(model, ACTModel):
-        raise TypeError(f"model must be a fastrecur ACT model (HRM, TRM, SRM, FlatRecurrence), got {type(model).__name__}")
+    check_model(model)
     n = model.config.halt_max_steps if steps is None else steps
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")

@@ -5,6 +5,7 @@ Same contract as the reference ``*_ACTV1`` classes: ``initial_carry(batch)`` and
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Dict, Mapping
 
@@ -45,6 +46,7 @@ class ACTModel(nn.Module):
         super().__init__()
         self.backend = validate_backend_name(backend)
         self.check_inputs = True
+        self._last_checked = None  # (weakref, version) of the inputs and ids whose values were last checked
 
     def triton_support(self):
         """``(supported, reason)``: whether the Triton kernels cover this model's shapes (attention head_dim)."""
@@ -100,6 +102,12 @@ class ACTModel(nn.Module):
             raise ValueError(f"{name}['labels'] must have the shape of inputs {tuple(inputs.shape)}, got {tuple(batch['labels'].shape)}")
         if not self.check_inputs or inputs.numel() == 0:
             return
+        # The value checks sync with the device: skip them when this very batch was checked last (the ACT
+        # loop passes the same batch at every step).
+        seen = (inputs, inputs._version, pids, pids._version)
+        last = self._last_checked
+        if last is not None and last[0]() is inputs and last[2]() is pids and last[1] == seen[1] and last[3] == seen[3]:
+            return
         lo, hi = int(inputs.min()), int(inputs.max())
         if lo < 0 or hi >= cfg.vocab_size:
             raise ValueError(f"{name}['inputs'] has token ids in [{lo}, {hi}], outside the vocabulary [0, {cfg.vocab_size})")
@@ -109,6 +117,7 @@ class ACTModel(nn.Module):
                 raise ValueError(
                     f"{name}['puzzle_identifiers'] has ids in [{lo}, {hi}], outside [0, {cfg.num_puzzle_identifiers})"
                 )
+        self._last_checked = (weakref.ref(inputs), inputs._version, weakref.ref(pids), pids._version)
 
     # ----- the reference contract -----
     def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> ACTCarry:

@@ -143,7 +143,7 @@ class RecursiveInner(nn.Module):
         The casts are cached until a parameter changes (in-place optimiser steps bump its version; ``.to()``
         moves change its address), so inference does not re-cast the weights every ACT step.
         """
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key = tuple((p.data_ptr(), p._version) for name in self.schedule.levels for p in getattr(self, name).parameters())
         if self._cpp_weights is not None and self._cpp_weights[0] == key:
             return self._cpp_weights[1]
         levels = self._cast_level_weights()

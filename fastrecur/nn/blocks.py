@@ -44,9 +44,19 @@ class Attention(nn.Module):
         self.qkv_proj = CastedLinear(hidden_size, 3 * hidden_size, bias=False)
         self.o_proj = CastedLinear(hidden_size, hidden_size, bias=False)
 
-    def forward(self, h: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos_sin: CosSin, ops=R) -> torch.Tensor:
         cos, sin = cos_sin if cos_sin is not None else (None, None)
-        return self.o_proj(R.rotary_attention(self.qkv_proj(h), cos, sin, self.num_heads))
+        return self.o_proj(ops.rotary_attention(self.qkv_proj(h), cos, sin, self.num_heads))
+
+
+def block_ops(backend: str):
+    """The op namespace a backend computes a block with: the eager reference, or the fused Triton ops
+    (same functions, same signatures, same math)."""
+    if backend == "triton":
+        from fastrecur import ops
+
+        return ops
+    return R
 
 
 class ReasoningBlock(nn.Module):
@@ -67,27 +77,12 @@ class ReasoningBlock(nn.Module):
         self.mlp = SwiGLU(hidden_size, expansion)
 
     def forward(self, h: torch.Tensor, cos_sin: CosSin = None, backend: str = "eager") -> torch.Tensor:
-        if backend == "triton":
-            return self._forward_triton(h, cos_sin)
-        dt = h.dtype
-        if self.mlp_t_enabled:
-            h = R.token_mix_block(h, self.mlp_t.gate_up_proj.cast_weight(dt), self.mlp_t.down_proj.cast_weight(dt), self.eps)
-        else:
-            h = R.add_rms_norm(h, self.self_attn(h, cos_sin), self.eps)
-        return R.swiglu_mlp_block(h, self.mlp.gate_up_proj.cast_weight(dt), self.mlp.down_proj.cast_weight(dt), self.eps)
-
-    def _forward_triton(self, h: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
-        """The same block through the fused Triton ops (same parameters, same math)."""
-        from fastrecur import ops
-
+        ops = block_ops(backend)
         dt = h.dtype
         if self.mlp_t_enabled:
             h = ops.token_mix_block(h, self.mlp_t.gate_up_proj.cast_weight(dt), self.mlp_t.down_proj.cast_weight(dt), self.eps)
         else:
-            attn = self.self_attn
-            cos, sin = cos_sin if cos_sin is not None else (None, None)
-            mixed = ops.rotary_attention(attn.qkv_proj(h), cos, sin, attn.num_heads)
-            h = ops.add_rms_norm(attn.o_proj(mixed), h, self.eps)
+            h = ops.add_rms_norm(h, self.self_attn(h, cos_sin, ops), self.eps)
         return ops.swiglu_mlp_block(h, self.mlp.gate_up_proj.cast_weight(dt), self.mlp.down_proj.cast_weight(dt), self.eps)
 
 

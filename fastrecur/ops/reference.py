@@ -1,7 +1,8 @@
 """The eager reference math of every fused op: exactly the op sequence of the public HRM/TRM code.
 
-This is what the eager backend runs and what the fused kernels are tested against. It imports only torch
-(no Triton), so the eager/CPU path works wherever PyTorch does. No input validation here: the public
+This is what the eager backend runs and what the fused kernels are tested against. It needs only torch: the
+``fastrecur.ops`` package loads the Triton ops beside it when Triton is installed and skips them otherwise, so
+the eager/CPU path works wherever PyTorch does. No input validation here: the public
 ``*_reference`` functions in the op modules validate and call these; the models call them directly.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Examples::
 
-    fastrecur train --preset sudoku-4x4-cpu --out runs/demo          # generates 4x4 Sudoku, trains ~10 min on CPU
+    fastrecur train --preset sudoku-4x4-cpu --out runs/demo          # generates 4x4 Sudoku, trains ~3 min on a CPU
     fastrecur train --data data/sudoku-9x9 --arch trm --set hidden_size=256 H_cycles=2 --out runs/trm
     fastrecur train --data data/sudoku-9x9 --arch-config config/arch/trm.yaml --ema --out runs/ref
     torchrun --nproc_per_node 4 -m fastrecur.train.cli --data ... --out ...  # NCCL on GPU, gloo on CPU

@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from fastrecur.checkpoint import atomic_write, read_state_dict
+from fastrecur.checkpoint import atomic_write, read_state_dict, save_checkpoint
 from fastrecur.models import ACTCarry, ACTLossHead, InnerCarry
 
 from .config import MODEL_CLASSES
@@ -153,16 +153,6 @@ def latest_checkpoint(out_dir: str) -> Optional[str]:
 
 
 # ----- save -----
-def _state_dict(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-
-
-def _save_safetensors(path: str, state: Dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    atomic_write(path, lambda tmp: save_file(state, tmp))
-
-
 def save_run_checkpoint(out_dir: str, step: int, *, model: torch.nn.Module, ema_model: Optional[torch.nn.Module],
                         config_json: Dict[str, Any], train_state: Dict[str, Any], keep: int = 2) -> str:
     """Write a complete checkpoint folder, then point ``latest.json`` at it, then prune old ones (keeping
@@ -170,9 +160,9 @@ def save_run_checkpoint(out_dir: str, step: int, *, model: torch.nn.Module, ema_
     root = os.path.join(out_dir, "checkpoints")
     folder = os.path.join(root, step_dir_name(step))
     os.makedirs(folder, exist_ok=True)
-    _save_safetensors(os.path.join(folder, "model.safetensors"), _state_dict(model))
+    save_checkpoint(model, os.path.join(folder, "model.safetensors"))
     if ema_model is not None:
-        _save_safetensors(os.path.join(folder, "ema.safetensors"), _state_dict(ema_model))
+        save_checkpoint(ema_model, os.path.join(folder, "ema.safetensors"))
     elif os.path.exists(os.path.join(folder, "ema.safetensors")):
         os.remove(os.path.join(folder, "ema.safetensors"))
     write_json(os.path.join(folder, "config.json"), config_json)
