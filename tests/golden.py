@@ -43,6 +43,12 @@ def run_train(model, batch, R):
     return out, grads
 
 
+def scale_err(actual, expected) -> float:
+    """Max abs error relative to the largest expected magnitude, in fp64: ``max|a - e| / max|e|``."""
+    expected = expected.detach().double()
+    return ((actual.detach().double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+
+
 def assert_close(actual, expected, name, rtol=1e-4):
     """Error relative to the tensor's scale: ``max|a - e| <= rtol * max|e|``.
 
@@ -50,7 +56,5 @@ def assert_close(actual, expected, name, rtol=1e-4):
     another GEMM blocking) of ~1e-7 grow through the recursion to ~1e-5 of the tensor's scale.
     """
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    actual = actual.detach().to(expected.dtype)
-    scale = expected.abs().max().clamp_min(1e-12)
-    err = (actual - expected).abs().max()
-    assert err <= rtol * scale, f"{name}: max abs error {err:.3e} > {rtol:g} x scale {scale:.3e}"
+    err = scale_err(actual, expected)
+    assert err <= rtol, f"{name}: max abs error {err:.3e} of the tensor's scale {expected.abs().max():.3e} > {rtol:g}"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastrecur
-from golden import CASES, assert_close, build, load_case, run_eval, run_train
+from golden import CASES, assert_close, build, load_case, run_eval, run_train, scale_err
 from test_variants import KINDS, make
 from test_models import tiny_batch
 
@@ -62,10 +62,6 @@ def _run(model, cfg, steps=3):
     return outs + [out["logits"].float()], grads
 
 
-def _err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_cpp_equals_eager_fp32(kind):
     """Each ACT step from the same carry gives the same outputs and carry (<= 1e-5 of scale); over whole
@@ -80,15 +76,15 @@ def test_cpp_equals_eager_fp32(kind):
             c_carry, c_out = cpp_model(carry=carry, batch=batch)
             carry, e_out = eager_model(carry=carry, batch=batch)
             for k in ("logits", "q_halt_logits", "q_continue_logits"):
-                assert _err(c_out[k], e_out[k]) <= 1e-5, f"{kind} step {step} {k}: {_err(c_out[k], e_out[k]):.2e}"
+                assert scale_err(c_out[k], e_out[k]) <= 1e-5, f"{kind} step {step} {k}: {scale_err(c_out[k], e_out[k]):.2e}"
             for k, v in carry.inner_carry.as_dict().items():
-                assert _err(getattr(c_carry.inner_carry, k), v) <= 1e-5, f"{kind} step {step} state {k}"
+                assert scale_err(getattr(c_carry.inner_carry, k), v) <= 1e-5, f"{kind} step {step} state {k}"
     (eo, eg), (co, cg) = _run(eager_model, cfg), _run(cpp_model, cfg)
     for i, (a, b) in enumerate(zip(co, eo)):
-        assert _err(a, b) <= 1e-3, f"{kind} output {i}: {_err(a, b):.2e}"
+        assert scale_err(a, b) <= 1e-3, f"{kind} output {i}: {scale_err(a, b):.2e}"
     assert set(cg) == set(eg)
     for n in eg:
-        assert _err(cg[n], eg[n]) <= 1e-4, f"{kind} grad {n}: {_err(cg[n], eg[n]):.2e}"
+        assert scale_err(cg[n], eg[n]) <= 1e-4, f"{kind} grad {n}: {scale_err(cg[n], eg[n]):.2e}"
 
 
 @pytest.mark.parametrize("kind", ["srm", "srm_mlp_t", "hrm_shared"])
@@ -129,4 +125,4 @@ def test_cpp_weight_cast_cache_follows_in_place_updates():
                 p.mul_(0.5)
         _, e = eager_model(carry=eager_model.initial_carry(batch), batch=batch)
         _, c = cpp_model(carry=cpp_model.initial_carry(batch), batch=batch)
-    assert _err(c["logits"].float(), e["logits"].float()) < 3e-2
+    assert scale_err(c["logits"].float(), e["logits"].float()) < 3e-2

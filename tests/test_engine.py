@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from golden import run_eval  # the reference evaluation: the model's own ACT loop, outputs of every step
+from golden import run_eval, scale_err  # the reference evaluation: the model's own ACT loop, outputs of every step
 from fastrecur import _ext
 from fastrecur.core import engine, graphs
 from fastrecur.core.engine import solve
@@ -42,10 +42,6 @@ def model_for(kind, backend="eager", seed=0):
         model, cfg = make(kind)
         model.backend = backend
     return model.eval(), cfg
-
-
-def err(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
 
 
 def row(batch, i):
@@ -80,9 +76,9 @@ def test_max_steps_equals_model_loop(kind, backend):
     ref = run_eval(model, batch, T)
     res = solve(model, batch, halting="max_steps", backend=backend, return_step_predictions=True)
     assert res.steps.tolist() == [T] * 4 and res.mean_steps == T and res.work_fraction == 1.0
-    assert err(res.logits, ref[-1]["logits"]) <= 1e-6
-    assert err(res.q_halt_logits, ref[-1]["q_halt_logits"]) <= 1e-5
-    assert err(res.q_continue_logits, ref[-1]["q_continue_logits"]) <= 1e-5
+    assert scale_err(res.logits, ref[-1]["logits"]) <= 1e-6
+    assert scale_err(res.q_halt_logits, ref[-1]["q_halt_logits"]) <= 1e-5
+    assert scale_err(res.q_continue_logits, ref[-1]["q_continue_logits"]) <= 1e-5
     assert torch.equal(res.predictions, ref[-1]["logits"].argmax(-1))
     assert res.step_predictions.shape == (T, 4, cfg["seq_len"])
     for t in range(T):
@@ -101,7 +97,7 @@ def test_bf16_solve_equals_model_loop(kind, backend):
     ref = run_eval(twin, batch, 3)[-1]
     res = solve(twin, batch, max_steps=3, backend=backend)
     assert res.logits.dtype == torch.bfloat16
-    assert err(res.logits, ref["logits"]) <= 1e-6 and err(res.q_halt_logits, ref["q_halt_logits"]) <= 1e-6
+    assert scale_err(res.logits, ref["logits"]) <= 1e-6 and scale_err(res.q_halt_logits, ref["q_halt_logits"]) <= 1e-6
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -128,11 +124,11 @@ def test_q_halting_each_row_equals_solving_it_alone(kind, backend):
         assert alone.steps.item() == s, f"row {i}"
         ref_in_batch = run_eval(model, batch, s)[-1]
         ref_alone = run_eval(model, row(batch, i), s)[-1]
-        tol = 2 * err(ref_in_batch["logits"][i], ref_alone["logits"][0]) + 2e-5
-        assert err(res.logits[i], alone.logits[0]) <= tol, f"row {i}: {err(res.logits[i], alone.logits[0]):.2e} > {tol:.2e}"
+        tol = 2 * scale_err(ref_in_batch["logits"][i], ref_alone["logits"][0]) + 2e-5
+        assert scale_err(res.logits[i], alone.logits[0]) <= tol, f"row {i}: {scale_err(res.logits[i], alone.logits[0]):.2e} > {tol:.2e}"
         # Against the uncompacted batch (every row run s steps): equal up to the batch-size effect above.
         full = solve(model, batch, max_steps=s, backend=backend)
-        assert err(res.logits[i], full.logits[i]) <= tol
+        assert scale_err(res.logits[i], full.logits[i]) <= tol
         q_tol = 2 * abs(ref_in_batch["q_halt_logits"][i] - ref_alone["q_halt_logits"][0]) + 2e-5
         assert abs(res.q_halt_logits[i] - alone.q_halt_logits[0]) <= q_tol * (1 + abs(alone.q_halt_logits[0]))
         assert torch.equal(res.step_predictions[:, i], alone.step_predictions[:, 0])
@@ -274,7 +270,7 @@ def test_graph_cache_replays_match_plain_path_and_keys(kind, backend):
             want = _plain(model, backend, x, states)
             cache.run(steps, states, x, backend)
             for k in want:
-                assert err(states[k], want[k]) <= 1e-5, f"batch {b} state {k}"
+                assert scale_err(states[k], want[k]) <= 1e-5, f"batch {b} state {k}"
     assert cache.stats.captures == 2 and [k[1] for k in cache.stats.keys] == [4, 2]
     assert cache.stats.replays == 4 and len(cache) == 2
 
@@ -313,7 +309,7 @@ def test_graph_cache_sees_in_place_weight_updates_and_recaptures_replaced_ones()
         cache.run(steps, got, x, "eager")
         want = _plain(model, "eager", x, states)
         for k in want:
-            assert err(got[k], want[k]) <= 1e-6
+            assert scale_err(got[k], want[k]) <= 1e-6
     assert cache.stats.captures == 2
 
 
@@ -371,7 +367,7 @@ def test_engine_with_graph_stand_in_equals_plain(monkeypatch):
     real = engine.make_stepper
     monkeypatch.setattr(engine, "make_stepper", lambda inner, backend, cuda_graphs=False: real(inner, backend, True))
     got = solve(model, batch, halting="q", backend="eager")
-    assert torch.equal(got.steps, want.steps) and err(got.logits, want.logits) <= 1e-5
+    assert torch.equal(got.steps, want.steps) and scale_err(got.logits, want.logits) <= 1e-5
     assert cache.stats.replays == int(want.steps.max()) and cache.stats.captures >= 2
 
 
@@ -387,4 +383,4 @@ def test_cuda_graph_solve_equals_plain_on_gpu(backend):
     want = solve(model, batch, halting="q", backend=backend)
     got = solve(model, batch, halting="q", backend=backend, cuda_graphs=True)
     assert torch.equal(got.steps, want.steps)
-    assert err(got.logits, want.logits) <= 1e-5
+    assert scale_err(got.logits, want.logits) <= 1e-5

@@ -56,7 +56,8 @@ def test_triton_loss_head_uses_fused_stablemax_and_matches_eager():
 @pytest.mark.parametrize("kind", ["hrm_shared", "flat", "srm", "srm_mlp_t"])
 def test_triton_variants_equal_eager(kind):
     """The seeds' recursions on the Triton backend (interpreter): outputs over ACT steps and gradients equal eager."""
-    from test_cpp_models import _err, _run
+    from golden import scale_err as _err
+    from test_cpp_models import _run
     from test_variants import make
 
     torch.manual_seed(5)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fastrecur.models import HRM, SRM, TRM, FlatRecurrence
+from golden import scale_err
 from test_models import tiny_batch, tiny_config
 
 
@@ -84,10 +85,6 @@ def make(kind):
 KINDS = ["hrm_shared", "flat", "flat_full_grad", "srm", "srm_noskip", "srm_mlp_t", "trm_grad2"]
 
 
-def _scale_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_variant_eval_matches_plain_loop(kind):
     torch.manual_seed(1)
@@ -101,10 +98,10 @@ def test_variant_eval_matches_plain_loop(kind):
         for _ in range(2):  # two more ACT steps from the same carry, both ways
             carry, out = model(carry=carry, batch=batch)
             states, logits, qh, qc = plain_inner_step(model, states, carry.current_data)
-            assert _scale_err(out["logits"], logits) < 1e-5
-            assert _scale_err(out["q_halt_logits"], qh) < 1e-5
+            assert scale_err(out["logits"], logits) < 1e-5
+            assert scale_err(out["q_halt_logits"], qh) < 1e-5
             for k, v in states.items():
-                assert _scale_err(getattr(carry.inner_carry, k), v) < 1e-5
+                assert scale_err(getattr(carry.inner_carry, k), v) < 1e-5
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -129,7 +126,7 @@ def test_variant_grads_match_plain_loop(kind):
     want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert set(got) == set(want)
     for n in want:
-        assert _scale_err(got[n], want[n]) < 1e-4, n
+        assert scale_err(got[n], want[n]) < 1e-4, n
 
 
 def test_srm_skip_changes_outputs():
@@ -141,7 +138,7 @@ def test_srm_skip_changes_outputs():
     with torch.no_grad():
         _, oa = a.eval()(carry=a.initial_carry(batch), batch=batch)
         _, ob = b.eval()(carry=b.initial_carry(batch), batch=batch)
-    assert _scale_err(oa["logits"], ob["logits"]) > 1e-3
+    assert scale_err(oa["logits"], ob["logits"]) > 1e-3
 
 
 def test_variant_state_dict_keys():
