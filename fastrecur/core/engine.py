@@ -28,12 +28,11 @@ step's shape).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional
 
 import torch
-
-from fastrecur.core import eager
 
 HALTING = ("max_steps", "q", "q_continue")
 ENGINE_BACKENDS = ("cpp", "eager")
@@ -85,41 +84,19 @@ def check_model(model):
 def make_stepper(inner, backend: str, cuda_graphs: bool = False) -> Stepper:
     """A function running the *whole* schedule of one ACT step (no autograd) for ``inner``.
 
-    The weights (and RoPE tables) are taken once, here: build a new stepper after the weights are replaced
-    (in-place updates of parameters whose dtype is the activation dtype are seen; cast copies are not).
+    The weights are read at every step through the model's cached casts, which follow in-place updates and
+    replaced parameters (``RecursiveInner.cpp_level_weights``).
     ``cuda_graphs=True`` replays a CUDA graph per shape (see :mod:`fastrecur.core.graphs`); it needs CUDA
     tensors and raises ValueError otherwise.
     """
     if backend not in ENGINE_BACKENDS:
         raise ValueError(f"backend must be one of {list(ENGINE_BACKENDS)}, got {backend!r}")
+    from fastrecur.core import graphs
+
     steps = tuple(inner.schedule.steps)
     if cuda_graphs:
-        from fastrecur.core.graphs import graphs_for
-
-        cache = graphs_for(inner)
-
-        def graphed(states, x):
-            cache.run(steps, states, x, backend)
-
-        return graphed
-    if backend == "cpp":
-        from fastrecur.core.cpp_runner import run_steps_cpp
-
-        weights = inner.cpp_level_weights()
-        cs = inner.cos_sin()
-        cos, sin = cs if cs is not None else (None, None)
-        heads, eps = inner.config.num_heads, inner.config.rms_norm_eps
-
-        def native(states, x):
-            run_steps_cpp(steps, states, x, weights, cos, sin, num_heads=heads, eps=eps)
-
-        return native
-    levels = inner.level_fns("eager")
-
-    def python_loop(states, x):
-        eager.run_steps(steps, states, x, levels)
-
-    return python_loop
+        return functools.partial(graphs.run_no_grad_graphed, inner, steps, backend=backend)
+    return graphs.make_run_fn(inner, steps, backend, cached_casts=True)
 
 
 def initial_states(inner, x: torch.Tensor) -> Dict[str, torch.Tensor]:

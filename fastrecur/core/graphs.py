@@ -87,20 +87,22 @@ def workspace_guard(backend: str) -> Optional[Tuple[int, int]]:
     return info["allocations"], info["bytes"]
 
 
-def make_run_fn(inner, steps: Tuple, backend: str) -> RunFn:
-    """The un-graphed work: run ``steps`` on (states, x) with no autograd. Weights are read at every call
-    (so a graph captures the reads, and the casts when the parameters' dtype is not the activation dtype)."""
+def make_run_fn(inner, steps: Tuple, backend: str, cached_casts: bool = False) -> RunFn:
+    """The un-graphed work: run ``steps`` on (states, x) with no autograd (the one place that calls the C++
+    loop for a model: the model's cpp backend, the engine and the graph capture all go through it).
+
+    Weights are read at every call. ``cached_casts=False`` (for graph capture) casts them in the call, so a
+    replay re-runs the casts and sees in-place weight updates; ``True`` reuses the model's cached casts."""
     if backend == "cpp":
         from fastrecur.core.cpp_runner import run_steps_cpp
 
         heads, eps = inner.config.num_heads, inner.config.rms_norm_eps
+        weights_of = inner.cpp_level_weights if cached_casts else inner._cast_level_weights
 
         def run(states, x):
             cs = inner.cos_sin()
             cos, sin = cs if cs is not None else (None, None)
-            # Uncached casts: a captured graph must re-run them on replay to see in-place weight updates
-            # (the cached copies would be frozen in the graph, and freed when the cache refreshes).
-            run_steps_cpp(steps, states, x, inner._cast_level_weights(), cos, sin, num_heads=heads, eps=eps)
+            run_steps_cpp(steps, states, x, weights_of(), cos, sin, num_heads=heads, eps=eps)
 
         return run
 

@@ -171,21 +171,18 @@ class RecursiveInner(nn.Module):
         """The no-grad steps through the C++ loop (all of them when autograd is off); returns the backend
         for the grad tail (Triton on CUDA when available, else eager)."""
         from fastrecur._backends import backends
-        from fastrecur.core.cpp_runner import run_steps_cpp
+        from fastrecur.core import graphs
 
         steps = self.schedule.steps if not torch.is_grad_enabled() else self.schedule.no_grad_steps
         with torch.no_grad():
             # The loop writes in place: give it private, contiguous buffers (the carry's tensors stay untouched).
             for k in self.schedule.states:
                 states[k] = states[k].detach().clone(memory_format=torch.contiguous_format)
+            x = x.detach().contiguous()
             if self.use_cuda_graphs and x.is_cuda:
-                from fastrecur.core.graphs import run_no_grad_graphed
-
-                run_no_grad_graphed(self, tuple(steps), states, x.detach().contiguous(), "cpp")
+                graphs.run_no_grad_graphed(self, tuple(steps), states, x, "cpp")
             else:
-                cs = self.cos_sin()
-                run_steps_cpp(tuple(steps), states, x.detach().contiguous(), self.cpp_level_weights(),
-                              *(cs if cs is not None else (None, None)), num_heads=self.config.num_heads, eps=self.config.rms_norm_eps)
+                graphs.make_run_fn(self, tuple(steps), "cpp", cached_casts=True)(states, x)
         return "triton" if x.device.type == "cuda" and backends()["triton"][0] else "eager"
 
     def forward(self, carry: InnerCarry, batch: Mapping[str, torch.Tensor], backend: str = "eager"):
