@@ -59,8 +59,10 @@ def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torc
         halt_step = torch.full((rows,), max_steps, dtype=torch.float64, device=device)
         exact_at_halt = torch.zeros(rows, dtype=torch.bool, device=device)
         decided = torch.zeros(rows, dtype=torch.bool, device=device)
+        # Eval runs halt_max_steps steps for every row (as the reference): call the model itself; the loss is
+        # computed once, on the final outputs.
         for step in range(1, max_steps + 1):
-            carry, loss, _, out, all_halted = head(return_keys=("logits", "q_halt_logits", "q_continue_logits"), carry=carry, batch=batch)
+            carry, out = model(carry=carry, batch=batch)
             labels = carry.current_data["labels"]
             q_halt, q_cont = out["q_halt_logits"], out["q_continue_logits"]
             wants = (q_halt > q_cont) if on_q_continue else (q_halt > 0)
@@ -69,8 +71,6 @@ def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torc
             halt_step = torch.where(now, float(step), halt_step)
             exact_at_halt = torch.where(now, exact, exact_at_halt)
             decided |= now
-            if bool(all_halted):
-                break
         has, tok, exact = _row_metrics(out["logits"], labels)
         mask = labels != IGNORE_LABEL_ID
         lm = head.per_token_loss(out["logits"], labels).sum(-1) / mask.sum(-1).clamp_min(1)
