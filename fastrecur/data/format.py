@@ -212,10 +212,21 @@ def write_identifiers(root: str, names: Optional[List[str]] = None) -> None:
 # Reading
 
 
-def _check_pos_int(value, name: str, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+def check_int(value, name: str, lo: int = 1, hi: Optional[int] = None) -> int:
+    """An int (not a bool) in ``[lo, hi]``; ValueError naming ``name`` otherwise. Shared by the data modules."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ValueError(f"{name} must be an int {rng}, got {value!r}")
     return int(value)
+
+
+def square_tokens(tokens) -> Tuple[np.ndarray, int]:
+    """Token ids of a square grid as a flat int64 array and its side; TypeError for non-integer input."""
+    t = np.asarray(tokens)
+    if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
+        raise TypeError(f"tokens: expected an integer array, got dtype {t.dtype}")
+    t = t.reshape(-1).astype(np.int64)
+    return t, int(round(t.size ** 0.5))
 
 
 class PuzzleDataset:
@@ -347,9 +358,9 @@ class PuzzleDataset:
         return puzzles, csum, np.array(starts, dtype=np.int64)
 
     def _check_sharding(self, global_batch_size, rank, world_size, name: str) -> Tuple[int, int, int]:
-        global_batch_size = _check_pos_int(global_batch_size, name)
-        world_size = _check_pos_int(world_size, "world_size")
-        rank = _check_pos_int(rank, "rank", 0)
+        global_batch_size = check_int(global_batch_size, name)
+        world_size = check_int(world_size, "world_size")
+        rank = check_int(rank, "rank", 0)
         if rank >= world_size:
             raise ValueError(f"rank {rank} must be < world_size {world_size}")
         if global_batch_size % world_size:
@@ -360,7 +371,7 @@ class PuzzleDataset:
         """How many batches ``iter_train`` yields for this (seed, epoch): ``total_groups // global_batch_size``
         when every puzzle has one example (Sudoku, maze)."""
         global_batch_size, _, _ = self._check_sharding(global_batch_size, 0, 1, "global_batch_size")
-        seed, epoch = _check_pos_int(seed, "seed", 0), _check_pos_int(epoch, "epoch", 0)
+        seed, epoch = check_int(seed, "seed", 0), check_int(epoch, "epoch", 0)
         return sum(len(self._epoch_plan(i, global_batch_size, seed, epoch)[2]) - 1 for i in range(len(self._data)))
 
     def iter_train(self, global_batch_size: int, *, seed: int, epoch: int = 0, rank: int = 0, world_size: int = 1,
@@ -376,9 +387,9 @@ class PuzzleDataset:
         """
         global_batch_size, rank, world_size = self._check_sharding(global_batch_size, rank, world_size,
                                                                    "global_batch_size")
-        seed = _check_pos_int(seed, "seed", 0)
-        epoch = _check_pos_int(epoch, "epoch", 0)
-        start_batch = _check_pos_int(start_batch, "start_batch", 0)
+        seed = check_int(seed, "seed", 0)
+        epoch = check_int(epoch, "epoch", 0)
+        start_batch = check_int(start_batch, "start_batch", 0)
         local = global_batch_size // world_size
         return self._iter_train(global_batch_size, seed, epoch, rank, local, start_batch)
 
@@ -446,7 +457,7 @@ class PuzzleDataset:
 def steps_per_epoch_estimate(meta: DatasetMetadata, global_batch_size: int) -> float:
     """The reference trainer's ``total_groups * mean_puzzle_examples / global_batch_size`` (steps per epoch
     used for its schedule length)."""
-    return meta.total_groups * meta.mean_puzzle_examples / _check_pos_int(global_batch_size, "global_batch_size")
+    return meta.total_groups * meta.mean_puzzle_examples / check_int(global_batch_size, "global_batch_size")
 
 
 __all__ = ["DatasetFormatError", "DatasetMetadata", "IGNORE_LABEL_ID", "PuzzleDataset", "steps_per_epoch_estimate",

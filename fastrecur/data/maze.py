@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
+
+from .format import check_int, square_tokens, write_identifiers, write_split
 
 CHARSET = "# SGo"
 WALL, OPEN, START, GOAL, PATH = (i + 1 for i in range(len(CHARSET)))
@@ -26,17 +28,10 @@ VOCAB_SIZE = len(CHARSET) + 1
 _STEPS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 
-def _check_int(value, name: str, lo: int, hi: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise ValueError(f"{name} must be an int {rng}, got {value!r}")
-    return int(value)
-
-
 def dihedral(grid: np.ndarray, tid: int) -> np.ndarray:
     """The 8 symmetries of the square, numbered as the reference: 0 identity, 1-3 rotations by 90/180/270
     degrees (counter-clockwise), 4 left-right flip, 5 up-down flip, 6 transpose, 7 anti-transpose."""
-    tid = _check_int(tid, "tid", 0, 7)
+    tid = check_int(tid, "tid", 0, 7)
     g = np.asarray(grid)
     if g.ndim != 2:
         raise ValueError(f"grid must be 2-D, got shape {g.shape}")
@@ -148,9 +143,9 @@ def generate_maze(size: int = 30, *, rng: Union[int, np.random.Generator, None] 
     """One maze whose shortest S->G path has at least ``min_path_len`` steps (Maze-Hard 30x30: more than 110,
     i.e. ``min_path_len=111``); ``unique_path`` keeps only mazes with a single shortest path, so the label is
     determined by the puzzle. ``loop_frac``: fraction of inner walls removed to create loops."""
-    size = _check_int(size, "size", 3)
-    min_path_len = _check_int(min_path_len, "min_path_len", 0)
-    max_attempts = _check_int(max_attempts, "max_attempts", 1)
+    size = check_int(size, "size", 3)
+    min_path_len = check_int(min_path_len, "min_path_len", 0)
+    max_attempts = check_int(max_attempts, "max_attempts", 1)
     if not isinstance(loop_frac, (int, float)) or not 0.0 <= loop_frac <= 1.0:
         raise ValueError(f"loop_frac must be a float in [0, 1], got {loop_frac!r}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -182,7 +177,7 @@ def generate_maze(size: int = 30, *, rng: Union[int, np.random.Generator, None] 
 def generate_mazes(count: int, size: int = 30, *, seed: int = 0, min_path_len: int = 0, unique_path: bool = True,
                    loop_frac: float = 0.1, max_attempts: int = 1000) -> List[MazePuzzle]:
     """``count`` distinct mazes from one seed (deterministic)."""
-    count = _check_int(count, "count", 0)
+    count = check_int(count, "count", 0)
     rng = np.random.default_rng(seed)
     out, seen, misses = [], set(), 0
     while len(out) < count:
@@ -227,11 +222,7 @@ def encode_maze(text: Union[str, Sequence[str]]) -> np.ndarray:
 
 def decode_maze(tokens: Union[Sequence[int], np.ndarray]) -> str:
     """Inverse of :func:`encode_maze`: rows of ``"# SGo"`` joined by newlines."""
-    t = np.asarray(tokens)
-    if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
-        raise TypeError(f"tokens: expected an integer array, got dtype {t.dtype}")
-    t = t.reshape(-1).astype(np.int64)
-    size = int(round(t.size ** 0.5))
+    t, size = square_tokens(tokens)
     if t.size == 0 or size * size != t.size:
         raise ValueError(f"tokens: expected size*size tokens of a square maze, got {t.size}")
     bad = t[(t < 1) | (t > len(CHARSET))]
@@ -252,12 +243,10 @@ def build_maze_dataset(out_dir: str, size: int = 30, num_train: int = 1000, num_
     maze (7 = all of them, the reference's ``aug=True``); the test split is not augmented. Returns
     ``{"train": DatasetMetadata, "test": DatasetMetadata}``.
     """
-    from .format import write_identifiers, write_split
-
-    size = _check_int(size, "size", 3)
-    num_train = _check_int(num_train, "num_train", 1)
-    num_test = _check_int(num_test, "num_test", 1)
-    num_aug = _check_int(num_aug, "num_aug", 0, 7)
+    size = check_int(size, "size", 3)
+    num_train = check_int(num_train, "num_train", 1)
+    num_test = check_int(num_test, "num_test", 1)
+    num_aug = check_int(num_aug, "num_aug", 0, 7)
     gen_seed, aug_seed = np.random.SeedSequence(seed).spawn(2)
     mazes = generate_mazes(num_train + num_test, size, seed=gen_seed, min_path_len=min_path_len,
                            unique_path=unique_path, loop_frac=loop_frac)

@@ -17,6 +17,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .format import check_int, square_tokens, write_identifiers, write_split
+
 BOX_SHAPES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
 PAD_ID = 0
 BLANK_ID = 1
@@ -342,11 +344,7 @@ def encode_sudoku(text_or_grid: GridLike, n: Optional[int] = None) -> np.ndarray
 
 def decode_sudoku(tokens: Union[Sequence[int], np.ndarray]) -> str:
     """Inverse of :func:`encode_sudoku`: an n*n-character string, '.' for blanks, digits 1..n."""
-    t = np.asarray(tokens)
-    if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
-        raise TypeError(f"tokens: expected an integer array, got dtype {t.dtype}")
-    t = t.reshape(-1).astype(np.int64)
-    size = int(round(t.size ** 0.5))
+    t, size = square_tokens(tokens)
     if size * size != t.size or size not in BOX_SHAPES:
         raise ValueError(f"tokens: expected 16, 36 or 81 tokens, got {t.size}")
     bad = t[(t < BLANK_ID) | (t > size + 1)]
@@ -354,12 +352,6 @@ def decode_sudoku(tokens: Union[Sequence[int], np.ndarray]) -> str:
         raise ValueError(f"tokens: values {sorted(set(bad.tolist()))} are outside the {size}x{size} Sudoku "
                          f"vocabulary (1 = blank, 2..{size + 1} = digits; 0 = pad is not a cell)")
     return "".join("." if v == BLANK_ID else str(v - 1) for v in t.tolist())
-
-
-def _check_count(value, name: str, lo: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    return int(value)
 
 
 def build_sudoku_dataset(out_dir: str, n: int = 9, num_train: int = 1000, num_test: int = 100, num_aug: int = 0,
@@ -371,12 +363,11 @@ def build_sudoku_dataset(out_dir: str, n: int = 9, num_train: int = 1000, num_te
     one group; the test split is not augmented. Train and test puzzles are distinct. Returns
     ``{"train": DatasetMetadata, "test": DatasetMetadata}``.
     """
-    from .format import write_identifiers, write_split
 
     n = _check_size(n)
-    num_train = _check_count(num_train, "num_train", 1)
-    num_test = _check_count(num_test, "num_test", 1)
-    num_aug = _check_count(num_aug, "num_aug")
+    num_train = check_int(num_train, "num_train", 1)
+    num_test = check_int(num_test, "num_test", 1)
+    num_aug = check_int(num_aug, "num_aug", 0)
     gen_seed, aug_seed = np.random.SeedSequence(seed).spawn(2)
     puzzles = generate_sudokus(num_train + num_test, n, seed=gen_seed, givens=givens, min_backtracks=min_backtracks)
     aug_rng = np.random.default_rng(aug_seed)
