@@ -386,6 +386,14 @@ void clear_workspaces_op() {
   g_ws.clear();  // a call in flight keeps its shared_ptr alive until it finishes
 }
 
+#ifndef FASTRECUR_CPU_ISA
+#define FASTRECUR_CPU_ISA default
+#endif
+#define FR_STRINGIFY2(x) #x
+#define FR_STRINGIFY(x) FR_STRINGIFY2(x)
+// The x86 instruction set the CPU kernels were compiled for (csrc/build_config.py).
+std::string cpu_isa_op() { return FR_STRINGIFY(FASTRECUR_CPU_ISA); }
+
 bool has_cuda_kernels_op() {
 #ifdef FASTRECUR_WITH_CUDA
   return true;
@@ -784,6 +792,7 @@ TORCH_LIBRARY(fastrecur_C, m) {
   m.def("workspace_info() -> int[]", &fastrecur::workspace_info_op);
   m.def("clear_workspaces() -> ()", &fastrecur::clear_workspaces_op);
   m.def("has_cuda_kernels() -> bool", &fastrecur::has_cuda_kernels_op);
+  m.def("cpu_isa() -> str", &fastrecur::cpu_isa_op);
 }
 
 TORCH_LIBRARY_IMPL(fastrecur_C, CPU, m) {

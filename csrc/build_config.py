@@ -5,6 +5,10 @@ scripts in ``scripts/`` (so every build uses the same flags).
 - The CPU part (``csrc/bindings.cpp``, one translation unit) is always built otherwise.
 - The CUDA part (``csrc/kernels.cu``) is added when torch is a CUDA build (``torch.version.cuda``) and nvcc is
   found (``CUDA_HOME``/``CUDA_PATH``/``/usr/local/cuda``); ``FASTRECUR_NO_CUDA=1`` leaves it out.
+- The CPU kernels are compiled for one x86 instruction set, ``FASTRECUR_CPU_ISA`` = ``auto`` (default: the
+  best this machine has, as torch detects it), ``avx512``, ``avx2`` or ``default`` (portable scalar at::vec).
+  The choice is written to ``fastrecur/_build_info.py``; ``fastrecur._ext`` reads it before loading the
+  library and refuses (with the reason) on a CPU that lacks those instructions, instead of crashing.
 - Any compile or link error fails the build (nothing here catches it): a broken extension must never be
   installed silently. Without torch importable in the build environment the build stops with a message
   (install with ``pip install --no-build-isolation`` or set ``FASTRECUR_NO_EXT=1``).
@@ -94,6 +98,52 @@ def want_cuda() -> tuple[bool, str]:
     return True, f"nvcc in {home}, torch CUDA {torch.version.cuda}"
 
 
+# at::vec picks its implementation at compile time from these macros: without them it is the scalar DEFAULT
+# one (about 4x slower). The AVX-512 set is ATen's own (its AVX512 kernels are built with the same flags).
+CPU_ISA_FLAGS = {
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "default": [],
+}
+# CPU features (torch.cpu.get_capabilities() keys) each instruction set needs at run time.
+CPU_ISA_NEEDS = {
+    "avx512": ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq", "fma3", "f16c"),
+    "avx2": ("avx2", "fma3", "f16c"),
+    "default": (),
+}
+
+
+def cpu_isa() -> tuple[str, str]:
+    """(instruction set the CPU kernels are compiled for, reason). FASTRECUR_CPU_ISA overrides the detection
+    (``avx2`` or ``default`` builds a library that also runs on older CPUs than the build machine)."""
+    want = os.environ.get("FASTRECUR_CPU_ISA", "auto").strip().lower() or "auto"
+    if want != "auto":
+        if want not in CPU_ISA_FLAGS:
+            raise ValueError(f"FASTRECUR_CPU_ISA must be auto, {', '.join(CPU_ISA_FLAGS)}; got {want!r}")
+        return want, "FASTRECUR_CPU_ISA"
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return "default", f"{platform.machine()} is not x86-64"
+    import torch
+
+    caps = torch.cpu.get_capabilities()
+    for isa in ("avx512", "avx2"):
+        if all(caps.get(f, False) for f in CPU_ISA_NEEDS[isa]):
+            return isa, "the best this CPU supports"
+    return "default", "this CPU has neither AVX-512 nor AVX2"
+
+
+def write_build_info(package_dir: str, isa: str) -> None:
+    """Record the build's CPU instruction set where ``fastrecur._ext`` reads it before loading the library."""
+    path = os.path.join(package_dir, "_build_info.py")
+    text = ('"""Written by csrc/build_config.py when fastrecur._C is built; read by fastrecur._ext."""\n'
+            f"CPU_ISA = {isa!r}\nCPU_ISA_NEEDS = {CPU_ISA_NEEDS[isa]!r}\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def extension_kwargs(with_cuda: bool, rel_to: str | None = None) -> dict:
     """Keyword arguments for CppExtension/CUDAExtension or torch.utils.cpp_extension.load.
 
@@ -102,12 +152,8 @@ def extension_kwargs(with_cuda: bool, rel_to: str | None = None) -> dict:
     paths = [os.path.join(CSRC, s) for s in srcs]
     if rel_to is not None:
         paths = [os.path.relpath(p, rel_to) for p in paths]
-    cxx = list(CXX_FLAGS)
-    if platform.machine() in ("x86_64", "AMD64") and not _truthy("FASTRECUR_NO_AVX2"):
-        # at::vec picks its implementation at compile time: without these it is the scalar DEFAULT one (about
-        # 4x slower here). Every x86-64 server of the last decade has AVX2+FMA+F16C (Haswell, Zen 1);
-        # FASTRECUR_NO_AVX2=1 builds the portable version.
-        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    isa = cpu_isa()[0]
+    cxx = list(CXX_FLAGS) + CPU_ISA_FLAGS[isa] + [f"-DFASTRECUR_CPU_ISA={isa}"]  # a bare token: quotes do not survive every build tool
     link = []
     if not _truthy("FASTRECUR_NO_OPENMP"):
         cxx += OPENMP_FLAGS
@@ -134,7 +180,10 @@ def get_extensions(setup_dir: str):
         ) from e
     os.environ.setdefault("MAX_JOBS", "2")
     with_cuda, why = want_cuda()
-    print(f"fastrecur: building fastrecur._C (CPU{' + CUDA' if with_cuda else ''}; CUDA: {why})")
+    isa, isa_why = cpu_isa()
+    print(f"fastrecur: building fastrecur._C (CPU{' + CUDA' if with_cuda else ''}; CUDA: {why}; "
+          f"CPU kernels for {isa}: {isa_why})")
+    write_build_info(os.path.join(setup_dir, "fastrecur"), isa)
     kwargs = extension_kwargs(with_cuda, rel_to=setup_dir)
     ext = (CUDAExtension if with_cuda else CppExtension)("fastrecur._C", **kwargs)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

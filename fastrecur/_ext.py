@@ -12,13 +12,36 @@ import types
 import torch
 
 _IMPORT_ERROR: str | None = None
+
+
+def _cpu_isa_mismatch() -> str | None:
+    """Why this CPU cannot run the installed build (compiled for an instruction set it lacks), or None.
+
+    Checked before the library is loaded: AVX-512 code on a CPU without it dies with SIGILL, not an error."""
+    try:
+        from fastrecur import _build_info
+    except ImportError:  # built before the instruction set was recorded, or not built by setup.py
+        return None
+    caps = torch.cpu.get_capabilities()
+    missing = [f for f in _build_info.CPU_ISA_NEEDS if not caps.get(f, False)]
+    if not missing:
+        return None
+    return (f"fastrecur._C was built for {_build_info.CPU_ISA} CPUs, but this CPU lacks {', '.join(missing)}; "
+            "rebuild it here (pip install --no-build-isolation .), or build a portable library with "
+            "FASTRECUR_CPU_ISA=avx2 or FASTRECUR_CPU_ISA=default")
+
+
 # FASTRECUR_EXT_LIBRARY=/path/to/lib.so loads that build of the ops instead of fastrecur._C (used by
 # scripts/asan_check.sh to test a sanitizer build without installing it).
 _OVERRIDE = os.environ.get("FASTRECUR_EXT_LIBRARY")
+_MISMATCH = None if _OVERRIDE else _cpu_isa_mismatch()
 try:
     if _OVERRIDE:
         torch.ops.load_library(_OVERRIDE)
         _C = types.SimpleNamespace(__file__=_OVERRIDE)
+    elif _MISMATCH:
+        _C = None
+        _IMPORT_ERROR = _MISMATCH
     else:
         from fastrecur import _C  # noqa: F401  (loading the library registers torch.ops.fastrecur_C)
 except Exception as e:  # ImportError, or OSError for an .so built against another torch
@@ -36,6 +59,12 @@ def has_cuda_kernels() -> bool:
     return available() and bool(torch.ops.fastrecur_C.has_cuda_kernels())
 
 
+def cpu_isa() -> str:
+    """The x86 instruction set the loaded extension's CPU kernels were compiled for ("avx512", "avx2" or
+    "default"); "" when the extension is not available."""
+    return str(torch.ops.fastrecur_C.cpu_isa()) if available() else ""
+
+
 def status() -> str:
     """One line saying whether the extension is usable, and if not, why."""
     if not available():
@@ -48,7 +77,7 @@ def status() -> str:
         if has_cuda_kernels()
         else "CPU only (built without nvcc or a CUDA build of torch)"
     )
-    return f"fastrecur._C loaded from {_C.__file__}, {cuda}"
+    return f"fastrecur._C loaded from {_C.__file__}, {cuda}, CPU kernels for {cpu_isa()}"
 
 
 def ops():

@@ -79,12 +79,36 @@ def test_cpp_equals_eager_fp32(kind):
                 assert scale_err(c_out[k], e_out[k]) <= 1e-5, f"{kind} step {step} {k}: {scale_err(c_out[k], e_out[k]):.2e}"
             for k, v in carry.inner_carry.as_dict().items():
                 assert scale_err(getattr(c_carry.inner_carry, k), v) <= 1e-5, f"{kind} step {step} state {k}"
+    # Whole runs: each backend carries its own state, so fp32 rounding differences (different reduction
+    # orders in the fused kernels) grow over the ACT steps; the per-step checks above and below are the tight ones.
     (eo, eg), (co, cg) = _run(eager_model, cfg), _run(cpp_model, cfg)
     for i, (a, b) in enumerate(zip(co, eo)):
         assert scale_err(a, b) <= 1e-3, f"{kind} output {i}: {scale_err(a, b):.2e}"
     assert set(cg) == set(eg)
     for n in eg:
-        assert scale_err(cg[n], eg[n]) <= 1e-4, f"{kind} grad {n}: {scale_err(cg[n], eg[n]):.2e}"
+        assert scale_err(cg[n], eg[n]) <= 3e-4, f"{kind} grad {n}: {scale_err(cg[n], eg[n]):.2e}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cpp_step_gradients_equal_eager_fp32(kind):
+    """One training ACT step from the same carry: every parameter gradient within 1e-5 of its scale."""
+    eager_model, cfg = _twin(kind, "eager")
+    cpp_model, _ = _twin(kind, "cpp")
+    batch = tiny_batch(cfg)
+    with torch.no_grad():
+        carry, _ = eager_model.eval()(carry=eager_model.initial_carry(batch), batch=batch)
+    grads = []
+    for model in (eager_model, cpp_model):
+        model.train()
+        torch.manual_seed(1)
+        _, out = model(carry=carry, batch=batch)
+        weight = torch.randn_like(out["logits"].float())
+        ((out["logits"].float() * weight).sum() + out["q_halt_logits"].sum()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    eg, cg = grads
+    assert set(cg) == set(eg) and eg
+    for n in eg:
+        assert scale_err(cg[n], eg[n]) <= 1e-5, f"{kind} grad {n}: {scale_err(cg[n], eg[n]):.2e}"
 
 
 @pytest.mark.parametrize("kind", ["srm", "srm_mlp_t", "hrm_shared"])
