@@ -21,6 +21,7 @@
 #include <ATen/ATen.h>
 #include <ATen/DeviceGuard.h>
 #include <ATen/MemoryOverlap.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
@@ -416,16 +417,23 @@ struct Block {
   int64_t mix_inter = 0;  // attention: heads * head_dim; mixer: token-MLP hidden size
   int64_t head_dim = 0;
   int64_t inter = 0;  // channel MLP hidden size
-  at::Tensor w0_padded;  // mixer: t_gate_up with its L axis zero-padded to a multiple of kTokenPad (workspace)
+  at::Tensor w0_padded;  // mixer: t_gate_up, its L axis zero-padded to token_rows (workspace), or w0 itself
 };
 
-// The token-mixer's first GEMM contracts over the sequence axis L (97 for Sudoku). An odd or unaligned K is a
-// slow path for bf16 GEMMs (oneDNN on CPU: about 13x slower for K = 97 than K = 98; cuBLAS needs 16-byte
-// aligned rows for its tensor-core kernels), so L is zero-padded to a multiple of kTokenPad there.
+// The token-mixer's first GEMM contracts over the sequence axis L (97 for Sudoku). For 16-bit types an odd or
+// unaligned K is a slow path (oneDNN bf16 on an AMD EPYC CPU: about 13x slower for K = 97 than K = 98; cuBLAS
+// needs 16-byte aligned rows for its tensor-core kernels), so L is zero-padded to a multiple of kTokenPad
+// there. fp32 rows are not padded: on CPU the padding only added FLOPs (K = 104 took 7% longer than K = 97).
 constexpr int64_t kTokenPad = 8;
-int64_t padded_tokens(int64_t L) { return (L + kTokenPad - 1) / kTokenPad * kTokenPad; }
+int64_t token_rows(int64_t L, at::ScalarType dtype) {
+  return at::elementSize(dtype) == 2 ? (L + kTokenPad - 1) / kTokenPad * kTokenPad : L;
+}
 
-void check_weight(const at::Tensor& w, const at::Tensor& x, const std::string& name, int64_t rows, int64_t cols) {
+// A weight [rows, cols] in nn.Linear layout. `transposable`: weights used as the right-hand GEMM operand
+// (h @ W.T) may also be the transpose of a contiguous [cols, rows] tensor (W.T contiguous), the faster layout
+// for single-threaded CPU GEMMs with few rows (fastrecur.models caches it so on CPU).
+void check_weight(const at::Tensor& w, const at::Tensor& x, const std::string& name, int64_t rows, int64_t cols,
+                  bool transposable = false) {
   FR_CHECK(w.defined(), name, " is undefined");
   check_like(w, x, name, "x");
   FR_CHECK(w.dim() == 2, name, " must be 2-D, got shape ", w.sizes());
@@ -433,6 +441,11 @@ void check_weight(const at::Tensor& w, const at::Tensor& x, const std::string& n
            rows < 0 ? std::string("*") : std::to_string(rows), ", ", cols < 0 ? std::string("*") : std::to_string(cols),
            "], got ", w.sizes());
   FR_CHECK(w.numel() > 0, name, " is empty");
+  if (transposable && !w.is_contiguous()) {
+    FR_CHECK(w.t().is_contiguous(), name, " must be contiguous or the transpose of a contiguous tensor (got strides ",
+             w.strides(), ")");
+    return;
+  }
   check_contig(w, name);
 }
 
@@ -447,12 +460,12 @@ Block make_block(at::TensorList weights, int64_t idx, int64_t kind, const at::Te
   b.gate_up = weights[4 * idx + 2];
   b.down = weights[4 * idx + 3];
   if (kind == kAttention) {
-    check_weight(b.w0, x, nm(0, "qkv"), -1, D);
+    check_weight(b.w0, x, nm(0, "qkv"), -1, D, true);
     FR_CHECK(b.w0.size(0) % (3 * num_heads) == 0, nm(0, "qkv"), " has ", b.w0.size(0),
              " rows, not a multiple of 3 * num_heads = ", 3 * num_heads);
     b.head_dim = b.w0.size(0) / (3 * num_heads);
     b.mix_inter = num_heads * b.head_dim;
-    check_weight(b.w1, x, nm(1, "o"), D, b.mix_inter);
+    check_weight(b.w1, x, nm(1, "o"), D, b.mix_inter, true);
   } else {
     check_weight(b.w0, x, nm(0, "t_gate_up"), -1, S);
     FR_CHECK(b.w0.size(0) % 2 == 0, nm(0, "t_gate_up"), " must have an even number of rows [2*I_t, L], got ",
@@ -460,69 +473,73 @@ Block make_block(at::TensorList weights, int64_t idx, int64_t kind, const at::Te
     b.mix_inter = b.w0.size(0) / 2;
     check_weight(b.w1, x, nm(1, "t_down"), S, b.mix_inter);
   }
-  check_weight(b.gate_up, x, nm(2, "gate_up"), -1, D);
+  check_weight(b.gate_up, x, nm(2, "gate_up"), -1, D, true);
   FR_CHECK(b.gate_up.size(0) % 2 == 0, nm(2, "gate_up"), " must have an even number of rows [2*I, D], got ",
            b.gate_up.sizes());
   b.inter = b.gate_up.size(0) / 2;
-  check_weight(b.down, x, nm(3, "down"), D, b.inter);
+  check_weight(b.down, x, nm(3, "down"), D, b.inter, true);
   return b;
 }
 
-// Offsets (in elements) of the workspace regions; each starts on a 64-element boundary.
-struct Layout {
-  int64_t o = 0, mix = 0, gu = 0, act = 0, wpad = 0, total = 0;
+// Workspace regions, offsets in elements, each on a 64-element boundary.
+// Shared by all chunks: the mixer's transposed state [Lp, B, D] (rows S..Lp-1 zero) and the zero-padded token
+// weights. Per chunk (a group of batch items that run a block together): one block's GEMM outputs and
+// activations.
+struct ChunkLayout {
+  int64_t o = 0, qkv = 0, gu = 0, act = 0, size = 0;
 };
 
 int64_t align_up(int64_t n) { return (n + 63) / 64 * 64; }
 
-Layout plan_workspace(const std::vector<Block>& blocks, int64_t kind, int64_t B, int64_t S, int64_t D) {
-  const int64_t M = B * S;
-  const int64_t Lp = padded_tokens(S);
-  int64_t mix = 0, gu = 0, act = 0, wpad = 0;
+ChunkLayout plan_chunk(const std::vector<Block>& blocks, int64_t kind, int64_t nb, int64_t S, int64_t D) {
+  const int64_t M = nb * S, N = nb * D;
+  int64_t qkv = 0, gu = 0, act = 0;
   for (const auto& b : blocks) {
     gu = std::max(gu, M * 2 * b.inter);
     act = std::max(act, M * b.inter);
     if (kind == kAttention) {
-      mix = std::max(mix, M * 3 * b.mix_inter);          // qkv
-      act = std::max(act, M * b.mix_inter);              // attention output, if SDPA's is not [B,S,H,hd]
+      qkv = std::max(qkv, M * 3 * b.mix_inter);
+      act = std::max(act, M * b.mix_inter);  // attention output, if SDPA's is not [nb, S, H, hd]
     } else {
-      mix = std::max(mix, Lp * B * D);                   // h transposed to [Lp, B, D], zero-padded
-      wpad += align_up(2 * b.mix_inter * Lp);            // padded t_gate_up [2*I_t, Lp]
-      gu = std::max(gu, 2 * b.mix_inter * B * D);        // token-MLP gate/up [2*I_t, B*D]
-      act = std::max(act, b.mix_inter * B * D);          // token-MLP activation [I_t, B*D]
+      gu = std::max(gu, 2 * b.mix_inter * N);  // token-MLP gate/up [2*I_t, nb*D]
+      act = std::max(act, b.mix_inter * N);    // token-MLP activation [I_t, nb*D]
     }
   }
-  Layout l;
+  ChunkLayout l;
   int64_t off = 0;
-  l.o = off; off += align_up(M * D);
-  l.mix = off; off += align_up(mix);
+  l.o = off; off += align_up(M * D);  // channel MLP output [M, D]; mixer: token-MLP output [S, nb*D]
+  l.qkv = off; off += align_up(qkv);
   l.gu = off; off += align_up(gu);
   l.act = off; off += align_up(act);
-  l.wpad = off; off += wpad;
-  l.total = off;
+  l.size = off;
   return l;
 }
 
-// Views of the workspace and of the transposed weights that one block uses, made once per run_steps call:
-// the loop then issues only kernels. (A view costs about a microsecond of dispatch, and an ACT step would
+// Views of one chunk's workspace and of the transposed weights that one block uses, made once per run_steps
+// call: the loop then issues only kernels. (A view costs about a microsecond of dispatch, and an ACT step would
 // otherwise make over a thousand of them.)
 struct BlockViews {
   at::Tensor gate_up_t, down_t;          // channel MLP weights, transposed views
   at::Tensor gu, gate, up, act, o;       // channel MLP: [M, 2I], its halves, [M, I], [M, D]
-  at::Tensor w0_t, w1_t, qkv, q, k, v;   // attention: weights, [M, 3*H*hd] and the q/k/v [B, H, S, hd] views
-  at::Tensor att_scratch, att_scratch4;  // attention output when SDPA's is not [B, S, H, hd] contiguous
-  at::Tensor hTp, G, Ggate, Gup, tact, outT, outT3;  // mixer: [Lp, N], [2*It, N], halves, [It, N], [S, N], [B, S, D]
+  at::Tensor w0_t, w1_t, qkv, q, k, v;   // attention: weights, [M, 3*H*hd] and the q/k/v [nb, H, S, hd] views
+  at::Tensor att_scratch, att_scratch4;  // attention output when SDPA's is not [nb, S, H, hd] contiguous
+  at::Tensor G, Ggate, Gup, tact, outT, outT3;  // mixer: [2*It, N], halves, [It, N], [S, N], [nb, S, D]
+};
+
+// Where one chunk's items live: h2 [nb*S, D] and h3 [nb, S, D] views of the target state; for mixer blocks
+// also hT [Lp, nb*D] (the chunk's columns of the transposed state) and hT3, its [nb, S, D] view.
+struct ChunkIO {
+  at::Tensor h2, h3, hT, hT3;
 };
 
 struct Runner {
   at::Tensor buf;
-  Layout lay;
   int64_t B, S, D, num_heads, Lp;
   double eps;
   std::optional<at::Tensor> cos, sin;
-  at::Tensor mixer_in;  // [B, S, D] view of the transposed state in the mix region (mixer blocks)
-  std::vector<BlockViews> views;
-  int64_t ops = 0;  // native ops issued (ATen calls that run kernels + fused kernels), see workspace_info
+  at::Tensor mixT, mixer_in;  // mixer: the transposed state [Lp, B*D] and its [B, S, D] view
+  int64_t nb = 1;             // batch items per chunk: B (threads inside each op) or 1 (threads over items)
+  std::vector<std::vector<BlockViews>> views;  // [chunk slot][block]; per item: one slot per thread
 
   at::Tensor region(int64_t off, at::IntArrayRef sizes) const {
     int64_t n = 1;
@@ -530,57 +547,71 @@ struct Runner {
     return buf.narrow(0, off, n).view(sizes);
   }
 
-  void prepare(const std::vector<Block>& blocks, int64_t kind) {
-    const int64_t M = B * S, N = B * D;
-    if (kind == kMixer) mixer_in = region(lay.mix, {Lp, B, D}).narrow(0, 0, S).permute({1, 0, 2});
-    views.reserve(blocks.size());
+  std::vector<BlockViews> chunk_views(const std::vector<Block>& blocks, int64_t kind, int64_t base,
+                                      const ChunkLayout& cl) const {
+    const int64_t M = nb * S, N = nb * D;
+    std::vector<BlockViews> out;
+    out.reserve(blocks.size());
     for (const auto& b : blocks) {
       BlockViews v;
       v.gate_up_t = b.gate_up.t();
       v.down_t = b.down.t();
-      v.gu = region(lay.gu, {M, 2 * b.inter});
+      v.gu = region(base + cl.gu, {M, 2 * b.inter});
       v.gate = v.gu.narrow(1, 0, b.inter);
       v.up = v.gu.narrow(1, b.inter, b.inter);
-      v.act = region(lay.act, {M, b.inter});
-      v.o = region(lay.o, {M, D});
+      v.act = region(base + cl.act, {M, b.inter});
+      v.o = region(base + cl.o, {M, D});
       if (kind == kAttention) {
         const int64_t H = num_heads, hd = b.head_dim;
         v.w0_t = b.w0.t();
         v.w1_t = b.w1.t();
-        v.qkv = region(lay.mix, {M, 3 * H * hd});
-        auto q5 = v.qkv.view({B, S, 3, H, hd});
+        v.qkv = region(base + cl.qkv, {M, 3 * H * hd});
+        auto q5 = v.qkv.view({nb, S, 3, H, hd});
         v.q = q5.select(2, 0).transpose(1, 2);
         v.k = q5.select(2, 1).transpose(1, 2);
         v.v = q5.select(2, 2).transpose(1, 2);
-        v.att_scratch = region(lay.act, {M, H * hd});
-        v.att_scratch4 = v.att_scratch.view({B, S, H, hd});
+        v.att_scratch = region(base + cl.act, {M, H * hd});
+        v.att_scratch4 = v.att_scratch.view({nb, S, H, hd});
       } else {
         const int64_t It = b.mix_inter;
-        v.hTp = region(lay.mix, {Lp, N});
-        v.G = region(lay.gu, {2 * It, N});
+        v.G = region(base + cl.gu, {2 * It, N});
         v.Ggate = v.G.narrow(0, 0, It);
         v.Gup = v.G.narrow(0, It, It);
-        v.tact = region(lay.act, {It, N});
-        v.outT = region(lay.o, {S, N});
-        v.outT3 = v.outT.view({S, B, D}).permute({1, 0, 2});
+        v.tact = region(base + cl.act, {It, N});
+        v.outT = region(base + cl.o, {S, N});
+        v.outT3 = v.outT.view({S, nb, D}).permute({1, 0, 2});
       }
-      views.push_back(std::move(v));
+      out.push_back(std::move(v));
     }
+    return out;
+  }
+
+  // The views of the chunk that starts at batch item b0 (nb items) of the state `target` ([B, S, D]).
+  ChunkIO chunk_io(const at::Tensor& target, int64_t b0, bool mixer) const {
+    ChunkIO io;
+    io.h3 = nb == B ? target : target.narrow(0, b0, nb);
+    io.h2 = io.h3.view({nb * S, D});
+    if (mixer) {
+      io.hT = nb == B ? mixT : mixT.narrow(1, b0 * D, nb * D);
+      io.hT3 = nb == B ? mixer_in : mixer_in.narrow(0, b0, nb);
+    }
+    return io;
   }
 
   // h2 = rms_norm(h2 + (silu(gate) * up) @ down.T) with [gate | up] = h2 @ gate_up.T; the new rows are also
-  // written to `copy` when defined (the next mixer block's input).
-  void mlp(const at::Tensor& h2, BlockViews& v, const at::Tensor& copy = at::Tensor()) {
+  // written to `copy` when defined (the next mixer block's input). Returns the native ops issued.
+  int64_t mlp(const at::Tensor& h2, BlockViews& v, const at::Tensor& copy = at::Tensor()) const {
     at::mm_out(v.gu, h2, v.gate_up_t);
     k_swiglu(v.act, v.gate, v.up);
     at::mm_out(v.o, v.act, v.down_t);
     k_add_rms_norm_rows(h2, h2, v.o, eps, copy);
-    ops += 4;
+    return 4;
   }
 
-  void attention_block(const at::Tensor& h2, const Block& b, BlockViews& v) {
-    const int64_t M = B * S, H = num_heads, hd = b.head_dim;
-    at::mm_out(v.qkv, h2, v.w0_t);
+  int64_t attention_block(const ChunkIO& io, const Block& b, BlockViews& v) const {
+    const int64_t M = nb * S, H = num_heads, hd = b.head_dim;
+    int64_t ops = 0;
+    at::mm_out(v.qkv, io.h2, v.w0_t);
     ops += 1;
     if (cos) {
       k_rope(v.qkv, 2 * H, hd, S, *cos, *sin);  // q and k heads are the first 2*H heads of each row
@@ -588,7 +619,7 @@ struct Runner {
     }
     // Allocates its output internally (see the file comment).
     auto att = at::scaled_dot_product_attention(v.q, v.k, v.v, std::nullopt, 0.0, false, 1.0 / std::sqrt(double(hd)))
-                   .transpose(1, 2);  // [B, S, H, hd]
+                   .transpose(1, 2);  // [nb, S, H, hd]
     ops += 1;
     at::Tensor a2;
     if (att.is_contiguous()) {
@@ -599,31 +630,51 @@ struct Runner {
       ops += 1;
     }
     at::mm_out(v.o, a2, v.w1_t);
-    k_add_rms_norm_rows(h2, h2, v.o, eps);
-    ops += 2;
-    mlp(h2, v);
+    k_add_rms_norm_rows(io.h2, io.h2, v.o, eps);
+    return ops + 2 + mlp(io.h2, v);
   }
 
-  // Token mixing in the [L, B*D] layout, so both token GEMMs are single large GEMMs:
-  // hT = h^T; G = t_gate_up @ hT; act = silu(G[:I_t]) * G[I_t:]; out = t_down @ act;
-  // h = rms_norm over L of (hT + out), written straight back into h's [B, L, D] layout.
-  // hT (the mix region, rows S..Lp-1 zero) must already hold h transposed: the kernel that last wrote h wrote
-  // it too (the injection, or the previous block's MLP norm), which saves a transpose copy per block.
+  // Token mixing in the [L, nb*D] layout, so both token GEMMs are single GEMMs over the chunk:
+  // G = t_gate_up @ hT; act = silu(G[:I_t]) * G[I_t:]; out = t_down @ act;
+  // h = rms_norm over L of (hT + out), written straight back into h's [nb, L, D] layout.
+  // hT (rows S..Lp-1 zero) must already hold h transposed: the kernel that last wrote h wrote it too (the
+  // injection, or the previous block's MLP norm), which saves a transpose copy per block.
   // next_is_mixer: this level call runs another block after this one (its input copy is written here).
-  void mixer_block(const at::Tensor& h2, const at::Tensor& h3, const Block& b, BlockViews& v,
-                   bool next_is_mixer) {
-    at::mm_out(v.G, b.w0_padded, v.hTp);
+  int64_t mixer_block(const ChunkIO& io, const Block& b, BlockViews& v, bool next_is_mixer) const {
+    at::mm_out(v.G, b.w0_padded, io.hT);
     k_swiglu(v.tact, v.Ggate, v.Gup);
     at::mm_out(v.outT, b.w1, v.tact);
-    k_add_rms_norm_dim1(h3, mixer_in, v.outT3, eps);
-    ops += 4;
-    mlp(h2, v, next_is_mixer ? mixer_in : at::Tensor());
+    k_add_rms_norm_dim1(io.h3, io.hT3, v.outT3, eps);
+    return 4 + mlp(io.h2, v, next_is_mixer ? io.hT3 : at::Tensor());
+  }
+
+  // Blocks [first, last) on the chunk at batch item b0, with chunk slot `slot`'s workspace.
+  int64_t level_chunk(const std::vector<Block>& blocks, int64_t kind, int64_t first, int64_t last,
+                      const at::Tensor& target, int64_t b0, size_t slot) {
+    const ChunkIO io = chunk_io(target, b0, kind == kMixer);
+    int64_t ops = 0;
+    for (int64_t bi = first; bi < last; ++bi) {
+      ops += kind == kAttention ? attention_block(io, blocks[bi], views[slot][bi])
+                                : mixer_block(io, blocks[bi], views[slot][bi], bi + 1 < last);
+    }
+    return ops;
   }
 };
 
+// Per-item mode (CPU only): each thread runs whole level calls on its own batch items with single-threaded
+// GEMMs, so a block's intermediates (up to a few MB per item) stay in that core's cache instead of streaming
+// through memory between ops, and threads never wait for each other inside a block. Chosen when there are at
+// least as many items as threads; with fewer, the whole batch goes through each op and the threads split
+// the op. Same results either way up to GEMM rounding (the GEMMs see other shapes).
+bool use_per_item(const at::Tensor& x, int64_t mode) {
+  if (mode >= 0) return mode == 1 && x.is_cpu();
+  return x.is_cpu() && x.size(0) > 1 && x.size(0) >= at::get_num_threads();
+}
+
 void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& program, at::TensorList weights,
                   at::IntArrayRef level_offsets, const std::optional<at::Tensor>& cos,
-                  const std::optional<at::Tensor>& sin, int64_t num_heads, double eps, int64_t block_kind) {
+                  const std::optional<at::Tensor>& sin, int64_t num_heads, double eps, int64_t block_kind,
+                  int64_t per_item_mode) {
   // ---- activations
   check_act(x, "x");
   FR_CHECK(x.dim() == 3 && x.numel() > 0, "x must be a non-empty [B, S, D] tensor, got ", x.sizes());
@@ -646,6 +697,7 @@ void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& 
   // ---- levels and weights
   FR_CHECK(block_kind == kAttention || block_kind == kMixer, "block_kind must be 0 (attention) or 1 (mixer), got ",
            block_kind);
+  FR_CHECK(per_item_mode >= -1 && per_item_mode <= 1, "per_item must be -1 (auto), 0 or 1, got ", per_item_mode);
   FR_CHECK(block_kind != kAttention || num_heads >= 1, "num_heads must be >= 1, got ", num_heads);
   check_eps(eps);
   FR_CHECK(level_offsets.size() >= 2 && level_offsets[0] == 0,
@@ -705,37 +757,62 @@ void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& 
   auto ws = workspace_for(x);
   std::lock_guard<std::mutex> lock(ws->mu);
   Runner run;
-  run.lay = plan_workspace(blocks, block_kind, B, S, D);
-  if (!ws->buf.defined() || ws->buf.numel() < run.lay.total) {
-    ws->buf = at::Tensor();  // release the old buffer before allocating the larger one
-    ws->buf = at::empty({run.lay.total}, x.options());
-    g_ws_allocs.fetch_add(1);
-  }
-  run.buf = ws->buf;
   run.B = B;
   run.S = S;
   run.D = D;
   run.num_heads = num_heads;
   run.eps = eps;
-  run.Lp = padded_tokens(S);
+  run.Lp = token_rows(S, x.scalar_type());
+  const bool per_item = use_per_item(x, per_item_mode);
+  run.nb = per_item ? 1 : B;
+  const size_t n_chunk_slots = per_item ? static_cast<size_t>(at::get_num_threads()) : 1;
+  const ChunkLayout cl = plan_chunk(blocks, block_kind, run.nb, S, D);
+  // Shared regions first (mixer only), then one chunk layout per slot.
+  int64_t total = 0;
+  const int64_t mix_off = total;
+  const bool pad_weights = block_kind == kMixer && run.Lp > S;
+  if (block_kind == kMixer) total += align_up(run.Lp * B * D);
+  const int64_t wpad_off = total;
+  if (pad_weights) {
+    for (const auto& b : blocks) total += align_up(2 * b.mix_inter * run.Lp);
+  }
+  const int64_t chunks_off = total;
+  total += static_cast<int64_t>(n_chunk_slots) * cl.size;
+  if (!ws->buf.defined() || ws->buf.numel() < total) {
+    ws->buf = at::Tensor();  // release the old buffer before allocating the larger one
+    ws->buf = at::empty({total}, x.options());
+    g_ws_allocs.fetch_add(1);
+  }
+  run.buf = ws->buf;
+  int64_t ops = 0;
   if (block_kind == kMixer) {
-    // Zero-padded token weights and the zero rows of the transposed state: once per call, not per step.
-    run.region(run.lay.mix, {run.Lp, B, D}).narrow(0, S, run.Lp - S).zero_();
-    int64_t off = run.lay.wpad;
+    run.mixT = run.region(mix_off, {run.Lp, B * D});
+    run.mixer_in = run.mixT.narrow(0, 0, S).view({S, B, D}).permute({1, 0, 2});
+    int64_t off = wpad_off;
     for (auto& b : blocks) {
+      if (!pad_weights) {
+        b.w0_padded = b.w0;
+        continue;
+      }
+      // Zero-padded token weights and the zero rows of the transposed state: once per call, not per step.
       b.w0_padded = run.region(off, {2 * b.mix_inter, run.Lp});
       b.w0_padded.narrow(1, 0, S).copy_(b.w0);
       b.w0_padded.narrow(1, S, run.Lp - S).zero_();
       off += align_up(2 * b.mix_inter * run.Lp);
-      run.ops += 2;
+      ops += 2;
     }
-    run.ops += 1;
+    if (pad_weights) {
+      run.mixT.narrow(0, S, run.Lp - S).zero_();
+      ops += 1;
+    }
   }
   if (use_rope) {
     run.cos = *cos;
     run.sin = *sin;
   }
-  run.prepare(blocks, block_kind);
+  for (size_t i = 0; i < n_chunk_slots; ++i) {
+    run.views.push_back(run.chunk_views(blocks, block_kind, chunks_off + static_cast<int64_t>(i) * cl.size, cl));
+  }
   const int64_t M = B * S;
   // Slot i as [B, S, D] and as [M, D] (views made once per call).
   std::vector<at::Tensor> slot3, slot2;
@@ -744,13 +821,15 @@ void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& 
   for (const auto& t : slot3) slot2.push_back(t.view({M, D}));
   const at::Tensor none;
   std::vector<at::Tensor> srcs;
+  std::vector<int64_t> slot_ops(n_chunk_slots, 0);
+  const at::ThreadLocalState caller_tls;
   for (int64_t s = 0; s < n_steps; ++s) {
     const int64_t* r = prog + s * width;
     const at::Tensor& target = slot3[r[1]];
     if (r[0] == kCopy) {
       if (r[2] != r[1]) {
         target.copy_(slot3[r[2]]);
-        run.ops += 1;
+        ops += 1;
       }
       continue;
     }
@@ -760,22 +839,31 @@ void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& 
     const int64_t* inj = r + kProgramHeader;
     const int64_t first = level_offsets[r[2]], last = level_offsets[r[2] + 1];
     const bool mixer = block_kind == kMixer && last > first;
-    const at::Tensor& h2 = slot2[r[1]];
     if (n_inj > 0 || mixer) {
       srcs.clear();
       for (int64_t j = 0; j < n_inj; ++j) srcs.push_back(slot2[inj[j]]);
-      k_inject_add(h2, srcs, mixer ? run.mixer_in : none);
-      run.ops += 1;
+      k_inject_add(slot2[r[1]], srcs, mixer ? run.mixer_in : none);
+      ops += 1;
     }
-    for (int64_t bi = first; bi < last; ++bi) {
-      if (block_kind == kAttention) {
-        run.attention_block(h2, blocks[bi], run.views[bi]);
-      } else {
-        run.mixer_block(h2, target, blocks[bi], run.views[bi], bi + 1 < last);
+    if (last == first) continue;
+    if (!per_item) {
+      ops += run.level_chunk(blocks, block_kind, first, last, target, 0, 0);
+      continue;
+    }
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      // Worker threads take the caller's thread-local state: grad mode (off: weights may require grad and
+      // the _out GEMMs refuse those under autograd) and the profiler, so their ops show in a trace.
+      at::ThreadLocalStateGuard tls_guard(caller_tls);
+      const size_t slot = static_cast<size_t>(at::get_thread_num());
+      FR_CHECK_RUN(slot < n_chunk_slots, "thread ", slot, " has no workspace (", n_chunk_slots,
+                   " threads when the call started; do not change torch.set_num_threads during a call)");
+      for (int64_t b = b0; b < b1; ++b) {
+        slot_ops[slot] += run.level_chunk(blocks, block_kind, first, last, target, b, slot);
       }
-    }
+    });
   }
-  g_last_native_ops.store(run.ops);
+  for (auto n : slot_ops) ops += n;
+  g_last_native_ops.store(ops);
 }
 
 }  // namespace
@@ -788,7 +876,7 @@ TORCH_LIBRARY(fastrecur_C, m) {
   m.def("add_rms_norm_dim1(Tensor a, Tensor b, float eps, Tensor(a!) out) -> ()");
   m.def(
       "run_steps(Tensor(a!)[] states, Tensor x, Tensor program, Tensor[] weights, int[] level_offsets, "
-      "Tensor? cos, Tensor? sin, int num_heads, float eps, int block_kind) -> ()");
+      "Tensor? cos, Tensor? sin, int num_heads, float eps, int block_kind, int per_item=-1) -> ()");
   m.def("workspace_info() -> int[]", &fastrecur::workspace_info_op);
   m.def("clear_workspaces() -> ()", &fastrecur::clear_workspaces_op);
   m.def("has_cuda_kernels() -> bool", &fastrecur::has_cuda_kernels_op);

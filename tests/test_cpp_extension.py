@@ -151,10 +151,10 @@ def cast_case(case, dtype):
     return steps, states, x.to(dtype), levels, (cos, sin)
 
 
-def run_both(case):
+def run_both(case, **kwargs):
     steps, states, x, levels, (cos, sin) = case
     ref = eager_loop(steps, states, x, levels, cos, sin, H)
-    got = run_steps_cpp(steps, {k: v.clone() for k, v in states.items()}, x, levels, cos, sin, H, EPS)
+    got = run_steps_cpp(steps, {k: v.clone() for k, v in states.items()}, x, levels, cos, sin, H, EPS, **kwargs)
     return ref, got
 
 
@@ -219,6 +219,43 @@ def test_run_steps_fp32(name):
     assert set(got) >= set(ref)
     for k in ref:
         assert scale_err(got[k], ref[k]) <= 1e-5, k
+
+
+@pytest.mark.parametrize("per_item", [False, True], ids=["whole_batch", "per_item"])
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_run_steps_threading_modes(name, per_item, threads):
+    """Both CPU modes -- threads split each op over the whole batch, or threads take batch items and run whole
+    level calls on them -- equal the eager loop, at 1 and 2 threads and with more items than threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref, got = run_both(make_case(name, batch=3), per_item=per_item)
+    finally:
+        torch.set_num_threads(old)
+    for k in ref:
+        assert scale_err(got[k], ref[k]) <= 1e-5, k
+
+
+def test_run_steps_transposed_weight_layout():
+    """Right-multiplied weights given as Wt.t() (Wt contiguous, the layout the models cache on CPU) give the
+    same result as nn.Linear's contiguous layout; other strides are refused."""
+    steps, states, x, levels, (cos, sin) = make_case("trm")
+    flip = {"L": [w._replace(**{f: getattr(w, f).t().contiguous().t() for f in ("qkv", "o", "gate_up", "down")})
+                  for w in levels["L"]]}
+    assert not flip["L"][0].gate_up.is_contiguous()
+    ref = run_steps_cpp(steps, {k: v.clone() for k, v in states.items()}, x, levels, cos, sin, H, EPS)
+    got = run_steps_cpp(steps, {k: v.clone() for k, v in states.items()}, x, flip, cos, sin, H, EPS)
+    for k in ref:
+        assert scale_err(got[k], ref[k]) <= 1e-6, k
+    w = levels["L"][0]
+    with pytest.raises(ValueError, match="gate_up must be contiguous or the transpose"):
+        run_steps_cpp(steps, states, x, {"L": [w._replace(gate_up=torch.randn(2 * INTER, 2 * D)[:, ::2])]}, cos, sin, H)
+    mw = mixer_weights(1)[0]
+    with pytest.raises(ValueError, match="t_gate_up must be contiguous"):
+        run_steps_cpp(steps, states, x, {"L": [mw._replace(t_gate_up=mw.t_gate_up.t().contiguous().t())]})
+    with pytest.raises(TypeError, match="per_item"):
+        run_steps_cpp(steps, states, x, levels, cos, sin, H, per_item=2)
 
 
 def test_run_steps_fp32_batch1():
@@ -328,6 +365,8 @@ def test_bad_raw_op_inputs():
         C().run_steps(tensors, x, prog, weights, [0, 2], cos, sin, H, EPS, 0)
     with pytest.raises(ValueError, match="4 tensors per block"):
         C().run_steps(tensors, x, torch.tensor([[1, 1, 2, 0]]), weights[:-1], [0, 2], cos, sin, H, EPS, 0)
+    with pytest.raises(ValueError, match="per_item"):
+        C().run_steps(tensors, x, torch.tensor([[1, 1, 0, 0]]), weights, [0, 2], cos, sin, H, EPS, 0, 3)
     a = torch.randn(4, 33)
     with pytest.raises(ValueError, match="partially overlaps"):
         C().add_rms_norm(a[:3], a[1:], EPS, a[1:])

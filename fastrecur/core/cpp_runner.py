@@ -34,7 +34,9 @@ _ACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class AttentionBlockWeights(NamedTuple):
-    """Weights of one attention block, already in the activation dtype, in nn.Linear layout [out, in].
+    """Weights of one attention block, already in the activation dtype, in nn.Linear layout [out, in]
+    (qkv, o, gate_up and down may also be ``Wt.t()`` with ``Wt`` contiguous: the faster layout for CPU GEMMs
+    on few rows).
 
     qkv: [3 * H * hd, D]; o: [D, H * hd]; gate_up: [2 * I, D] (gate first); down: [D, I]."""
 
@@ -47,8 +49,8 @@ class AttentionBlockWeights(NamedTuple):
 class MixerBlockWeights(NamedTuple):
     """Weights of one token-mixer block (TRM ``mlp_t``), already in the activation dtype.
 
-    t_gate_up: [2 * I_t, L]; t_down: [L, I_t] (the token MLP over the sequence axis L);
-    gate_up: [2 * I, D]; down: [D, I] (the channel MLP)."""
+    t_gate_up: [2 * I_t, L]; t_down: [L, I_t] (the token MLP over the sequence axis L), contiguous;
+    gate_up: [2 * I, D]; down: [D, I] (the channel MLP), contiguous or ``Wt.t()`` with ``Wt`` contiguous."""
 
     t_gate_up: torch.Tensor
     t_down: torch.Tensor
@@ -115,7 +117,11 @@ def _span(t: torch.Tensor) -> Tuple[int, int]:
     return start, start + t.numel() * t.element_size()
 
 
-def _check_tensor(t, name: str, x: Optional[torch.Tensor] = None) -> None:
+# Weights the loop multiplies from the right (h @ W.T): they may be given as W = Wt.t() with Wt contiguous.
+_TRANSPOSABLE = ("qkv", "o", "gate_up", "down")
+
+
+def _check_tensor(t, name: str, x: Optional[torch.Tensor] = None, transposable: bool = False) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if x is not None:
@@ -123,8 +129,8 @@ def _check_tensor(t, name: str, x: Optional[torch.Tensor] = None) -> None:
             raise TypeError(f"{name} has dtype {t.dtype}, expected x's dtype {x.dtype}")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device}, expected x's device {x.device}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous")
+    if not t.is_contiguous() and not (transposable and t.dim() == 2 and t.t().is_contiguous()):
+        raise ValueError(f"{name} must be contiguous" + (" or the transpose of a contiguous tensor" if transposable else ""))
 
 
 def run_steps_cpp(
@@ -136,6 +142,7 @@ def run_steps_cpp(
     sin: Optional[torch.Tensor] = None,
     num_heads: int = 1,
     eps: float = 1e-5,
+    per_item: Optional[bool] = None,
 ) -> Dict[str, torch.Tensor]:
     """Run ``steps`` (no autograd) through the native loop, updating ``states`` in place.
 
@@ -150,6 +157,10 @@ def run_steps_cpp(
         cos, sin: RoPE tables, fp32 [S, head_dim], or both None (no RoPE). Ignored by mixer blocks.
         num_heads: attention heads (attention blocks only).
         eps: RMSNorm epsilon.
+        per_item: CPU only. True: each thread runs whole level calls on its own batch items, so a block's
+            intermediates stay in its core's cache; False: the whole batch goes through each op and the threads
+            split the op; None (default): per item when the batch has at least as many items as threads.
+            Results agree to GEMM rounding.
 
     Raises:
         RuntimeError: the extension is not built (see ``fastrecur._ext.status()``).
@@ -169,6 +180,8 @@ def run_steps_cpp(
         raise ValueError("cos and sin must be given together (or both None)")
     if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    if per_item not in (None, True, False):
+        raise TypeError(f"per_item must be None, True or False, got {per_item!r}")
 
     enc = _encode(tuple(steps), tuple(sorted(states)))
     if not steps:
@@ -206,7 +219,7 @@ def run_steps_cpp(
                                 f"got {type(blk).__name__}")
             kinds.add(type(blk))
             for field, w in zip(blk._fields, blk):
-                _check_tensor(w, f"levels[{name!r}][{j}].{field}", x)
+                _check_tensor(w, f"levels[{name!r}][{j}].{field}", x, transposable=field in _TRANSPOSABLE)
             weights.extend(blk)
         offsets.append(offsets[-1] + len(blocks))
     if len(kinds) > 1:
@@ -215,5 +228,6 @@ def run_steps_cpp(
     if kind == _KIND_MIXER:
         cos = sin = None
     with torch.no_grad():
-        ops.run_steps(tensors, x, enc.program, weights, offsets, cos, sin, num_heads, float(eps), kind)
+        ops.run_steps(tensors, x, enc.program, weights, offsets, cos, sin, num_heads, float(eps), kind,
+                      -1 if per_item is None else int(per_item))
     return states

@@ -154,17 +154,25 @@ class RecursiveInner(nn.Module):
         from fastrecur.core.cpp_runner import AttentionBlockWeights, MixerBlockWeights
 
         dt = self.forward_dtype
+
+        def right(lin):
+            # Weights multiplied from the right (h @ W.T). On CPU, W.T stored contiguous: single-threaded MKL
+            # GEMMs on one item's 97 rows run 13-20 % faster in that layout (fp32; equal in bf16).
+            w = lin.cast_weight(dt)
+            return w.t().contiguous().t() if w.device.type == "cpu" else w
+
         levels = {}
-        for name in self.schedule.levels:
-            module = getattr(self, name)
-            blocks = []
-            for b in module.layers:
-                tail = (b.mlp.gate_up_proj.cast_weight(dt), b.mlp.down_proj.cast_weight(dt))
-                if b.mlp_t_enabled:
-                    blocks.append(MixerBlockWeights(b.mlp_t.gate_up_proj.cast_weight(dt), b.mlp_t.down_proj.cast_weight(dt), *tail))
-                else:
-                    blocks.append(AttentionBlockWeights(b.self_attn.qkv_proj.cast_weight(dt), b.self_attn.o_proj.cast_weight(dt), *tail))
-            levels[name] = blocks * module.repeat
+        with torch.no_grad():
+            for name in self.schedule.levels:
+                module = getattr(self, name)
+                blocks = []
+                for b in module.layers:
+                    tail = (right(b.mlp.gate_up_proj), right(b.mlp.down_proj))
+                    if b.mlp_t_enabled:
+                        blocks.append(MixerBlockWeights(b.mlp_t.gate_up_proj.cast_weight(dt), b.mlp_t.down_proj.cast_weight(dt), *tail))
+                    else:
+                        blocks.append(AttentionBlockWeights(right(b.self_attn.qkv_proj), right(b.self_attn.o_proj), *tail))
+                levels[name] = blocks * module.repeat
         return levels
 
     def _run_cpp(self, states, x) -> str:
