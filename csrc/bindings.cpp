@@ -15,6 +15,10 @@
 // - The workspace is one flat buffer per (device, CUDA stream, dtype), kept in a process-wide cache and grown
 //   (never shrunk) when a call needs more; clear_workspaces() releases it. workspace_info() reports how
 //   many buffers were ever allocated, so tests can check that a repeated call allocates nothing new.
+// - Two ways to use the threads (CPU; CUDA always runs the whole batch through each kernel): the whole batch
+//   through each op, the threads splitting the op; or per item (use_per_item), each thread running whole
+//   level calls on its own batch items with single-threaded GEMMs, so a block's intermediates stay in that
+//   core's cache. The per-item mode issues (batch size)x more, smaller native ops.
 
 #include <Python.h>
 

@@ -84,7 +84,12 @@ def _loadavg() -> Optional[float]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}"
+    try:  # the CPU model, e.g. "Intel(R) Xeon(R) ..." (Linux)
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        model = None
+    return f"CPU {model or platform.processor() or platform.machine()}"
 
 
 def environment(device: torch.device, quick: bool) -> dict:

@@ -1,0 +1,165 @@
+"""One eval ACT step of TRM-MLP Sudoku (D=512, 97 positions) against its GEMM floor, and where the rest goes.
+
+For each dtype and batch size it times, in one process: eager PyTorch, torch.compile, ``backend="cpp"`` (the
+C++ loop) and the **GEMM floor** -- the same step's GEMMs alone, each in its fastest layout, with
+preallocated outputs (``fastrecur.bench.gemm_floor_fn``). Then it profiles one cpp step and splits its time
+into GEMMs, each fused kernel and the rest, so the distance to the floor is explained, not just measured.
+
+    python benchmarks/act_step_floor.py                       # bf16 + fp32, batch 1 and 64 (CPU: ~15 min)
+    python benchmarks/act_step_floor.py --dtypes float32 --batches 1 --no-compile
+    python benchmarks/act_step_floor.py --out benchmarks/results   # -> OUT/act-step-floor-<device>-<date>/
+
+Each timing is the median over ``--iters`` steps from a warm carry (a steady-state step of a 16-step solve).
+Results record the device, CPU model, versions, threads, load average and the extension's instruction set.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+import torch
+
+from fastrecur import _ext
+from fastrecur import bench as fb
+from fastrecur.checkpoint import atomic_write
+
+ARCH = "trm_mlp"
+# Profiler names of the fused kernels (csrc/bindings.cpp FR_RECORD labels), reported one by one.
+FUSED = ("fastrecur::swiglu", "fastrecur::add_rms_norm", "fastrecur::add_rms_norm_dim1", "fastrecur::inject_add",
+         "fastrecur::rope")
+GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
+
+
+def step_fn(model, data):
+    """A steady-state eval ACT step (the carry advances, as in a solve)."""
+    with torch.no_grad():
+        state = {"carry": model(carry=model.initial_carry(data), batch=data)[0]}
+
+    def step():
+        with torch.no_grad():
+            state["carry"], _ = model(carry=state["carry"], batch=data)
+
+    return step
+
+
+def breakdown(step, device) -> dict:
+    """Shares of one profiled step's op time: GEMMs, each fused kernel, other ATen ops. Self times of every
+    thread's ops (per-item mode runs ops on all threads), as fractions of their sum."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    self_us = collections.Counter()
+    for e in prof.key_averages():
+        name = e.key
+        if name in GEMMS:
+            key = "gemm"
+        elif name in FUSED:
+            key = name.split("::")[1]
+        elif name.startswith("fastrecur_C::"):
+            key = "loop (views, checks)"
+        else:
+            key = "other ATen (embedding, readout, casts)"
+        self_us[key] += e.self_cpu_time_total
+    total = sum(self_us.values()) or 1.0
+    return {k: v / total for k, v in self_us.most_common()}
+
+
+def run_case(dtype: str, batch: int, device, iters: int, compile_: bool) -> dict:
+    cfg = fb.sudoku_cfg(ARCH, dtype, batch, 512, 81)
+    torch.manual_seed(0)
+    data = fb.sudoku_batch(cfg, device)
+    row = {"arch": ARCH, "dtype": dtype, "batch": batch, "hidden": 512, "positions": 97}
+    models = {}
+    for backend in ("eager", "cpp"):
+        torch.manual_seed(0)
+        m = fb.build(ARCH, cfg, backend).to(device).eval()
+        m.check_inputs = False
+        models[backend] = m
+    variants = {"eager": step_fn(models["eager"], data), "cpp": step_fn(models["cpp"], data)}
+    if compile_:
+        t0 = time.perf_counter()
+        variants["compile"] = step_fn(torch.compile(models["eager"]), data)
+        variants["compile"]()
+        row["compile_first_call_s"] = round(time.perf_counter() - t0, 1)
+    with torch.no_grad():
+        variants["gemm_floor"] = fb.gemm_floor_fn(models["eager"], batch, device)
+    for name, fn in variants.items():
+        row[f"{name}_ms"] = fb.measure(fn, device, warmup=1, iters=iters)["ms"]
+    row["cpp_x_floor"] = row["cpp_ms"] / row["gemm_floor_ms"]
+    row["eager_x_cpp"] = row["eager_ms"] / row["cpp_ms"]
+    if compile_:
+        row["compile_x_cpp"] = row["compile_ms"] / row["cpp_ms"]
+    row["cpp_mode"] = "per item" if device.type == "cpu" and batch > 1 and batch >= torch.get_num_threads() else "whole batch"
+    if device.type == "cpu":
+        share = breakdown(variants["cpp"], device)
+        row["cpp_breakdown_ms"] = {k: v * row["cpp_ms"] for k, v in share.items()}
+    return row
+
+
+def markdown(results: dict) -> str:
+    m = results["meta"]
+    lines = [f"# TRM-MLP Sudoku eval ACT step vs its GEMM floor ({m['device']})", "",
+             f"{m['date']}, torch {m['torch']}, {m['threads']} threads, extension CPU kernels: {m['cpu_isa']}, "
+             f"load average at start {m['loadavg_start']}. Median of {m['iters']} steps per batch of 1 and "
+             f"{m['iters_large']} above; ms per ACT step.", "",
+             "| dtype | batch | eager | torch.compile | cpp | GEMM floor | **cpp / floor** | eager / cpp | compile / cpp | cpp mode |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results["rows"]:
+        comp = f"{r['compile_ms']:.1f}" if "compile_ms" in r else "n/a"
+        cx = f"{r['compile_x_cpp']:.2f}x" if "compile_x_cpp" in r else "n/a"
+        lines.append(f"| {r['dtype']} | {r['batch']} | {r['eager_ms']:.1f} | {comp} | {r['cpp_ms']:.1f} | "
+                     f"{r['gemm_floor_ms']:.1f} | **{r['cpp_x_floor']:.3f}** | {r['eager_x_cpp']:.2f}x | {cx} | {r['cpp_mode']} |")
+    if any("cpp_breakdown_ms" in r for r in results["rows"]):
+        lines += ["", "Where the cpp step's time goes (profiler self time of every thread's ops, as shares of the "
+                  "step, in ms per ACT step):", ""]
+        keys = []
+        for r in results["rows"]:
+            keys += [k for k in r.get("cpp_breakdown_ms", {}) if k not in keys]
+        lines += ["| dtype | batch | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+        for r in results["rows"]:
+            b = r.get("cpp_breakdown_ms", {})
+            lines.append(f"| {r['dtype']} | {r['batch']} | " + " | ".join(f"{b.get(k, 0):.1f}" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtypes", default="bfloat16,float32")
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--iters", type=int, default=10, help="steps timed per variant at batch 1")
+    p.add_argument("--iters-large", type=int, default=3, help="steps timed per variant at batch > 8")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--out", default=None, help="write OUT/act-step-floor-<device>-<date>/results.{json,md}")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    if not _ext.available():
+        raise SystemExit(_ext.status())
+    meta = dict(fb.environment(device, quick=False), cpu_isa=_ext.cpu_isa(), iters=a.iters, iters_large=a.iters_large)
+    rows = []
+    for dtype in a.dtypes.split(","):
+        for batch in (int(b) for b in a.batches.split(",")):
+            row = run_case(dtype, batch, device, a.iters if batch <= 8 else a.iters_large, not a.no_compile)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    meta["loadavg_end"] = fb._loadavg()
+    results = {"meta": meta, "rows": rows}
+    md = markdown(results)
+    print(md)
+    if a.out:
+        d = os.path.join(a.out, f"act-step-floor-{device.type}-{meta['date']}")
+        os.makedirs(d, exist_ok=True)
+        for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", md)):
+            atomic_write(os.path.join(d, name), lambda tmp, text=text: open(tmp, "w").write(text))
+        print(f"wrote {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
