@@ -675,6 +675,13 @@ bool use_per_item(const at::Tensor& x, int64_t mode) {
   return x.is_cpu() && x.size(0) > 1 && x.size(0) >= at::get_num_threads();
 }
 
+// Items per chunk in the per-item mode: 2 for 16-bit types when the batch splits evenly (two items' bf16
+// intermediates take the bytes of one fp32 item, and single-threaded bf16 GEMMs on 194 rows ran 3 % faster
+// than on 97), else 1.
+int64_t items_per_chunk(int64_t B, at::ScalarType dtype) {
+  return at::elementSize(dtype) == 2 && B % 2 == 0 ? 2 : 1;
+}
+
 void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& program, at::TensorList weights,
                   at::IntArrayRef level_offsets, const std::optional<at::Tensor>& cos,
                   const std::optional<at::Tensor>& sin, int64_t num_heads, double eps, int64_t block_kind,
@@ -768,7 +775,7 @@ void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& 
   run.eps = eps;
   run.Lp = token_rows(S, x.scalar_type());
   const bool per_item = use_per_item(x, per_item_mode);
-  run.nb = per_item ? 1 : B;
+  run.nb = per_item ? items_per_chunk(B, x.scalar_type()) : B;
   const size_t n_chunk_slots = per_item ? static_cast<size_t>(at::get_num_threads()) : 1;
   const ChunkLayout cl = plan_chunk(blocks, block_kind, run.nb, S, D);
   // Shared regions first (mixer only), then one chunk layout per slot.
@@ -854,15 +861,15 @@ void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& 
       ops += run.level_chunk(blocks, block_kind, first, last, target, 0, 0);
       continue;
     }
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B / run.nb, 1, [&](int64_t c0, int64_t c1) {
       // Worker threads take the caller's thread-local state: grad mode (off: weights may require grad and
       // the _out GEMMs refuse those under autograd) and the profiler, so their ops show in a trace.
       at::ThreadLocalStateGuard tls_guard(caller_tls);
       const size_t slot = static_cast<size_t>(at::get_thread_num());
       FR_CHECK_RUN(slot < n_chunk_slots, "thread ", slot, " has no workspace (", n_chunk_slots,
                    " threads when the call started; do not change torch.set_num_threads during a call)");
-      for (int64_t b = b0; b < b1; ++b) {
-        slot_ops[slot] += run.level_chunk(blocks, block_kind, first, last, target, b, slot);
+      for (int64_t c = c0; c < c1; ++c) {
+        slot_ops[slot] += run.level_chunk(blocks, block_kind, first, last, target, c * run.nb, slot);
       }
     });
   }

@@ -268,12 +268,14 @@ def rmse(a, b):
     return (a.double() - b.double()).pow(2).mean().sqrt().item()
 
 
+@pytest.mark.parametrize("batch", [1, 4], ids=["b1_whole_batch", "b4_per_item_pairs"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", CASES)
-def test_run_steps_low_precision(name, dtype):
+def test_run_steps_low_precision(name, dtype, batch):
     """Error vs the fp32 loop at most ~2x the eager low-precision loop's (RMS over all elements: the max is
-    dominated by the chaotic growth of rounding noise through the recursion, for either path)."""
-    case32 = make_case(name)
+    dominated by the chaotic growth of rounding noise through the recursion, for either path). Batch 4 runs
+    the per-item mode with two 16-bit items per chunk (at 2+ threads; whole batch at 1)."""
+    case32 = make_case(name, batch=batch)
     ref32 = eager_loop(*case32[:4], *case32[4], H)
     ref16, got16 = run_both(cast_case(case32, dtype))
     for k in ref32:
