@@ -106,8 +106,8 @@ def markdown(results: dict) -> str:
     m = results["meta"]
     lines = [f"# TRM-MLP Sudoku eval ACT step vs its GEMM floor ({m['device']})", "",
              f"{m['date']}, torch {m['torch']}, {m['threads']} threads, extension CPU kernels: {m['cpu_isa']}, "
-             f"load average at start {m['loadavg_start']}. Median of {m['iters']} steps per batch of 1 and "
-             f"{m['iters_large']} above; ms per ACT step.", "",
+             f"load average at start {m['loadavg_start']}. Median of {m['iters']} steps at batch <= 8, "
+             f"{m['iters_large']} at larger batches; ms per ACT step.", "",
              "| dtype | batch | eager | torch.compile | cpp | GEMM floor | **cpp / floor** | eager / cpp | compile / cpp | cpp mode |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results["rows"]:

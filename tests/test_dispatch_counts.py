@@ -19,16 +19,16 @@ from fastrecur import _ext
 from fastrecur.models import TRM
 
 
-def sudoku_trm(mlp_t=True, backend="eager"):
+def sudoku_trm(mlp_t=True, backend="eager", batch_size=1):
     torch.manual_seed(0)
-    cfg = dict(batch_size=1, seq_len=81, puzzle_emb_ndim=512, num_puzzle_identifiers=1, vocab_size=11, hidden_size=512,
+    cfg = dict(batch_size=batch_size, seq_len=81, puzzle_emb_ndim=512, num_puzzle_identifiers=1, vocab_size=11, hidden_size=512,
                expansion=4, num_heads=8, halt_max_steps=16, halt_exploration_prob=0.1, forward_dtype="bfloat16",
                H_cycles=3, L_cycles=6, H_layers=0, L_layers=2, puzzle_emb_len=16, mlp_t=mlp_t,
                pos_encodings="none" if mlp_t else "rope")
     model = TRM(cfg, backend=backend).eval()
     model.check_inputs = False
-    batch = {"inputs": torch.randint(1, 11, (1, 81), generator=torch.Generator().manual_seed(0)),
-             "puzzle_identifiers": torch.zeros(1, dtype=torch.int32)}
+    batch = {"inputs": torch.randint(1, 11, (batch_size, 81), generator=torch.Generator().manual_seed(0)),
+             "puzzle_identifiers": torch.zeros(batch_size, dtype=torch.int32)}
     return model, batch
 
 
@@ -133,3 +133,28 @@ def test_cpp_step_is_one_native_call(mlp_t):
     # 21 level calls x 2 blocks x 4 GEMMs, one fused kernel per elementwise stretch.
     assert kinds["aten::mm"] == 168
     assert native_ops <= 400
+
+
+def test_cpp_native_ops_per_threading_mode():
+    """Whole-batch mode: the batch-1 count (one native op per GEMM or fused stretch) at any batch size.
+    Per-item mode (CPU): the same ops once per chunk of items (two bf16 items per chunk), still one call."""
+    _need_ext()
+    counts = {}
+    for per_item in (False, True):
+        model, batch = sudoku_trm(backend="cpp", batch_size=4)
+        model.inner.cpp_per_item = per_item
+        with torch.no_grad():
+            carry = model.initial_carry(batch)
+            carry, _ = model(carry=carry, batch=batch)
+            model(carry=carry, batch=batch)
+        counts[per_item] = _ext.workspace_info()["last_call_ops"]
+    model1, batch1 = sudoku_trm(backend="cpp")
+    with torch.no_grad():
+        carry = model1.initial_carry(batch1)
+        carry, _ = model1(carry=carry, batch=batch1)
+        model1(carry=carry, batch=batch1)
+    one = _ext.workspace_info()["last_call_ops"]
+    assert counts[False] == one <= 400
+    # Two chunks of two items: the block ops (21 level calls x 2 blocks x 8 ops: 2 GEMMs + 2 fused kernels per
+    # MLP) run once more; the per-call setup and the 21 injections (whole batch) do not.
+    assert counts[True] - counts[False] == 21 * 2 * 8

@@ -102,7 +102,8 @@ def make_run_fn(inner, steps: Tuple, backend: str, cached_casts: bool = False) -
         def run(states, x):
             cs = inner.cos_sin()
             cos, sin = cs if cs is not None else (None, None)
-            run_steps_cpp(steps, states, x, weights_of(), cos, sin, num_heads=heads, eps=eps)
+            run_steps_cpp(steps, states, x, weights_of(), cos, sin, num_heads=heads, eps=eps,
+                          per_item=getattr(inner, "cpp_per_item", None))
 
         return run
 

@@ -95,6 +95,9 @@ class RecursiveInner(nn.Module):
         # backend="cpp" on CUDA: capture the no-grad recursion as a CUDA graph per shape and replay it
         # (fastrecur.core.graphs documents the limits). Off by default.
         self.use_cuda_graphs = False
+        # backend="cpp" on CPU: None picks how threads share the work (per batch item when there are at least as
+        # many items as threads, else splitting each op); True/False force it (fastrecur.core.cpp_runner).
+        self.cpp_per_item = None
         self._cpp_weights = None  # (parameter versions, cast weights) for the C++ loop
 
         with torch.no_grad():  # Q starts near "continue" so early training does not halt at once
