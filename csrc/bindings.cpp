@@ -424,13 +424,15 @@ struct Block {
   at::Tensor w0_padded;  // mixer: t_gate_up, its L axis zero-padded to token_rows (workspace), or w0 itself
 };
 
-// The token-mixer's first GEMM contracts over the sequence axis L (97 for Sudoku). For 16-bit types an odd or
-// unaligned K is a slow path (oneDNN bf16 on an AMD EPYC CPU: about 13x slower for K = 97 than K = 98; cuBLAS
-// needs 16-byte aligned rows for its tensor-core kernels), so L is zero-padded to a multiple of kTokenPad
-// there. fp32 rows are not padded: on CPU the padding only added FLOPs (K = 104 took 7% longer than K = 97).
+// The token-mixer's first GEMM contracts over the sequence axis L (97 for Sudoku). An odd or unaligned K is a
+// slow path for 16-bit GEMMs (oneDNN bf16 on an AMD EPYC CPU: about 13x slower for K = 97 than K = 98) and for
+// cuBLAS's tensor-core kernels (16-byte aligned rows, also for TF32), so L is zero-padded to a multiple of
+// kTokenPad there. CPU fp32 rows are not padded: there the padding only added FLOPs (K = 104 took 7 % longer
+// than K = 97 with MKL).
 constexpr int64_t kTokenPad = 8;
-int64_t token_rows(int64_t L, at::ScalarType dtype) {
-  return at::elementSize(dtype) == 2 ? (L + kTokenPad - 1) / kTokenPad * kTokenPad : L;
+int64_t token_rows(int64_t L, const at::Tensor& x) {
+  const bool pad = x.is_cuda() || at::elementSize(x.scalar_type()) == 2;
+  return pad ? (L + kTokenPad - 1) / kTokenPad * kTokenPad : L;
 }
 
 // A weight [rows, cols] in nn.Linear layout. `transposable`: weights used as the right-hand GEMM operand
@@ -773,7 +775,7 @@ void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& 
   run.D = D;
   run.num_heads = num_heads;
   run.eps = eps;
-  run.Lp = token_rows(S, x.scalar_type());
+  run.Lp = token_rows(S, x);
   const bool per_item = use_per_item(x, per_item_mode);
   run.nb = per_item ? items_per_chunk(B, x.scalar_type()) : B;
   const size_t n_chunk_slots = per_item ? static_cast<size_t>(at::get_num_threads()) : 1;
