@@ -114,6 +114,18 @@ CPU_ISA_NEEDS = {
 }
 
 
+def cpu_capabilities() -> dict:
+    """CPU features as torch.cpu.get_capabilities() names them. Older torch releases lack that function: their
+    at::vec capability (torch.backends.cpu.get_cpu_capability(), "AVX512"/"AVX2"/...) stands in for it."""
+    import torch
+
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is not None:
+        return get()
+    isas = {"AVX512": ("avx512", "avx2"), "AVX2": ("avx2",)}.get(torch.backends.cpu.get_cpu_capability(), ())
+    return {f: True for isa in isas for f in CPU_ISA_NEEDS[isa]}
+
+
 def cpu_isa() -> tuple[str, str]:
     """(instruction set the CPU kernels are compiled for, reason). FASTRECUR_CPU_ISA overrides the detection
     (``avx2`` or ``default`` builds a library that also runs on older CPUs than the build machine)."""
@@ -124,9 +136,7 @@ def cpu_isa() -> tuple[str, str]:
         return want, "FASTRECUR_CPU_ISA"
     if platform.machine() not in ("x86_64", "AMD64"):
         return "default", f"{platform.machine()} is not x86-64"
-    import torch
-
-    caps = torch.cpu.get_capabilities()
+    caps = cpu_capabilities()
     for isa in ("avx512", "avx2"):
         if all(caps.get(f, False) for f in CPU_ISA_NEEDS[isa]):
             return isa, "the best this CPU supports"

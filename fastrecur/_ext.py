@@ -22,7 +22,10 @@ def _cpu_isa_mismatch() -> str | None:
         from fastrecur import _build_info
     except ImportError:  # built before the instruction set was recorded, or not built by setup.py
         return None
-    caps = torch.cpu.get_capabilities()
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is None:  # older torch: trust the build (it ran on this machine's torch)
+        return None
+    caps = get()
     missing = [f for f in _build_info.CPU_ISA_NEEDS if not caps.get(f, False)]
     if not missing:
         return None

@@ -315,6 +315,39 @@ def test_status():
     assert isinstance(_ext.has_cuda_kernels(), bool)
 
 
+def test_cpu_isa_guard(monkeypatch):
+    """The library says which instruction set its CPU kernels use; on a CPU lacking it, fastrecur refuses to load
+    it with the reason (instead of dying with SIGILL)."""
+    if os.environ.get("FASTRECUR_EXT_LIBRARY"):
+        pytest.skip("a library loaded by path has no build record")
+    info = pytest.importorskip("fastrecur._build_info")
+    assert _ext.cpu_isa() == info.CPU_ISA and info.CPU_ISA in _ext.status()
+    assert _ext._cpu_isa_mismatch() is None  # it loaded here, so this CPU has what it needs
+    if not info.CPU_ISA_NEEDS:
+        pytest.skip("portable build: runs on any CPU")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
+    msg = _ext._cpu_isa_mismatch()
+    assert msg and info.CPU_ISA in msg and info.CPU_ISA_NEEDS[0] in msg and "FASTRECUR_CPU_ISA" in msg
+
+
+def test_build_cpu_isa_choice(monkeypatch):
+    """FASTRECUR_CPU_ISA picks the instruction set (flags and at::vec capability macro), or fails clearly."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "csrc"))
+    try:
+        import build_config
+    finally:
+        sys.path.pop(0)
+    for isa, macro in (("avx2", "-DCPU_CAPABILITY_AVX2"), ("avx512", "-DCPU_CAPABILITY_AVX512")):
+        monkeypatch.setenv("FASTRECUR_CPU_ISA", isa)
+        cxx = build_config.extension_kwargs(with_cuda=False)["extra_compile_args"]["cxx"]
+        assert macro in cxx and f"-DFASTRECUR_CPU_ISA={isa}" in cxx
+    monkeypatch.setenv("FASTRECUR_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="FASTRECUR_CPU_ISA"):
+        build_config.cpu_isa()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Bad inputs
 # ----------------------------------------------------------------------------------------------------------
