@@ -1,4 +1,5 @@
-"""One eval ACT step of TRM-MLP Sudoku (D=512, 97 positions) against its GEMM floor, and where the rest goes.
+"""One eval ACT step of a Sudoku model (D=512, 97 positions; default TRM-MLP) against its GEMM floor, and where
+the rest goes.
 
 For each dtype and batch size it times, in one process: eager PyTorch, torch.compile, ``backend="cpp"`` (the
 C++ loop) and the **GEMM floor** -- the same step's GEMMs alone, each in its fastest layout, with
@@ -7,6 +8,7 @@ into GEMMs, each fused kernel and the rest, so the distance to the floor is expl
 
     python benchmarks/act_step_floor.py                       # bf16 + fp32, batch 1 and 64 (CPU: ~15 min)
     python benchmarks/act_step_floor.py --dtypes float32 --batches 1 --no-compile
+    python benchmarks/act_step_floor.py --archs trm,hrm --no-compile --out benchmarks/results  # attention models
     python benchmarks/act_step_floor.py --out benchmarks/results   # -> OUT/act-step-floor-<device>-<date>/
 
 Each timing is the median (and minimum) over ``--iters`` steps from a warm carry (a steady-state step of a
@@ -29,7 +31,6 @@ from fastrecur import _ext
 from fastrecur import bench as fb
 from fastrecur.checkpoint import atomic_write
 
-ARCH = "trm_mlp"
 # Profiler names of the fused kernels (csrc/bindings.cpp FR_RECORD labels), reported one by one.
 FUSED = ("fastrecur::swiglu", "fastrecur::add_rms_norm", "fastrecur::add_rms_norm_dim1", "fastrecur::inject_add",
          "fastrecur::rope")
@@ -82,6 +83,8 @@ def breakdown(step, device) -> dict:
             key = "gemm"
         elif name in FUSED:
             key = name.split("::")[1]
+        elif "scaled_dot_product" in name or "flash_attention" in name:
+            key = "attention (SDPA)"
         elif name.startswith("fastrecur_C::"):
             key = "loop (views, checks)"
         else:
@@ -91,15 +94,15 @@ def breakdown(step, device) -> dict:
     return {k: v / total for k, v in self_us.most_common()}
 
 
-def run_case(dtype: str, batch: int, device, iters: int, compile_: bool) -> dict:
-    cfg = fb.sudoku_cfg(ARCH, dtype, batch, 512, 81)
+def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bool) -> dict:
+    cfg = fb.sudoku_cfg(arch, dtype, batch, 512, 81)
     torch.manual_seed(0)
     data = fb.sudoku_batch(cfg, device)
-    row = {"arch": ARCH, "dtype": dtype, "batch": batch, "hidden": 512, "positions": 97}
+    row = {"arch": arch, "dtype": dtype, "batch": batch, "hidden": 512, "positions": 97}
     models = {}
     for backend in ("eager", "cpp"):
         torch.manual_seed(0)
-        m = fb.build(ARCH, cfg, backend).to(device).eval()
+        m = fb.build(arch, cfg, backend).to(device).eval()
         m.check_inputs = False
         models[backend] = m
     variants = {"eager": step_fn(models["eager"], data), "cpp": step_fn(models["cpp"], data)}
@@ -127,16 +130,16 @@ def run_case(dtype: str, batch: int, device, iters: int, compile_: bool) -> dict
 
 def markdown(results: dict) -> str:
     m = results["meta"]
-    lines = [f"# TRM-MLP Sudoku eval ACT step vs its GEMM floor ({m['device']})", "",
+    lines = [f"# Sudoku eval ACT step (hidden 512, 97 positions) vs its GEMM floor ({m['device']})", "",
              f"{m['date']}, torch {m['torch']}, {m['threads']} threads, extension CPU kernels: {m['cpu_isa']}, "
              f"load average at start {m['loadavg_start']}. Median of {m['iters']} steps at batch <= 8, "
              f"{m['iters_large']} at larger batches, the variants timed in turns; ms per ACT step.", "",
-             "| dtype | batch | eager | torch.compile | cpp | GEMM floor | **cpp / floor** | fastest runs: cpp / floor | eager / cpp | compile / cpp | cpp mode |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| model | dtype | batch | eager | torch.compile | cpp | GEMM floor | **cpp / floor** | fastest runs: cpp / floor | eager / cpp | compile / cpp | cpp mode |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results["rows"]:
         comp = f"{r['compile_ms']:.1f}" if "compile_ms" in r else "n/a"
         cx = f"{r['compile_x_cpp']:.2f}x" if "compile_x_cpp" in r else "n/a"
-        lines.append(f"| {r['dtype']} | {r['batch']} | {r['eager_ms']:.1f} | {comp} | {r['cpp_ms']:.1f} | "
+        lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | {r['eager_ms']:.1f} | {comp} | {r['cpp_ms']:.1f} | "
                      f"{r['gemm_floor_ms']:.1f} | **{r['cpp_x_floor']:.3f}** | {r['cpp_x_floor_min']:.3f} | {r['eager_x_cpp']:.2f}x | {cx} | {r['cpp_mode']} |")
     if any("cpp_breakdown_ms" in r for r in results["rows"]):
         lines += ["", "Where the cpp step's time goes (profiler self time of every thread's ops, as shares of the "
@@ -144,16 +147,17 @@ def markdown(results: dict) -> str:
         keys = []
         for r in results["rows"]:
             keys += [k for k in r.get("cpp_breakdown_ms", {}) if k not in keys]
-        lines += ["| dtype | batch | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+        lines += ["| model | dtype | batch | " + " | ".join(keys) + " |", "|---|---|---:|" + "---:|" * len(keys)]
         for r in results["rows"]:
             b = r.get("cpp_breakdown_ms", {})
-            lines.append(f"| {r['dtype']} | {r['batch']} | " + " | ".join(f"{b.get(k, 0):.1f}" for k in keys) + " |")
+            lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | " + " | ".join(f"{b.get(k, 0):.1f}" for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--archs", default="trm_mlp", help=f"comma-separated subset of {','.join(fb.ARCHS)}")
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--batches", default="1,64")
     p.add_argument("--iters", type=int, default=20, help="steps timed per variant at batch <= 8")
@@ -166,17 +170,19 @@ def main(argv=None) -> int:
         raise SystemExit(_ext.status())
     meta = dict(fb.environment(device, quick=False), cpu_isa=_ext.cpu_isa(), iters=a.iters, iters_large=a.iters_large)
     rows = []
-    for dtype in a.dtypes.split(","):
-        for batch in (int(b) for b in a.batches.split(",")):
-            row = run_case(dtype, batch, device, a.iters if batch <= 8 else a.iters_large, not a.no_compile)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    for arch in a.archs.split(","):
+        for dtype in a.dtypes.split(","):
+            for batch in (int(b) for b in a.batches.split(",")):
+                row = run_case(arch, dtype, batch, device, a.iters if batch <= 8 else a.iters_large, not a.no_compile)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     meta["loadavg_end"] = fb._loadavg()
     results = {"meta": meta, "rows": rows}
     md = markdown(results)
     print(md)
     if a.out:
-        d = os.path.join(a.out, f"act-step-floor-{device.type}-{meta['date']}")
+        tag = "" if a.archs == "trm_mlp" else "-" + a.archs.replace(",", "-")
+        d = os.path.join(a.out, f"act-step-floor{tag}-{device.type}-{meta['date']}")
         os.makedirs(d, exist_ok=True)
         for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", md)):
             atomic_write(os.path.join(d, name), lambda tmp, text=text: open(tmp, "w").write(text))
