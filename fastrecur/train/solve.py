@@ -15,7 +15,6 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from fastrecur.models.loss import IGNORE_LABEL_ID
 
 
 def format_grid(cells: List[str], n: int, box: Optional[tuple]) -> str:
@@ -54,12 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def solve(head, inputs: np.ndarray, puzzle_id: int, steps: int, device: torch.device):
     """Run ``steps`` ACT steps on one puzzle; yields ``(step, predicted tokens, q_halt logit)`` after each."""
     batch = {"inputs": torch.as_tensor(inputs, dtype=torch.int32, device=device).view(1, -1),
-             "labels": torch.full((1, inputs.size), IGNORE_LABEL_ID, dtype=torch.int32, device=device),
              "puzzle_identifiers": torch.tensor([puzzle_id], dtype=torch.int32, device=device)}
-    head.eval()
-    carry = head.initial_carry(batch)
+    model = head.model.eval()  # the ACT model alone: no labels, so no loss to compute
+    carry = model.initial_carry(batch)
     for step in range(1, steps + 1):
-        carry, _, _, out, _ = head(return_keys=("logits", "q_halt_logits"), carry=carry, batch=batch)
+        carry, out = model(carry=carry, batch=batch)
         yield step, out["logits"].argmax(-1)[0].cpu().numpy(), float(out["q_halt_logits"][0])
 
 
