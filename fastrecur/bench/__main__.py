@@ -1,0 +1,4 @@
+"""``python -m fastrecur.bench``."""
+from .cli import main
+
+raise SystemExit(main())
