@@ -121,7 +121,8 @@ def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bo
     row["eager_x_cpp"] = row["eager_ms"] / row["cpp_ms"]
     if compile_:
         row["compile_x_cpp"] = row["compile_ms"] / row["cpp_ms"]
-    row["cpp_mode"] = "per item" if device.type == "cpu" and batch > 1 and batch >= torch.get_num_threads() else "whole batch"
+    variants["cpp"]()  # the loop reports the threading mode it chose for this step
+    row["cpp_mode"] = "per item" if _ext.workspace_info()["last_call_per_item"] else "whole batch"
     if device.type == "cpu":
         share = breakdown(variants["cpp"], device)
         row["cpp_breakdown_ms"] = {k: v * row["cpp_ms"] for k, v in share.items()}

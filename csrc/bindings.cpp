@@ -363,6 +363,7 @@ std::mutex g_ws_mu;
 std::map<WsKey, std::shared_ptr<Workspace>> g_ws;
 std::atomic<int64_t> g_ws_allocs{0};
 std::atomic<int64_t> g_last_native_ops{0};
+std::atomic<int64_t> g_last_per_item{0};
 
 std::shared_ptr<Workspace> workspace_for(const at::Tensor& x) {
   int64_t stream = 0;
@@ -383,7 +384,8 @@ std::vector<int64_t> workspace_info_op() {
   for (const auto& kv : g_ws) {
     if (kv.second->buf.defined()) bytes += kv.second->buf.nbytes();
   }
-  return {g_ws_allocs.load(), static_cast<int64_t>(g_ws.size()), bytes, g_last_native_ops.load()};
+  return {g_ws_allocs.load(), static_cast<int64_t>(g_ws.size()), bytes, g_last_native_ops.load(),
+          g_last_per_item.load()};
 }
 
 void clear_workspaces_op() {
@@ -877,6 +879,7 @@ void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& 
   }
   for (auto n : slot_ops) ops += n;
   g_last_native_ops.store(ops);
+  g_last_per_item.store(per_item ? 1 : 0);
 }
 
 }  // namespace

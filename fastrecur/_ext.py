@@ -95,10 +95,11 @@ def workspace_info() -> dict:
 
     Keys: ``allocations`` (workspace buffers allocated since load; a repeated call with the same or smaller
     shapes adds none), ``entries`` (cached buffers: one per device, CUDA stream and dtype), ``bytes`` (held by
-    the cache) and ``last_call_ops`` (native ops -- ATen calls and fused kernels -- the last ``run_steps``
-    issued)."""
-    allocs, entries, nbytes, last_ops = ops().workspace_info()
-    return {"allocations": allocs, "entries": entries, "bytes": nbytes, "last_call_ops": last_ops}
+    the cache), ``last_call_ops`` (native ops -- ATen calls and fused kernels -- the last ``run_steps``
+    issued) and ``last_call_per_item`` (whether that call ran in the CPU per-item mode)."""
+    allocs, entries, nbytes, last_ops, per_item = ops().workspace_info()
+    return {"allocations": allocs, "entries": entries, "bytes": nbytes, "last_call_ops": last_ops,
+            "last_call_per_item": bool(per_item)}
 
 
 def clear_workspaces() -> None:

@@ -89,23 +89,28 @@ def test_cpp_equals_eager_fp32(kind):
         assert scale_err(cg[n], eg[n]) <= 3e-4, f"{kind} grad {n}: {scale_err(cg[n], eg[n]):.2e}"
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_cpp_step_gradients_equal_eager_fp32(kind):
-    """One training ACT step from the same carry: every parameter gradient within 1e-5 of its scale."""
-    eager_model, cfg = _twin(kind, "eager")
-    cpp_model, _ = _twin(kind, "cpp")
-    batch = tiny_batch(cfg)
+def train_step_from_same_carry(models, batch):
+    """One training ACT step of each model from the same carry (one eval step of the first model), with the same
+    random weighting of the logits: a list of (logits, {parameter name: gradient}), one per model."""
     with torch.no_grad():
-        carry, _ = eager_model.eval()(carry=eager_model.initial_carry(batch), batch=batch)
-    grads = []
-    for model in (eager_model, cpp_model):
+        carry, _ = models[0].eval()(carry=models[0].initial_carry(batch), batch=batch)
+    results = []
+    for model in models:
         model.train()
         torch.manual_seed(1)
         _, out = model(carry=carry, batch=batch)
         weight = torch.randn_like(out["logits"].float())
         ((out["logits"].float() * weight).sum() + out["q_halt_logits"].sum()).backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-    eg, cg = grads
+        results.append((out["logits"].float().detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    return results
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cpp_step_gradients_equal_eager_fp32(kind):
+    """One training ACT step from the same carry: every parameter gradient within 1e-5 of its scale."""
+    eager_model, cfg = _twin(kind, "eager")
+    cpp_model, _ = _twin(kind, "cpp")
+    (_, eg), (_, cg) = train_step_from_same_carry([eager_model, cpp_model], tiny_batch(cfg))
     assert set(cg) == set(eg) and eg
     for n in eg:
         assert scale_err(cg[n], eg[n]) <= 1e-5, f"{kind} grad {n}: {scale_err(cg[n], eg[n]):.2e}"

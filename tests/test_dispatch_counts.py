@@ -148,6 +148,7 @@ def test_cpp_native_ops_per_threading_mode():
             carry, _ = model(carry=carry, batch=batch)
             model(carry=carry, batch=batch)
         counts[per_item] = _ext.workspace_info()["last_call_ops"]
+        assert _ext.workspace_info()["last_call_per_item"] is per_item
     model1, batch1 = sudoku_trm(backend="cpp")
     with torch.no_grad():
         carry = model1.initial_carry(batch1)

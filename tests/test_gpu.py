@@ -10,9 +10,10 @@ import torch
 from fastrecur import _ext
 from golden import scale_err
 from test_cpp_extension import CASES, EPS, H, cast_case, eager_loop, make_case, rmse, rms, run_both
-from test_cpp_models import _twin
+from test_cpp_models import _twin, train_step_from_same_carry
 from test_models import tiny_batch
-from test_variants import KINDS, make
+from test_triton_models import one_head_twins
+from test_variants import KINDS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEV = torch.device("cuda")
@@ -124,24 +125,9 @@ def test_cpp_model_on_gpu_equals_eager(kind, graphs):
 def test_triton_model_on_gpu_equals_eager(kind):
     """backend="triton" compiled for this GPU (not the interpreter): one training ACT step from the same carry,
     outputs and every parameter gradient against eager on the GPU."""
-    torch.manual_seed(5)
-    base, cfg = make(kind)
-    one_head = dict(base.config.to_dict(), num_heads=1)  # head_dim 16: the smallest the attention kernel takes
-    eager_model, tri_model = type(base)(one_head, backend="eager"), type(base)(one_head, backend="triton")
-    eager_model.load_state_dict(base.state_dict())
-    tri_model.load_state_dict(base.state_dict())
-    eager_model, tri_model = eager_model.to(DEV), tri_model.to(DEV)
+    models, cfg = one_head_twins(kind, ("eager", "triton"))
     batch = {k: v.to(DEV) for k, v in tiny_batch(cfg).items()}
-    with torch.no_grad():
-        carry, _ = eager_model.eval()(carry=eager_model.initial_carry(batch), batch=batch)
-    results = []
-    for model in (eager_model, tri_model):
-        model.train()
-        torch.manual_seed(1)
-        _, out = model(carry=carry, batch=batch)
-        weight = torch.randn_like(out["logits"].float())
-        ((out["logits"].float() * weight).sum() + out["q_halt_logits"].sum()).backward()
-        results.append((out["logits"].float().detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    results = train_step_from_same_carry([m.to(DEV) for m in models], batch)
     (e_logits, eg), (t_logits, tg) = results
     assert scale_err(t_logits, e_logits) <= 2e-3
     assert set(tg) == set(eg)

@@ -53,19 +53,27 @@ def test_triton_loss_head_uses_fused_stablemax_and_matches_eager():
         assert_close(gt[n], ge[n], f"loss-head grad {n}")
 
 
+def one_head_twins(kind, backends):
+    """The variant ``kind`` (tests/test_variants.py) with one attention head -- head_dim 16, the smallest the
+    Triton attention kernel takes -- built once per backend with the same weights; and its config."""
+    from test_variants import make
+
+    torch.manual_seed(5)
+    base, cfg = make(kind)
+    one_head = dict(base.config.to_dict(), num_heads=1)
+    models = [type(base)(one_head, backend=b) for b in backends]
+    for m in models:
+        m.load_state_dict(base.state_dict())
+    return models, cfg
+
+
 @pytest.mark.parametrize("kind", ["hrm_shared", "flat", "srm", "srm_mlp_t"])
 def test_triton_variants_equal_eager(kind):
     """The seeds' recursions on the Triton backend (interpreter): outputs over ACT steps and gradients equal eager."""
     from golden import scale_err as _err
     from test_cpp_models import _run
-    from test_variants import make
 
-    torch.manual_seed(5)
-    base, cfg = make(kind)
-    one_head = dict(base.config.to_dict(), num_heads=1)  # head_dim 16: the smallest the attention kernel takes
-    eager_model, triton_model = type(base)(one_head, backend="eager"), type(base)(one_head, backend="triton")
-    eager_model.load_state_dict(base.state_dict())
-    triton_model.load_state_dict(base.state_dict())
+    (eager_model, triton_model), cfg = one_head_twins(kind, ("eager", "triton"))
     (eo, eg), (to, tg) = _run(eager_model, cfg, steps=2), _run(triton_model, cfg, steps=2)
     for i, (a, b) in enumerate(zip(to, eo)):
         assert _err(a, b) <= 1e-4, f"{kind} output {i}: {_err(a, b):.2e}"
