@@ -68,15 +68,58 @@ def round_robin(variants: dict, device, iters: int) -> dict:
     return out
 
 
-def breakdown(step, device) -> dict:
-    """Shares of one profiled step's op time: GEMMs, each fused kernel, other ATen ops. Self times of every
-    thread's ops (per-item mode runs ops on all threads), as fractions of their sum."""
+def graphed(fn, device):
+    """``fn`` captured once in a CUDA graph and replayed: its kernels' device time without the host's launch
+    cost (the GPU floor is the GEMMs as the device runs them, not as Python launches them)."""
+    s = torch.cuda.Stream(device)
+    s.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(s):
+        fn()  # warm-up outside the capture (cuBLAS handles and workspaces)
+    torch.cuda.current_stream(device).wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+# Name fragments of GPU kernels (device-time breakdown on CUDA).
+GPU_GEMM = ("gemm", "xmma", "cutlass", "nvjet", "cublas")
+GPU_FUSED = ("swiglu", "add_rms_norm", "inject_add", "rope")
+GPU_ATTN = ("flash", "fmha", "attention", "softmax")
+
+
+def _gpu_category(name: str) -> str:
+    low = name.lower()
+    if any(f in low for f in GPU_GEMM):
+        return "gemm"
+    for f in GPU_FUSED:
+        if f in low:
+            return f
+    if any(f in low for f in GPU_ATTN):
+        return "attention (SDPA)"
+    return "other kernels (copies, embedding, readout, casts)"
+
+
+def breakdown(step, device, step_ms: float) -> dict:
+    """Where one profiled step's time goes, in ms per ACT step: GEMMs, each fused kernel, the rest.
+
+    CPU: the self times of every thread's ops (per-item mode runs ops on all threads), as shares of their sum
+    applied to ``step_ms``. CUDA: the device time of the kernels of each kind, as measured (their sum below the
+    step's wall time is the time the GPU waited for launches)."""
     from torch.profiler import ProfilerActivity, profile
 
     step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         step()
+        fb._sync(device)
     self_us = collections.Counter()
+    if cuda:
+        for e in prof.key_averages():
+            t = getattr(e, "self_device_time_total", 0) or 0
+            if t > 0:
+                self_us[_gpu_category(e.key)] += t
+        return {k: v / 1e3 for k, v in self_us.most_common()}
     for e in prof.key_averages():
         name = e.key
         if name in GEMMS:
@@ -91,7 +134,7 @@ def breakdown(step, device) -> dict:
             key = "other ATen (embedding, readout, casts)"
         self_us[key] += e.self_cpu_time_total
     total = sum(self_us.values()) or 1.0
-    return {k: v / total for k, v in self_us.most_common()}
+    return {k: step_ms * v / total for k, v in self_us.most_common()}
 
 
 def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bool) -> dict:
@@ -106,6 +149,12 @@ def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bo
         m.check_inputs = False
         models[backend] = m
     variants = {"eager": step_fn(models["eager"], data), "cpp": step_fn(models["cpp"], data)}
+    if device.type == "cuda":
+        torch.manual_seed(0)
+        m = fb.build(arch, cfg, "cpp").to(device).eval()
+        m.check_inputs = False
+        m.inner.use_cuda_graphs = True
+        variants["cpp_graphs"] = step_fn(m, data)
     if compile_:
         t0 = time.perf_counter()
         variants["compile"] = step_fn(torch.compile(models["eager"]), data)
@@ -113,6 +162,8 @@ def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bo
         row["compile_first_call_s"] = round(time.perf_counter() - t0, 1)
     with torch.no_grad():
         variants["gemm_floor"] = fb.gemm_floor_fn(models["eager"], batch, device)
+        if device.type == "cuda":
+            variants["gemm_floor"] = graphed(variants["gemm_floor"], device)
     row.update(round_robin(variants, device, iters))
     # Primary ratio from the medians; the ratio of the fastest runs is the one least disturbed by other work
     # on a shared machine (both are reported).
@@ -121,11 +172,12 @@ def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bo
     row["eager_x_cpp"] = row["eager_ms"] / row["cpp_ms"]
     if compile_:
         row["compile_x_cpp"] = row["compile_ms"] / row["cpp_ms"]
+    if "cpp_graphs" in variants:
+        row["cpp_graphs_x_floor"] = row["cpp_graphs_ms"] / row["gemm_floor_ms"]
+        row["eager_x_cpp_graphs"] = row["eager_ms"] / row["cpp_graphs_ms"]
     variants["cpp"]()  # the loop reports the threading mode it chose for this step
     row["cpp_mode"] = "per item" if _ext.workspace_info()["last_call_per_item"] else "whole batch"
-    if device.type == "cpu":
-        share = breakdown(variants["cpp"], device)
-        row["cpp_breakdown_ms"] = {k: v * row["cpp_ms"] for k, v in share.items()}
+    row["cpp_breakdown_ms"] = breakdown(variants["cpp"], device, row["cpp_ms"])
     return row
 
 
@@ -137,21 +189,32 @@ def markdown(results: dict) -> str:
              f"{m['iters_large']} at larger batches, the variants timed in turns; ms per ACT step.", "",
              "| model | dtype | batch | eager | torch.compile | cpp | GEMM floor | **cpp / floor** | fastest runs: cpp / floor | eager / cpp | compile / cpp | cpp mode |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    ms = (lambda v: f"{v:.1f}" if v >= 10 else f"{v:.3f}")  # noqa: E731  (GPU steps take about a millisecond)
     for r in results["rows"]:
-        comp = f"{r['compile_ms']:.1f}" if "compile_ms" in r else "n/a"
+        comp = ms(r["compile_ms"]) if "compile_ms" in r else "n/a"
         cx = f"{r['compile_x_cpp']:.2f}x" if "compile_x_cpp" in r else "n/a"
-        lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | {r['eager_ms']:.1f} | {comp} | {r['cpp_ms']:.1f} | "
-                     f"{r['gemm_floor_ms']:.1f} | **{r['cpp_x_floor']:.3f}** | {r['cpp_x_floor_min']:.3f} | {r['eager_x_cpp']:.2f}x | {cx} | {r['cpp_mode']} |")
+        lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | {ms(r['eager_ms'])} | {comp} | {ms(r['cpp_ms'])} | "
+                     f"{ms(r['gemm_floor_ms'])} | **{r['cpp_x_floor']:.3f}** | {r['cpp_x_floor_min']:.3f} | {r['eager_x_cpp']:.2f}x | {cx} | {r['cpp_mode']} |")
+    if any("cpp_graphs_ms" in r for r in results["rows"]):
+        lines += ["", "With CUDA graphs (`inner.use_cuda_graphs = True`: the no-grad recursion is one graph replay "
+                  "per ACT step); the GEMM floor above is itself replayed from a CUDA graph:", "",
+                  "| model | dtype | batch | cpp + graphs | **cpp + graphs / floor** | eager / (cpp + graphs) |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for r in results["rows"]:
+            if "cpp_graphs_ms" in r:
+                lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | {ms(r['cpp_graphs_ms'])} | "
+                             f"**{r['cpp_graphs_x_floor']:.3f}** | {r['eager_x_cpp_graphs']:.2f}x |")
     if any("cpp_breakdown_ms" in r for r in results["rows"]):
-        lines += ["", "Where the cpp step's time goes (profiler self time of every thread's ops, as shares of the "
-                  "step, in ms per ACT step):", ""]
+        what = ("device time of the plain cpp step's kernels, by kind" if results["meta"].get("device_type") == "cuda"
+                else "profiler self time of every thread's ops, as shares of the step")
+        lines += ["", f"Where the cpp step's time goes ({what}; ms per ACT step):", ""]
         keys = []
         for r in results["rows"]:
             keys += [k for k in r.get("cpp_breakdown_ms", {}) if k not in keys]
         lines += ["| model | dtype | batch | " + " | ".join(keys) + " |", "|---|---|---:|" + "---:|" * len(keys)]
         for r in results["rows"]:
             b = r.get("cpp_breakdown_ms", {})
-            lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | " + " | ".join(f"{b.get(k, 0):.1f}" for k in keys) + " |")
+            lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | " + " | ".join(ms(b.get(k, 0)) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 

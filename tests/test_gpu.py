@@ -133,3 +133,34 @@ def test_triton_model_on_gpu_equals_eager(kind):
     assert set(tg) == set(eg)
     for n in eg:
         assert scale_err(tg[n], eg[n]) <= 2e-3, f"{kind} grad {n}: {scale_err(tg[n], eg[n]):.2e}"
+
+
+def _launch_counts(model, carry, batch, steps):
+    """(graph launches, kernel launches) of ``steps`` eval ACT steps, read off the profiler's CUDA runtime calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            carry, _ = model(carry=carry, batch=batch)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events()]
+    return sum("GraphLaunch" in n for n in names), sum("LaunchKernel" in n for n in names)
+
+
+def test_cuda_graph_is_one_launch_per_act_step():
+    """With CUDA graphs the no-grad recursion of an eval ACT step is one graph launch; what is still launched
+    outside it (the embedding and the heads) is a small fraction of the plain step's kernel launches."""
+    _need_cuda_kernels()
+    model, cfg = _twin("trm_grad2", "cpp")
+    model = model.to(DEV).eval()
+    batch = {k: v.to(DEV) for k, v in tiny_batch(cfg).items()}
+    counts = {}
+    for graphs in (False, True):
+        model.inner.use_cuda_graphs = graphs
+        with torch.no_grad():
+            carry = model.initial_carry(batch)
+            carry, _ = model(carry=carry, batch=batch)  # warm-up (and the capture, with graphs)
+        counts[graphs] = _launch_counts(model, carry, batch, steps=3)
+    assert counts[True][0] == 3, counts
+    assert counts[False][0] == 0, counts
+    assert counts[True][1] * 4 <= counts[False][1], counts
