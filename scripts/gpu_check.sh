@@ -4,7 +4,9 @@
 #   GPU_STEPS="tests floor" bash scripts/gpu_check.sh   (a subset, e.g. for a second call)
 # Steps, in order of importance: build fastrecur._C there (CUDA kernels for sm_80/sm_90); `tests` (tests/test_gpu.py:
 # the C++ loop's CUDA kernels, CUDA graphs and the Triton backend against eager on the GPU, plus the engine's CUDA
-# graph test); `floor` (benchmarks/act_step_floor.py at full size on CUDA); `quick` (`fastrecur bench --quick`).
+# graph test); `floor` (benchmarks/act_step_floor.py at full size on CUDA, TRM-MLP and TRM-attention, no compile);
+# `kernels` (`fastrecur bench --quick --sections kernels`); `floor_compile` (TRM-MLP with torch.compile too, last
+# because its compiles take minutes: each case's row is in floor_compile.log as soon as it is done).
 # GPU_BUDGET (seconds, default 520) bounds the whole run: each step gets its own limit, cut to what is left.
 # The machine returns at most 8 files, so every log and result is packed into $OUT/gpu-results.tgz after each step
 # (a later step's timeout cannot lose an earlier one's results). The built extension is copied to $OUT too: a later
@@ -14,7 +16,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
 WORK="$ROOT/gpu-out/run"
 PY="${PYTHON:-python3}"
-STEPS="${GPU_STEPS:-tests floor quick}"
+STEPS="${GPU_STEPS:-tests floor kernels floor_compile}"
 BUDGET="${GPU_BUDGET:-520}"
 T0=$(date +%s)
 mkdir -p "$OUT" "$WORK"
@@ -45,17 +47,21 @@ for step in $STEPS; do
   log="$WORK/$step.log"
   case "$step" in
     tests)
-      FASTRECUR_REQUIRE_EXT=1 timeout "$(limit 200)" "$PY" -m pytest -q -p no:cacheprovider -rfE --durations=8 \
+      # The conftest turns the Triton interpreter on for CPU runs; here the kernels must be compiled for the GPU.
+      TRITON_INTERPRET=0 FASTRECUR_REQUIRE_EXT=1 timeout "$(limit 200)" "$PY" -m pytest -q -p no:cacheprovider -rfE --durations=8 \
         tests/test_gpu.py tests/test_engine.py::test_cuda_graph_solve_equals_plain_on_gpu > "$log" 2>&1
       rc=$?; grep -E "^(FAILED|ERROR)|passed|failed|skipped|slowest|^[0-9.]+s (call|setup)" "$log" | head -40 ;;
     floor)
       timeout "$(limit 150)" "$PY" benchmarks/act_step_floor.py --device cuda --archs trm_mlp,trm --no-compile \
         --iters 30 --iters-large 20 --out "$WORK" > "$log" 2>&1
       rc=$?; grep "^|" "$log" | head -30 ;;
-    quick)
-      timeout "$(limit 150)" "$PY" -m fastrecur.bench --device cuda --quick --sections models,kernels --out "$WORK" \
-        > "$log" 2>&1
+    kernels)
+      timeout "$(limit 120)" "$PY" -m fastrecur.bench --device cuda --quick --sections kernels --out "$WORK" > "$log" 2>&1
       rc=$?; tail -5 "$log" ;;
+    floor_compile)
+      timeout "$(limit 300)" "$PY" benchmarks/act_step_floor.py --device cuda --archs trm_mlp --iters 30 --iters-large 20 \
+        --out "$WORK" > "$log" 2>&1
+      rc=$?; grep "^|" "$log" | head -8 ;;
     *) echo "unknown step $step"; rc=2 ;;
   esac
   echo "== $step rc=$rc in $(( $(date +%s) - s0 )) s (total $(( $(date +%s) - T0 )) s)"

@@ -4,6 +4,8 @@ backend, each against eager PyTorch on the same GPU. ``scripts/gpu_check.sh`` ru
 fp32 matmuls are kept in full precision here (TF32 off) so that 1e-5 of scale is a fair bound for the C++ loop,
 whose GEMMs are cuBLAS calls like eager's; the Triton kernels' tl.dot may use TF32, so they get 2e-3.
 """
+import os
+
 import pytest
 import torch
 
@@ -43,26 +45,54 @@ def to_cuda(case):
 # The fused CUDA elementwise kernels and the loop (csrc/kernels.cu)
 # ----------------------------------------------------------------------------------------------------------
 
+TOL = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+
+
+# Widths that take each launch path: register kernels for <= 128/256/512/1024 columns, the loop kernel above.
+@pytest.mark.parametrize("cols", [64, 200, 512, 520, 2000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_fused_cuda_kernels_match_eager(dtype):
+def test_cuda_add_rms_norm_matches_eager(dtype, cols):
     _need_cuda_kernels()
     ops = _ext.ops()
-    tol = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
-    a, b = torch.randn(3, 97, 520, device=DEV, dtype=dtype), torch.randn(3, 97, 520, device=DEV, dtype=dtype)
-    out = torch.empty_like(a)
-    ops.add_rms_norm(a, b, EPS, out)
-    assert scale_err(out, rms(a + b)) <= tol
-    gu = torch.randn(5, 97, 2 * 300, device=DEV, dtype=dtype)
-    act = torch.empty(5, 97, 300, device=DEV, dtype=dtype)
+    for rows in (1, 3 * 97):
+        a, b = torch.randn(rows, cols, device=DEV, dtype=dtype), torch.randn(rows, cols, device=DEV, dtype=dtype)
+        out = torch.empty_like(a)
+        ops.add_rms_norm(a, b, EPS, out)
+        assert scale_err(out, rms(a + b)) <= TOL[dtype], rows
+        ref = rms(a + b)
+        ops.add_rms_norm(a, b, EPS, a)  # in place
+        assert scale_err(a, ref) <= TOL[dtype], rows
+
+
+# 512: vectorised (16-byte) loads; 300 in 16-bit types and 7: element loads; the offset view: misaligned base.
+@pytest.mark.parametrize("cols", [7, 300, 512, "misaligned"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_swiglu_matches_eager(dtype, cols):
+    _need_cuda_kernels()
+    ops = _ext.ops()
+    n = 512 if cols == "misaligned" else cols
+    shift = 1 if cols == "misaligned" else 0  # a contiguous tensor starting one element into its storage
+    gu = torch.randn(5 * 97 * 2 * n + shift, device=DEV, dtype=dtype)[shift:].view(5, 97, 2 * n)
+    act = torch.empty(5, 97, n, device=DEV, dtype=dtype)
     ops.swiglu(gu, act)
-    ref = (torch.nn.functional.silu(gu[..., :300].float()) * gu[..., 300:].float()).to(dtype)
-    assert scale_err(act, ref) <= tol
-    aT = torch.randn(104, 3, 520, device=DEV, dtype=dtype)[:97].permute(1, 0, 2)
-    bT = torch.randn(97, 3, 520, device=DEV, dtype=dtype).permute(1, 0, 2)
-    out3 = torch.empty(3, 97, 520, device=DEV, dtype=dtype)
-    ops.add_rms_norm_dim1(aT, bT, EPS, out3)
-    s = (aT + bT).float()
-    assert scale_err(out3, (s * torch.rsqrt(s.pow(2).mean(1, keepdim=True) + EPS)).to(dtype)) <= tol
+    ref = (torch.nn.functional.silu(gu[..., :n].float()) * gu[..., n:].float()).to(dtype)
+    assert scale_err(act, ref) <= TOL[dtype]
+
+
+# n1 (the reduced token axis): 5, 97 and 250 take the register kernel (K = 4, 16, 32), 300 the loop kernel.
+@pytest.mark.parametrize("n1", [5, 97, 250, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_add_rms_norm_dim1_matches_eager(dtype, n1):
+    _need_cuda_kernels()
+    ops = _ext.ops()
+    for n0, n2 in ((1, 512), (3, 520)):
+        aT = torch.randn(n1 + 7, n0, n2, device=DEV, dtype=dtype)[:n1].permute(1, 0, 2)
+        bT = torch.randn(n1, n0, n2, device=DEV, dtype=dtype).permute(1, 0, 2)
+        out3 = torch.empty(n0, n1, n2, device=DEV, dtype=dtype)
+        ops.add_rms_norm_dim1(aT, bT, EPS, out3)
+        s = (aT + bT).float()
+        ref = (s * torch.rsqrt(s.pow(2).mean(1, keepdim=True) + EPS)).to(dtype)
+        assert scale_err(out3, ref) <= TOL[dtype], (n0, n2)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -103,28 +133,50 @@ def _steps(model, batch, carry, n=3):
 @pytest.mark.parametrize("graphs", [False, True], ids=["plain", "cuda_graphs"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_cpp_model_on_gpu_equals_eager(kind, graphs):
-    """Each ACT step from the same carry: outputs and carry within 1e-5 of scale of eager on the GPU."""
+    """Each ACT step from the same carry: outputs and carry within 1e-5 of scale of eager on the GPU, or within
+    twice eager's own GPU-vs-CPU difference where that is larger (cuBLAS picks its fp32 GEMM kernel, and so its
+    summation order, by layout: the token-mixing GEMMs of mlp_t models are laid out differently in the two
+    backends, and one such step measured 1.04e-5 on an H100)."""
     _need_cuda_kernels()
-    eager_model, cfg = _twin(kind, "eager")
+    eager_cpu, cfg = _twin(kind, "eager")
+    eager_model, _ = _twin(kind, "eager")
     cpp_model, _ = _twin(kind, "cpp")
+    eager_cpu = eager_cpu.eval()
     eager_model, cpp_model = eager_model.to(DEV).eval(), cpp_model.to(DEV).eval()
     cpp_model.inner.use_cuda_graphs = graphs
-    batch = {k: v.to(DEV) for k, v in tiny_batch(cfg).items()}
+    batch_cpu = tiny_batch(cfg)
+    batch = {k: v.to(DEV) for k, v in batch_cpu.items()}
     with torch.no_grad():
         carry = eager_model.initial_carry(batch)
         for step in range(3):
             c_carry, c_out = cpp_model(carry=carry, batch=batch)
+            h_carry, h_out = eager_cpu(carry=_carry_to(carry, "cpu"), batch=batch_cpu)
             carry, e_out = eager_model(carry=carry, batch=batch)
-            for k in ("logits", "q_halt_logits"):
-                assert scale_err(c_out[k], e_out[k]) <= 1e-5, f"{kind} step {step} {k}"
-            for k, v in carry.inner_carry.as_dict().items():
-                assert scale_err(getattr(c_carry.inner_carry, k), v) <= 1e-5, f"{kind} step {step} state {k}"
+            pairs = [(k, c_out[k], e_out[k], h_out[k]) for k in ("logits", "q_halt_logits")]
+            pairs += [(k, getattr(c_carry.inner_carry, k), v, getattr(h_carry.inner_carry, k))
+                      for k, v in carry.inner_carry.as_dict().items()]
+            for k, got, ref, ref_cpu in pairs:
+                bound = max(1e-5, 2 * scale_err(ref_cpu, ref.cpu()))
+                assert scale_err(got, ref) <= bound, f"{kind} step {step} {k}: {scale_err(got, ref):.3e} > {bound:.3e}"
+
+
+def _carry_to(carry, device):
+    """A copy of an ACT carry on ``device``."""
+    from fastrecur.models.act import ACTCarry
+    from fastrecur.models.inner import InnerCarry
+
+    return ACTCarry(inner_carry=InnerCarry(**{k: v.to(device) for k, v in carry.inner_carry.as_dict().items()}),
+                    steps=carry.steps.to(device), halted=carry.halted.to(device),
+                    current_data={k: v.to(device) for k, v in carry.current_data.items()})
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_triton_model_on_gpu_equals_eager(kind):
     """backend="triton" compiled for this GPU (not the interpreter): one training ACT step from the same carry,
     outputs and every parameter gradient against eager on the GPU."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the Triton interpreter is on (tests/conftest.py sets it for CPU runs): run this file with "
+                    "TRITON_INTERPRET=0, as scripts/gpu_check.sh does")
     models, cfg = one_head_twins(kind, ("eager", "triton"))
     batch = {k: v.to(DEV) for k, v in tiny_batch(cfg).items()}
     results = train_step_from_same_carry([m.to(DEV) for m in models], batch)
