@@ -79,7 +79,16 @@ def graphed(fn, device):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    return g.replay
+
+    def replay():
+        g.replay()
+
+    # The graph reads and writes the tensors that ``fn`` holds (allocated outside the graph's pool): they must
+    # live as long as the graph. Returning only ``g.replay`` freed them once the caller dropped ``fn``, and each
+    # replay then wrote GEMM outputs into memory the allocator had handed on (an H100 run crashed on corrupted
+    # token ids in the next ACT step's embedding).
+    replay.keep_alive = (g, fn)
+    return replay
 
 
 # Name fragments of GPU kernels (device-time breakdown on CUDA).

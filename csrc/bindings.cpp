@@ -360,7 +360,9 @@ struct Workspace {
 using WsKey = std::tuple<int, int, int64_t, int>;
 
 std::mutex g_ws_mu;
-std::map<WsKey, std::shared_ptr<Workspace>> g_ws;
+// Never destroyed: a static destructor runs after the CUDA runtime has shut down, and freeing a CUDA buffer
+// then aborts the process at exit (seen on an H100 with PYTORCH_NO_CUDA_MEMORY_CACHING=1). The OS reclaims it.
+std::map<WsKey, std::shared_ptr<Workspace>>& g_ws = *new std::map<WsKey, std::shared_ptr<Workspace>>();
 std::atomic<int64_t> g_ws_allocs{0};
 std::atomic<int64_t> g_last_native_ops{0};
 std::atomic<int64_t> g_last_per_item{0};

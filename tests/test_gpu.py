@@ -216,3 +216,25 @@ def test_cuda_graph_is_one_launch_per_act_step():
     assert counts[True][0] == 3, counts
     assert counts[False][0] == 0, counts
     assert counts[True][1] * 4 <= counts[False][1], counts
+
+
+def test_graphed_benchmark_function_keeps_its_tensors_alive():
+    """act_step_floor.graphed: replaying the captured function after the caller dropped it must write only into
+    the function's own (still alive) tensors, never into memory handed on to new tensors."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import act_step_floor
+
+    def make():
+        a, w, out = (torch.randn(256, 256, device=DEV) for _ in range(3))
+        return lambda: torch.mm(a, w, out=out)
+
+    replay = act_step_floor.graphed(make(), DEV)  # the only reference to the function is the replay's
+    torch.cuda.synchronize()
+    fresh = [torch.full((256, 256), 7.0, device=DEV) for _ in range(8)]  # would take freed blocks
+    for _ in range(3):
+        replay()
+    torch.cuda.synchronize()
+    assert all(bool((t == 7.0).all()) for t in fresh)
