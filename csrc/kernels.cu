@@ -45,8 +45,8 @@ int64_t blocks_for(int64_t n) {
 }
 
 // One warp per row. Each lane touches the same columns in both passes, so the second pass reads back its own
-// writes and needs no synchronisation; out == a (in place) is safe for the same reason. (Rows wider than
-// kMaxRegCols: the register kernel below covers every model width.)
+// writes and needs no synchronisation; out == a (in place) is safe for the same reason. Used for rows wider
+// than 1024 columns; narrower ones (every model width here) take the register kernel below.
 template <typename T>
 __global__ void add_rms_norm_rows_kernel(T* out, int64_t out_stride, const T* a, int64_t a_stride, const T* b,
                                          int64_t b_stride, int64_t rows, int64_t cols, float eps, RowCopy copy) {
