@@ -29,6 +29,11 @@ def _triton_probe(interpreter: bool) -> Tuple[bool, str]:
     if torch.cuda.is_available():
         return True, "CUDA device present"
     if interpreter:
+        from fastrecur.ops._validate import installed_interpreter_incompatibility
+
+        problem = installed_interpreter_incompatibility()
+        if problem:
+            return False, problem
         return True, "CPU through the Triton interpreter (TRITON_INTERPRET=1; slow, for testing)"
     return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU through the interpreter)"
 

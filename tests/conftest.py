@@ -11,3 +11,14 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_report_header(config):
+    """Say up front when the installed triton/numpy pair cannot run the kernels through the interpreter (their
+    tests then fail with that reason)."""
+    from fastrecur.ops._validate import installed_interpreter_incompatibility
+
+    problem = installed_interpreter_incompatibility()
+    if problem and not torch.cuda.is_available():
+        return f"WARNING: {problem}: the Triton kernel tests will fail on this CPU"
+    return None

@@ -95,7 +95,8 @@ def test_eager_step_dispatch_count():
           f"{n_mode} ops seen by a TorchDispatchMode; most common: {collections.Counter(top).most_common(6)}")
     # 21 level calls x 2 blocks, ~30 ops per block, plus the ACT wrapper: the reference makes 1,417.
     assert 1200 <= len(top) <= 1700
-    assert mode.counts["aten.mm"] == 21 * 2 * 4 + 1  # 4 GEMMs per block, plus lm_head
+    # 4 GEMMs per block, plus lm_head. torch 2.11 dispatches the token-mixing matmul as bmm, 2.14 as mm.
+    assert mode.counts.get("aten.mm", 0) + mode.counts.get("aten.bmm", 0) == 21 * 2 * 4 + 1
     assert n_mode >= len(top)
 
 

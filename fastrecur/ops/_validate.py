@@ -1,8 +1,9 @@
 """Input checks shared by every op: clear ``TypeError``/``ValueError`` naming the argument."""
 from __future__ import annotations
 
+import functools
 import os
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 
@@ -53,6 +54,34 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _major_minor(version: str) -> Tuple[int, int]:
+    parts = (version.split("+")[0].split(".") + ["0", "0"])[:2]
+    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
+
+
+def interpreter_incompatibility(triton_version: str, numpy_version: str) -> Optional[str]:
+    """Why the Triton interpreter cannot run the kernels with these versions, or None.
+
+    Triton 3.6's interpreter (and older) converts 1-element arrays to Python ints, which numpy 2.4 refuses, so
+    every kernel with a loop over program ids fails inside the interpreter (seen: triton 3.6.0 with numpy 2.4.6
+    fails, with numpy 2.3.5 passes; triton 3.7.0 and 3.8.0 pass with numpy 2.4.6)."""
+    if _major_minor(triton_version) < (3, 7) and _major_minor(numpy_version) >= (2, 4):
+        return (f"the Triton interpreter of triton {triton_version} cannot run these kernels with numpy "
+                f"{numpy_version} (it needs numpy < 2.4, or triton >= 3.7)")
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def installed_interpreter_incompatibility() -> Optional[str]:
+    """:func:`interpreter_incompatibility` for the installed triton and numpy (None when triton is missing)."""
+    try:
+        import numpy
+        import triton
+    except ImportError:
+        return None
+    return interpreter_incompatibility(triton.__version__, numpy.__version__)
+
+
 def check_triton_device(name: str, t: torch.Tensor) -> None:
     """Triton kernels run on CUDA tensors, or on CPU tensors only under ``TRITON_INTERPRET=1``.
 
@@ -61,6 +90,9 @@ def check_triton_device(name: str, t: torch.Tensor) -> None:
     if t.device.type == "cuda":
         return
     if t.device.type == "cpu" and triton_interpreter_enabled():
+        problem = installed_interpreter_incompatibility()
+        if problem:
+            raise RuntimeError(f"{name} is on the CPU, but {problem}. Use backend='eager' on CPU.")
         return
     raise ValueError(
         f"{name} is on {t.device}: the Triton kernels need a CUDA tensor, or a CPU tensor with "
