@@ -30,6 +30,7 @@ import torch
 from fastrecur import _ext
 from fastrecur import bench as fb
 from fastrecur.checkpoint import atomic_write
+from fastrecur.core import graphs
 
 # Profiler names of the fused kernels (csrc/bindings.cpp FR_RECORD labels), reported one by one.
 FUSED = ("fastrecur::swiglu", "fastrecur::add_rms_norm", "fastrecur::add_rms_norm_dim1", "fastrecur::inject_add",
@@ -71,14 +72,7 @@ def round_robin(variants: dict, device, iters: int) -> dict:
 def graphed(fn, device):
     """``fn`` captured once in a CUDA graph and replayed: its kernels' device time without the host's launch
     cost (the GPU floor is the GEMMs as the device runs them, not as Python launches them)."""
-    s = torch.cuda.Stream(device)
-    s.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(s):
-        fn()  # warm-up outside the capture (cuBLAS handles and workspaces)
-    torch.cuda.current_stream(device).wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    g = graphs.capture_graph(fn, device)
 
     def replay():
         g.replay()

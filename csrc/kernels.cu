@@ -342,10 +342,11 @@ int add_rms_norm_dim1(DType dt, void* out, Strides3 out_st, const void* a, Strid
     const int64_t blocks = (n0 * n2 + 31) / 32;
 #define FR_DIM1_REG(K) \
   add_rms_norm_dim1_reg_kernel<T, K><<<blocks, block, 0, st>>>(o, out_st, pa, a_st, pb, b_st, n0, n1, n2, eps)
-    if (blocks <= 0x7fffffff && n1 <= kDim1Groups * 4) FR_DIM1_REG(4);
-    else if (blocks <= 0x7fffffff && n1 <= kDim1Groups * 8) FR_DIM1_REG(8);
-    else if (blocks <= 0x7fffffff && n1 <= kDim1Groups * 16) FR_DIM1_REG(16);
-    else if (blocks <= 0x7fffffff && n1 <= kDim1Groups * 32) FR_DIM1_REG(32);
+    const bool reg = blocks <= 0x7fffffff;  // the register kernel's grid is one block per 32 columns
+    if (reg && n1 <= kDim1Groups * 4) FR_DIM1_REG(4);
+    else if (reg && n1 <= kDim1Groups * 8) FR_DIM1_REG(8);
+    else if (reg && n1 <= kDim1Groups * 16) FR_DIM1_REG(16);
+    else if (reg && n1 <= kDim1Groups * 32) FR_DIM1_REG(32);
     else add_rms_norm_dim1_kernel<T><<<blocks_for(n0 * n2), kThreads, 0, st>>>(o, out_st, pa, a_st, pb, b_st, n0, n1, n2, eps);
 #undef FR_DIM1_REG
   });

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fastrecur import _ext
+from fastrecur.train.state import carry_from_state, carry_to_state
 from golden import scale_err
 from test_cpp_extension import CASES, EPS, H, cast_case, eager_loop, make_case, rmse, rms, run_both
 from test_cpp_models import _twin, train_step_from_same_carry
@@ -150,7 +151,7 @@ def test_cpp_model_on_gpu_equals_eager(kind, graphs):
         carry = eager_model.initial_carry(batch)
         for step in range(3):
             c_carry, c_out = cpp_model(carry=carry, batch=batch)
-            h_carry, h_out = eager_cpu(carry=_carry_to(carry, "cpu"), batch=batch_cpu)
+            h_carry, h_out = eager_cpu(carry=carry_from_state(carry_to_state(carry), torch.device("cpu")), batch=batch_cpu)
             carry, e_out = eager_model(carry=carry, batch=batch)
             pairs = [(k, c_out[k], e_out[k], h_out[k]) for k in ("logits", "q_halt_logits")]
             pairs += [(k, getattr(c_carry.inner_carry, k), v, getattr(h_carry.inner_carry, k))
@@ -158,16 +159,6 @@ def test_cpp_model_on_gpu_equals_eager(kind, graphs):
             for k, got, ref, ref_cpu in pairs:
                 bound = max(1e-5, 2 * scale_err(ref_cpu, ref.cpu()))
                 assert scale_err(got, ref) <= bound, f"{kind} step {step} {k}: {scale_err(got, ref):.3e} > {bound:.3e}"
-
-
-def _carry_to(carry, device):
-    """A copy of an ACT carry on ``device``."""
-    from fastrecur.models.act import ACTCarry
-    from fastrecur.models.inner import InnerCarry
-
-    return ACTCarry(inner_carry=InnerCarry(**{k: v.to(device) for k, v in carry.inner_carry.as_dict().items()}),
-                    steps=carry.steps.to(device), halted=carry.halted.to(device),
-                    current_data={k: v.to(device) for k, v in carry.current_data.items()})
 
 
 @pytest.mark.parametrize("kind", KINDS)

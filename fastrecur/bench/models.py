@@ -49,23 +49,10 @@ def _schedule_blocks(model, steps) -> int:
 
 
 def _fastest(candidates: List[Callable[[], None]], device) -> Callable[[], None]:
-    """The fastest of equivalent GEMM formulations, timed here and now (best of three timed batches after a
+    """The fastest of equivalent GEMM formulations, timed here and now (fastest call of a few, after a
     warm-up): the floor must not be flattered by a layout the backends do not have to use."""
-    reps = 10 if device.type == "cuda" else 1  # a GPU GEMM of these shapes takes microseconds
-    best, best_t = candidates[0], float("inf")
-    for fn in candidates:
-        fn()
-        t = float("inf")
-        for _ in range(3):
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            _sync(device)
-            t = min(t, time.perf_counter() - t0)
-        if t < best_t:
-            best, best_t = fn, t
-    return best
+    iters = 10 if device.type == "cuda" else 3  # a GPU GEMM of these shapes takes microseconds
+    return min(candidates, key=lambda fn: measure(fn, device, warmup=1, iters=iters)["ms_min"])
 
 
 def gemm_floor_fn(model, batch_size: int, device, blocks: Optional[int] = None, repeats: int = 1) -> Callable[[], None]:

@@ -263,18 +263,34 @@ class GraphCache:
             stream = self._streams[device] = torch.cuda.Stream(device=device)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            # Warm-up on the capture stream: the C++ workspace is keyed by stream, so this allocates the buffer
-            # the capture will use (allocation inside the capture would put it in the graph's pool).
-            for _ in range(2):
-                fn(dict(static_in), static_x)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
         out = dict(static_in)
-        with torch.cuda.graph(graph, pool=self._pool, stream=stream):
-            fn(out, static_x)
+        # The warm-up runs on copies of the state dict: the eager loop replaces its entries, and the capture
+        # must read the static inputs. The C++ workspace is keyed by stream, so the warm-up on the capture
+        # stream allocates the buffer the capture will use.
+        graph = capture_graph(lambda: fn(out, static_x), device, warmup=lambda: fn(dict(static_in), static_x),
+                              warmups=2, pool=self._pool, stream=stream)
         return graph, out
+
+
+def capture_graph(run: Callable[[], None], device, warmup: Optional[Callable[[], None]] = None, warmups: int = 1,
+                  pool=None, stream=None):
+    """One call of ``run`` captured into a ``torch.cuda.CUDAGraph``, after ``warmups`` calls of ``warmup``
+    (default: ``run``) on the capture stream, so that cuBLAS handles, workspaces and lazily set-up kernels are
+    allocated outside the capture (inside it they would land in the graph's pool). ``stream``: the capture
+    stream (default: a new side stream); ``pool``: a pool handle shared with other graphs.
+
+    The graph reads and writes the memory of every tensor ``run`` touched that was allocated outside it: the
+    caller must keep those tensors alive as long as the graph."""
+    stream = stream if stream is not None else torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(warmups):
+            (warmup or run)()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
+        run()
+    return graph
 
 
 _CACHES: "weakref.WeakKeyDictionary[torch.nn.Module, GraphCache]" = weakref.WeakKeyDictionary()
@@ -295,5 +311,5 @@ def run_no_grad_graphed(inner, steps: Sequence, states: Dict[str, torch.Tensor],
     graphs_for(inner).run(steps, states, x, backend)
 
 
-__all__ = ["GRAPH_BACKENDS", "GraphCache", "GraphStats", "bucket_size", "graphs_for", "make_run_fn",
+__all__ = ["GRAPH_BACKENDS", "GraphCache", "GraphStats", "bucket_size", "capture_graph", "graphs_for", "make_run_fn",
            "run_no_grad_graphed", "weights_key", "workspace_guard"]
