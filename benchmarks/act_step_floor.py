@@ -30,7 +30,7 @@ import torch
 from fastrecur import _ext
 from fastrecur import bench as fb
 from fastrecur.checkpoint import atomic_write
-from fastrecur.core import graphs
+from fastrecur.backend import graphs
 
 # Profiler names of the fused kernels (csrc/bindings.cpp FR_RECORD labels), reported one by one.
 FUSED = ("fastrecur::swiglu", "fastrecur::add_rms_norm", "fastrecur::add_rms_norm_dim1", "fastrecur::inject_add",

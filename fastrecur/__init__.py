@@ -12,7 +12,7 @@ Quick start::
 __version__ = "0.1.0"
 __all__ = ["backends", "load_checkpoint", "save_checkpoint", "__version__"]
 
-_LAZY = {"backends": "._backends", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint"}
+_LAZY = {"backends": ".backend", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint"}
 
 
 def __getattr__(name):

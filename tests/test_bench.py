@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fastrecur import bench
-from fastrecur._backends import backends
+from fastrecur.backend import backends
 
 CPU = torch.device("cpu")
 HAS_TRITON = backends()["triton"][0]

@@ -1,4 +1,4 @@
-"""The inference engine (fastrecur.core.engine.solve) and the CUDA-graph cache (fastrecur.core.graphs).
+"""The inference engine (fastrecur.engine.solve) and the CUDA-graph cache (fastrecur.backend.graphs).
 
 Engine: against the model's own ACT loop (reference evaluation: every row runs halt_max_steps), and with early
 halting against solving each row alone, for every model on the recursion core and both backends.
@@ -12,8 +12,9 @@ import torch
 
 from golden import run_eval, scale_err  # the reference evaluation: the model's own ACT loop, outputs of every step
 from fastrecur import _ext
-from fastrecur.core import engine, graphs
-from fastrecur.core.engine import solve
+from fastrecur import engine
+from fastrecur.backend import graphs
+from fastrecur.engine import solve
 from fastrecur.models import HRM, TRM
 from test_models import tiny_batch, tiny_config
 from test_variants import make
@@ -196,7 +197,7 @@ def test_solve_validates_its_arguments():
     with pytest.raises(ValueError, match="halting"):
         solve(model, batch, halting="never")
     with pytest.raises(ValueError, match="backend"):
-        solve(model, batch, backend="triton")
+        solve(model, batch, backend="fastest")
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="max_steps"):
             solve(model, batch, max_steps=bad)
@@ -344,7 +345,7 @@ def test_graph_cache_eviction_and_validation():
     with pytest.raises(ValueError, match="missing"):
         cache.run(steps, {}, x, "eager")
     with pytest.raises(ValueError, match="backend"):
-        cache.run(steps, states, x, "triton")
+        cache.run(steps, states, x, "fastest")
     with pytest.raises(ValueError, match="max_graphs"):
         graphs.GraphCache(model.inner, max_graphs=0)
 

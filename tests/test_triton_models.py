@@ -89,5 +89,7 @@ def test_triton_backend_rejects_unsupported_head_dim_and_auto_falls_back():
     cfg = dict(tiny_config(), puzzle_emb_len=1)  # hidden 16, 2 heads: head_dim 8
     with pytest.raises(ValueError, match="head_dim"):
         TRM(cfg, backend="triton")
-    assert TRM(cfg, backend="auto")._resolve_backend(torch.device("cuda")) == "eager"
-    assert TRM(dict(cfg, mlp_t=True, pos_encodings="none"), backend="triton").triton_support()[0]
+    assert TRM(cfg, backend="auto").execution_backend(torch.device("cuda")).name != "triton"
+    from fastrecur.backend import get
+
+    assert get("triton").supports(TRM(dict(cfg, mlp_t=True, pos_encodings="none"), backend="triton").config)[0]

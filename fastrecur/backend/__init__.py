@@ -1,61 +1,77 @@
-"""Which execution backends exist on this machine, and why not when they do not."""
+"""Execution backends: the one place that decides how a model's recursion runs.
+
+``"eager"`` (PyTorch ops, the reference semantics), ``"triton"`` (fused Triton kernels), ``"cpp"`` (the C++
+in-place loop for the no-grad recursion, grad tail with autograd) and ``"auto"``: the fastest path here that
+the tests hold equal to eager --
+
+- CPU: ``cpp`` when the extension is loaded, else ``eager``;
+- CUDA: ``cpp`` when the extension has its CUDA kernels (no-grad loop in native code, grad tail on Triton
+  when it covers the model), else ``triton`` when it covers the model, else ``eager``.
+
+:func:`backends` says which are available here and why not; :func:`select` gives the :class:`Backend` a model
+runs on for a device. Models call only these two and the :class:`Backend` interface.
+"""
 from __future__ import annotations
 
-import functools
-import importlib.util
 from typing import Dict, Tuple
 
 import torch
 
-BACKENDS = ("auto", "eager", "triton", "cpp")
+from .base import Backend, EagerBackend
+from .cpp import CppBackend
+from .triton import TritonBackend
+
+NAMES = ("auto", "eager", "triton", "cpp")
+
+_EAGER = EagerBackend()
+_TRITON = TritonBackend()
+_BACKENDS: Dict[str, Backend] = {"eager": _EAGER, "triton": _TRITON, "cpp": CppBackend(tail=_EAGER, cuda_tail=_TRITON)}
 
 
-def validate_backend_name(name) -> str:
-    if not isinstance(name, str) or name not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
+def validate_name(name) -> str:
+    """``name`` if it is a backend name, else ValueError naming the choices."""
+    if not isinstance(name, str) or name not in NAMES:
+        raise ValueError(f"backend must be one of {list(NAMES)}, got {name!r}")
     return name
-
-
-def _triton_status() -> Tuple[bool, str]:
-    from fastrecur.ops._validate import triton_interpreter_enabled
-
-    return _triton_probe(triton_interpreter_enabled())
-
-
-@functools.lru_cache(maxsize=2)  # probed once per process (and interpreter setting): it is asked every ACT step
-def _triton_probe(interpreter: bool) -> Tuple[bool, str]:
-    if importlib.util.find_spec("triton") is None:
-        return False, "triton is not installed"
-    if torch.cuda.is_available():
-        return True, "CUDA device present"
-    if interpreter:
-        from fastrecur.ops._validate import installed_interpreter_incompatibility
-
-        problem = installed_interpreter_incompatibility()
-        if problem:
-            return False, problem
-        return True, "CPU through the Triton interpreter (TRITON_INTERPRET=1; slow, for testing)"
-    return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU through the interpreter)"
-
-
-@functools.lru_cache(maxsize=1)
-def _cpp_status() -> Tuple[bool, str]:
-    try:
-        from fastrecur import _ext
-    except ImportError as e:  # the loader itself is missing
-        return False, f"extension loader missing: {e}"
-    if not _ext.available():
-        return False, _ext.status()
-    return True, _ext.status()
 
 
 def backends() -> Dict[str, Tuple[bool, str]]:
-    """``{name: (available, reason)}`` for every backend."""
-    return {"eager": (True, "always (PyTorch ops)"), "triton": _triton_status(), "cpp": _cpp_status()}
+    """``{name: (available, reason)}`` for every concrete backend on this machine."""
+    return {name: b.status() for name, b in _BACKENDS.items()}
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
-    """The concrete backend for ``name`` on ``device``: "auto" is Triton on CUDA, eager on CPU."""
-    if name == "auto":
-        return "triton" if device.type == "cuda" and backends()["triton"][0] else "eager"
-    return name
+def get(name: str) -> Backend:
+    """The concrete backend called ``name`` ("eager", "triton" or "cpp"; not "auto": see :func:`select`)."""
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {name!r}")
+    return _BACKENDS[name]
+
+
+def _auto(device: torch.device, config) -> Backend:
+    cpp, triton = _BACKENDS["cpp"], _TRITON
+    if device.type == "cuda":
+        from fastrecur import _ext
+
+        if cpp.status()[0] and _ext.has_cuda_kernels():
+            return cpp
+        if triton.status()[0] and triton.supports(config)[0]:
+            return triton
+        return _EAGER
+    return cpp if device.type == "cpu" and cpp.status()[0] else _EAGER
+
+
+def select(name: str, device: torch.device, config=None) -> Backend:
+    """The backend a model of ``config`` runs on with ``backend=name`` for tensors on ``device``."""
+    validate_name(name)
+    return _auto(device, config) if name == "auto" else _BACKENDS[name]
+
+
+def check_fits(name: str, config) -> None:
+    """ValueError when an explicitly chosen backend cannot run a model of ``config`` (checked at construction)."""
+    if name != "auto":
+        ok, why = _BACKENDS[name].supports(config)
+        if not ok:
+            raise ValueError(f"backend {name!r} cannot run this model: {why} (use backend='eager' or 'cpp')")
+
+
+__all__ = ["Backend", "NAMES", "backends", "check_fits", "get", "select", "validate_name"]

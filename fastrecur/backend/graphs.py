@@ -1,16 +1,15 @@
 """CUDA graphs for the no-grad recursion of one ACT step (opt-in; CUDA only).
 
-:class:`GraphCache` captures "run these schedule steps on (states, x)" -- the C++ loop call
-(:func:`~fastrecur.core.cpp_runner.run_steps_cpp`) or the eager Python loop -- into a ``torch.cuda.CUDAGraph``
-once per shape, and replays it: one graph launch instead of hundreds of kernel launches per ACT step. The
+:class:`GraphCache` captures "run these schedule steps on (states, x)" -- a backend's no-grad runner
+(``Backend.run_fn``: the C++ loop call or the eager Python loop) -- into a ``torch.cuda.CUDAGraph`` once per shape, and replays it: one graph launch instead of hundreds of kernel launches per ACT step. The
 result equals the un-graphed call (same kernels, same order).
 
-**Status:** run on an H100 (2026-11-26, torch 2.11): every model variant with ``backend="cpp"`` gives the same
-outputs and states through the graphs as without them, a graphed eval ACT step is one graph launch, and the
-engine's q-halting solve equals the plain solve (``tests/test_gpu.py``; the CPU tests cover the cache keys,
-the buckets, the copy-in/copy-out and the invalidation logic through a stand-in for the capture).
+Tested on a GPU by ``tests/test_gpu.py`` (every model variant gives the same outputs and states through the
+graphs as without them; a graphed eval ACT step is one graph launch; the engine's q-halting solve equals the
+plain solve); the CPU tests cover the cache keys, the buckets, the copy-in/copy-out and the invalidation logic
+through a stand-in for the capture.
 
-How a call works (``cache.run(steps, states, x, backend)``):
+How a call works (``cache.run(steps, states, x, backend)``, ``backend`` a :class:`~fastrecur.backend.Backend`):
 
 1. The batch size ``n`` is rounded up to a **bucket** (the next power of two, so compaction of halted rows
    does not capture a graph per batch size); rows ``n..bucket-1`` are padding (zeros at first, stale rows
@@ -53,15 +52,18 @@ import itertools
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from fastrecur.core import eager
+from .base import Backend, RunFn
 
-GRAPH_BACKENDS = ("cpp", "eager")
+def _as_backend(backend: Union[str, Backend]) -> Backend:
+    if isinstance(backend, Backend):
+        return backend
+    from fastrecur.backend import get
 
-RunFn = Callable[[Dict[str, torch.Tensor], torch.Tensor], None]
+    return get(backend)  # ValueError for an unknown name
 
 
 def bucket_size(n: int) -> int:
@@ -76,42 +78,6 @@ def weights_key(inner: torch.nn.Module) -> Tuple:
 
     In-place updates keep the key (and are seen by replays); replaced tensors change it."""
     return tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in itertools.chain(inner.parameters(), inner.buffers()))
-
-
-def workspace_guard(backend: str) -> Optional[Tuple[int, int]]:
-    """(allocations, bytes) of the C++ workspace cache, or None for the eager backend (no workspace)."""
-    if backend != "cpp":
-        return None
-    from fastrecur import _ext
-
-    info = _ext.workspace_info()
-    return info["allocations"], info["bytes"]
-
-
-def make_run_fn(inner, steps: Tuple, backend: str, cached_casts: bool = False) -> RunFn:
-    """The un-graphed work: run ``steps`` on (states, x) with no autograd (the one place that calls the C++
-    loop for a model: the model's cpp backend, the engine and the graph capture all go through it).
-
-    Weights are read at every call. ``cached_casts=False`` (for graph capture) casts them in the call, so a
-    replay re-runs the casts and sees in-place weight updates; ``True`` reuses the model's cached casts."""
-    if backend == "cpp":
-        from fastrecur.core.cpp_runner import run_steps_cpp
-
-        heads, eps = inner.config.num_heads, inner.config.rms_norm_eps
-        weights_of = inner.cpp_level_weights if cached_casts else inner._cast_level_weights
-
-        def run(states, x):
-            cs = inner.cos_sin()
-            cos, sin = cs if cs is not None else (None, None)
-            run_steps_cpp(steps, states, x, weights_of(), cos, sin, num_heads=heads, eps=eps,
-                          per_item=getattr(inner, "cpp_per_item", None))
-
-        return run
-
-    def run_eager(states, x):
-        eager.run_steps(steps, states, x, inner.level_fns("eager"))
-
-    return run_eager
 
 
 @dataclass
@@ -164,18 +130,19 @@ class GraphCache:
         self._entries.clear()
         self._guard = None
 
-    def key(self, steps: Tuple, backend: str, x: torch.Tensor) -> Tuple:
+    def key(self, steps: Tuple, backend: Union[str, Backend], x: torch.Tensor) -> Tuple:
+        backend = _as_backend(backend)
         inner = self._get_inner()
         b = bucket_size(x.shape[0]) if self.bucket else x.shape[0]
-        return (steps, backend, b) + tuple(x.shape[1:]) + (x.dtype, x.device, weights_key(inner))
+        return (steps, backend.name, b) + tuple(x.shape[1:]) + (x.dtype, x.device, weights_key(inner))
 
-    def run(self, steps: Sequence, states: Dict[str, torch.Tensor], x: torch.Tensor, backend: str = "cpp") -> None:
-        """Run ``steps`` on ``states`` (updated in place) and ``x`` through a (cached) graph.
+    def run(self, steps: Sequence, states: Dict[str, torch.Tensor], x: torch.Tensor, backend: Union[str, Backend]) -> None:
+        """Run ``steps`` on ``states`` (updated in place) and ``x`` through a (cached) graph of ``backend``'s
+        no-grad runner (:meth:`Backend.run_fn`).
 
         ``states`` must hold every carried state the steps read, each a contiguous [B, S, D] tensor like ``x``
         that may be written (it receives the result)."""
-        if backend not in GRAPH_BACKENDS:
-            raise ValueError(f"backend must be one of {list(GRAPH_BACKENDS)}, got {backend!r}")
+        backend = _as_backend(backend)
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[0] < 1:
             raise ValueError(f"x must be a non-empty [B, S, D] tensor, got {getattr(x, 'shape', type(x).__name__)}")
         self._check_device(x)
@@ -186,7 +153,7 @@ class GraphCache:
             if not isinstance(t, torch.Tensor) or t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
                 raise ValueError(f"states[{k!r}] must be a tensor of x's shape, dtype and device")
         n = x.shape[0]
-        guard = workspace_guard(backend)
+        guard = backend.workspace_state()
         if self._entries and guard != self._guard:
             self.stats.invalidations += 1
             self.clear()
@@ -233,9 +200,9 @@ class GraphCache:
         with torch.no_grad():
             static_x = torch.zeros(shape, dtype=x.dtype, device=x.device)
             static_in = {name: torch.zeros(shape, dtype=x.dtype, device=x.device) for name in carried}
-            before = workspace_guard(backend)
-            graph, static_out = self._capture(make_run_fn(inner, steps, backend), static_in, static_x)
-        after = workspace_guard(backend)
+            before = backend.workspace_state()
+            graph, static_out = self._capture(backend.run_fn(inner, steps, for_capture=True), static_in, static_x)
+        after = backend.workspace_state()
         if before != after and self._entries:
             # This capture's warm-up allocated or grew a workspace: graphs captured earlier may point into
             # the freed buffer.
@@ -304,12 +271,4 @@ def graphs_for(inner: torch.nn.Module) -> GraphCache:
     return cache
 
 
-def run_no_grad_graphed(inner, steps: Sequence, states: Dict[str, torch.Tensor], x: torch.Tensor,
-                        backend: str = "cpp") -> None:
-    """``run_steps_cpp(steps, states, x, ...)`` (or the eager loop) through ``inner``'s graph cache: the entry
-    point for a model's ``use_cuda_graphs`` flag (CUDA only)."""
-    graphs_for(inner).run(steps, states, x, backend)
-
-
-__all__ = ["GRAPH_BACKENDS", "GraphCache", "GraphStats", "bucket_size", "capture_graph", "graphs_for", "make_run_fn",
-           "run_no_grad_graphed", "weights_key", "workspace_guard"]
+__all__ = ["GraphCache", "GraphStats", "bucket_size", "capture_graph", "graphs_for", "weights_key"]

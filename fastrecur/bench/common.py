@@ -54,7 +54,7 @@ def device_name(device: torch.device) -> str:
 
 def environment(device: torch.device, quick: bool) -> dict:
     """What every result file records: device, versions, date, threads."""
-    from fastrecur._backends import backends
+    from fastrecur.backend import backends
 
     return {
         "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
@@ -69,7 +69,7 @@ def environment(device: torch.device, quick: bool) -> dict:
 
 def triton_usable(device: torch.device, requested_on_cpu: bool = False) -> Tuple[bool, str]:
     """Whether the Triton variant should be timed on ``device``, and why not."""
-    from fastrecur._backends import backends
+    from fastrecur.backend import backends
 
     ok, why = backends()["triton"]
     if device.type == "cuda":
@@ -83,7 +83,7 @@ def triton_usable(device: torch.device, requested_on_cpu: bool = False) -> Tuple
 
 
 def cpp_usable() -> Tuple[bool, str]:
-    from fastrecur._backends import backends
+    from fastrecur.backend import backends
 
     return backends()["cpp"]
 

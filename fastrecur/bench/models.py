@@ -164,9 +164,9 @@ SOLVE_ONLY = {"compile_cg", "engine", "engine_cg"}
 
 
 def make_engine_solve(model, data, steps: int, cuda_graphs: bool) -> Callable[[], Any]:
-    """``fastrecur.core.engine.solve`` (the C++ loop over whole ACT steps, no autograd, embeddings and weight
+    """``fastrecur.engine.solve`` (the C++ loop over whole ACT steps, no autograd, embeddings and weight
     casts once per solve), every row running ``steps`` steps like the reference evaluation."""
-    from fastrecur.core import engine
+    from fastrecur import engine
 
     model.eval()
     return lambda: engine.solve(model, data, halting="max_steps", max_steps=steps, backend="cpp", cuda_graphs=cuda_graphs)
@@ -184,8 +184,6 @@ def model_variant_status(variant: str, device: torch.device, kind: str, opts: ar
     if variant == "compile_cg":
         return (not opts.no_compile), "--no-compile"
     if variant.startswith("engine"):
-        if importlib.util.find_spec("fastrecur.core.engine") is None:
-            return False, "fastrecur.core.engine is not in this version"
         return cpp_usable()
     if variant == "triton":
         return triton_usable(device, opts.triton_cpu)

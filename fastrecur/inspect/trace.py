@@ -1,8 +1,9 @@
 """Record what happens inside the recursion, update by update, for every model on the recursion core.
 
-``trace(model, batch)`` runs the model's ACT loop (no grad, eval semantics: ``halt_max_steps`` steps unless
-``steps`` says otherwise) on the eager path with an observer on the core's runner. The observer is off by
-default (``inner.observer is None``): the normal path pays one ``is None`` test per update.
+``trace(model, batch)`` runs the model's recursion for ``steps`` ACT steps (default ``halt_max_steps``; more
+continue the same recursion, as :func:`fastrecur.engine.solve` does) with no grad, on the eager loop with an
+observer on the core's runner. The observer is off by default (``inner.observer is None``): the normal path pays
+one ``is None`` test per update.
 """
 from __future__ import annotations
 
@@ -56,13 +57,17 @@ def _relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
 def trace(model, batch: Mapping[str, torch.Tensor], steps: Optional[int] = None, keep_states: bool = False) -> Trace:
     """Run ``steps`` ACT steps (default ``halt_max_steps``) of ``model`` on ``batch`` and record every update.
 
-    The model runs in eval mode on the eager backend (restored afterwards); results equal the untraced
-    model's (the observer only reads). ``keep_states`` keeps each step's carried states (for
-    ``participation_ratio``).
+    The inner model runs with no grad on the eager backend from fresh states, ``steps`` ACT steps of one
+    recursion (never reset at ``halt_max_steps``); results equal :func:`fastrecur.engine.solve` with
+    ``halting="max_steps"`` (the observer only reads). ``halted`` records where the model's Q head would halt
+    (``q_halt > 0``, or ``q_halt > q_continue`` for HRM-style halting). ``keep_states`` keeps each step's
+    carried states (for ``participation_ratio``).
     """
-    from fastrecur.core.engine import check_model
+    from fastrecur import backend as backend_lib
+    from fastrecur.engine import check_model
 
     check_model(model)
+    model.check_batch(batch)
     n = model.config.halt_max_steps if steps is None else steps
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -75,27 +80,24 @@ def trace(model, batch: Mapping[str, torch.Tensor], steps: Optional[int] = None,
             records[-1].updates.append(UpdateRecord(i, step.target, step.level, _relative_change(states[step.target], prev[step.target])))
         prev[step.target] = states[step.target]
 
-    was_training, backend = model.training, model.backend
-    model.eval()
-    model.backend = "eager"
+    eager = backend_lib.get("eager")
+    on_q_continue = getattr(model, "halt_on_q_continue", False)
     inner.observer = observe
     try:
         with torch.no_grad():
-            carry = model.initial_carry(batch)
+            carry = inner.reset_carry(torch.ones(batch["inputs"].shape[0], dtype=torch.bool, device=batch["inputs"].device),
+                                      inner.empty_carry(batch["inputs"].shape[0], device=batch["inputs"].device))
             for _ in range(n):
                 records.append(ActStepRecord())
-                # The states entering this step (after any reset of halted rows) are the residuals' baseline.
-                start = inner.reset_carry(carry.halted, carry.inner_carry)
                 prev.clear()
-                prev.update(start.as_dict())
-                carry, out = model(carry=carry, batch=batch)
+                prev.update(carry.as_dict())  # the states entering this step are the residuals' baseline
+                carry, logits, (q_halt, q_continue) = inner(carry, batch, backend=eager)
                 rec = records[-1]
-                rec.preds = out["logits"].argmax(-1)
-                rec.q_halt, rec.q_continue, rec.halted = out["q_halt_logits"], out["q_continue_logits"], carry.halted.clone()
+                rec.preds = logits.argmax(-1)
+                rec.q_halt, rec.q_continue = q_halt, q_continue
+                rec.halted = (q_halt > q_continue) if on_q_continue else (q_halt > 0)
                 if keep_states:
-                    rec.states = {k: v.clone() for k, v in carry.inner_carry.as_dict().items()}
+                    rec.states = {k: v.clone() for k, v in carry.as_dict().items()}
     finally:
         inner.observer = None
-        model.backend = backend
-        model.train(was_training)
     return Trace(records)

@@ -12,7 +12,7 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
-from fastrecur._backends import resolve_backend, validate_backend_name
+from fastrecur import backend as backend_lib
 
 from .config import ModelConfig
 from .inner import InnerCarry, RecursiveInner
@@ -44,44 +44,25 @@ class ACTModel(nn.Module):
 
     def __init__(self, backend: str = "auto"):
         super().__init__()
-        self.backend = validate_backend_name(backend)
+        self.backend = backend_lib.validate_name(backend)
         self.check_inputs = True
         self._last_checked = None  # (weakref, version) of the inputs and ids whose values were last checked
 
-    def triton_support(self):
-        """``(supported, reason)``: whether the Triton kernels cover this model's shapes (attention head_dim)."""
-        c = self.config
-        if getattr(c, "mlp_t", False):
-            return True, "token-mixer blocks"
-        try:
-            from fastrecur.kernels.rotary_attention import SUPPORTED_HEAD_DIMS
-        except ImportError as e:
-            return False, f"the Triton kernels cannot be imported ({e})"
-        head_dim = c.hidden_size // c.num_heads
-        if head_dim not in SUPPORTED_HEAD_DIMS:
-            return False, f"the Triton attention kernel takes head_dim in {SUPPORTED_HEAD_DIMS}; this model has {head_dim}"
-        return True, f"head_dim {head_dim}"
-
     def _check_backend_fits(self) -> None:
-        """Called by subclasses once ``config`` exists: an explicit "triton" must fit the model."""
-        if self.backend == "triton":
-            ok, why = self.triton_support()
-            if not ok:
-                raise ValueError(f"backend 'triton' cannot run this model: {why} (use backend='eager' or 'cpp')")
+        """Called by subclasses once ``config`` exists: an explicitly chosen backend must cover the model."""
+        backend_lib.check_fits(self.backend, self.config)
 
-    def _resolve_backend(self, device: torch.device) -> str:
-        """"auto" is Triton on CUDA when the kernels cover the model, else eager."""
-        backend = resolve_backend(self.backend, device)
-        if self.backend == "auto" and backend == "triton" and not self.triton_support()[0]:
-            return "eager"
-        return backend
+    def execution_backend(self, device: torch.device) -> backend_lib.Backend:
+        """The :class:`~fastrecur.backend.Backend` this model runs on for tensors on ``device`` ("auto" resolved
+        by :func:`fastrecur.backend.select`)."""
+        return backend_lib.select(self.backend, device, self.config)
 
     @property
     def puzzle_emb(self):
         return self.inner.puzzle_emb
 
     # ----- validation -----
-    def _check_batch(self, batch: Mapping[str, torch.Tensor], name: str = "batch") -> None:
+    def check_batch(self, batch: Mapping[str, torch.Tensor], name: str = "batch") -> None:
         if not isinstance(batch, Mapping):
             raise TypeError(f"{name} must be a dict of tensors, got {type(batch).__name__}")
         for key in ("inputs", "puzzle_identifiers"):
@@ -122,7 +103,7 @@ class ACTModel(nn.Module):
     # ----- the reference contract -----
     def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> ACTCarry:
         """A carry with every row halted, so the first ``forward`` loads the batch and resets the states."""
-        self._check_batch(batch)
+        self.check_batch(batch)
         b = batch["inputs"].shape[0]
         device = batch["inputs"].device
         return ACTCarry(
@@ -133,7 +114,7 @@ class ACTModel(nn.Module):
         )
 
     def forward(self, carry: ACTCarry, batch: Mapping[str, torch.Tensor]):
-        self._check_batch(batch)
+        self.check_batch(batch)
         if not isinstance(carry, ACTCarry):
             raise TypeError(f"carry must come from initial_carry() or forward(), got {type(carry).__name__}")
         b = batch["inputs"].shape[0]
@@ -141,7 +122,7 @@ class ACTModel(nn.Module):
             raise ValueError(f"carry is for a batch of {carry.halted.shape[0]} rows but batch has {b}; call initial_carry(batch)")
         if set(carry.current_data) != set(batch):
             raise ValueError(f"carry holds keys {sorted(carry.current_data)} but batch has {sorted(batch)}")
-        backend = self._resolve_backend(batch["inputs"].device)
+        backend = self.execution_backend(batch["inputs"].device)
 
         # Rows that halted last time start over: fresh states, new data.
         new_inner = self.inner.reset_carry(carry.halted, carry.inner_carry)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastrecur.core import eager
+from fastrecur.backend import Backend
 from fastrecur.core.schedule import Schedule
 from fastrecur.nn.blocks import ReasoningBlock, ReasoningModule
 from fastrecur.nn.init import trunc_normal_init_
@@ -92,13 +92,12 @@ class RecursiveInner(nn.Module):
 
         # Set by fastrecur.inspect.trace to see every state update; None = no tracing, no cost.
         self.observer = None
-        # backend="cpp" on CUDA: capture the no-grad recursion as a CUDA graph per shape and replay it
-        # (fastrecur.core.graphs documents the limits). Off by default.
+        # The C++ backend on CUDA: capture the no-grad recursion as a CUDA graph per shape and replay it
+        # (fastrecur.backend.graphs documents the limits). Off by default.
         self.use_cuda_graphs = False
-        # backend="cpp" on CPU: None picks how threads share the work (per batch item when there are at least as
-        # many items as threads, else splitting each op); True/False force it (fastrecur.core.cpp_runner).
+        # The C++ backend on CPU: None picks how threads share the work (per batch item when there are at least
+        # as many items as threads, else splitting each op); True/False force it (fastrecur.core.cpp_runner).
         self.cpp_per_item = None
-        self._cpp_weights = None  # (parameter versions, cast weights) for the C++ loop
 
         with torch.no_grad():  # Q starts near "continue" so early training does not halt at once
             self.q_head.weight.zero_()
@@ -136,80 +135,13 @@ class RecursiveInner(nn.Module):
         return InnerCarry(**{s: torch.where(flag, getattr(self, b), getattr(carry, s)) for s, b in self.state_inits.items()})
 
     # ----- one ACT step -----
-    def level_fns(self, backend: str = "eager"):
-        cs = self.cos_sin()
-        return {name: (lambda h, inj, _m=getattr(self, name): _m(h, inj, cs, backend)) for name in self.schedule.levels}
-
-    def cpp_level_weights(self):
-        """Per level, the block weights in the activation dtype, as the C++ loop takes them.
-
-        The casts are cached until a parameter changes (in-place optimiser steps bump its version; ``.to()``
-        moves change its address), so inference does not re-cast the weights every ACT step.
-        """
-        key = tuple((p.data_ptr(), p._version) for name in self.schedule.levels for p in getattr(self, name).parameters())
-        if self._cpp_weights is not None and self._cpp_weights[0] == key:
-            return self._cpp_weights[1]
-        levels = self._cast_level_weights()
-        self._cpp_weights = (key, levels)
-        return levels
-
-    def _cast_level_weights(self):
-        from fastrecur.core.cpp_runner import AttentionBlockWeights, MixerBlockWeights
-
-        dt = self.forward_dtype
-
-        def right(lin):
-            # Weights multiplied from the right (h @ W.T). On CPU, W.T stored contiguous: single-threaded MKL
-            # GEMMs on one item's 97 rows run 13-20 % faster in that layout (fp32; equal in bf16).
-            w = lin.cast_weight(dt)
-            return w.t().contiguous().t() if w.device.type == "cpu" else w
-
-        levels = {}
-        with torch.no_grad():
-            for name in self.schedule.levels:
-                module = getattr(self, name)
-                blocks = []
-                for b in module.layers:
-                    tail = (right(b.mlp.gate_up_proj), right(b.mlp.down_proj))
-                    if b.mlp_t_enabled:
-                        blocks.append(MixerBlockWeights(b.mlp_t.gate_up_proj.cast_weight(dt), b.mlp_t.down_proj.cast_weight(dt), *tail))
-                    else:
-                        blocks.append(AttentionBlockWeights(right(b.self_attn.qkv_proj), right(b.self_attn.o_proj), *tail))
-                levels[name] = blocks * module.repeat
-        return levels
-
-    def _run_cpp(self, states, x) -> str:
-        """The no-grad steps through the C++ loop (all of them when autograd is off); returns the backend
-        for the grad tail (Triton on CUDA when available, else eager)."""
-        from fastrecur._backends import backends
-        from fastrecur.core import graphs
-
-        steps = self.schedule.steps if not torch.is_grad_enabled() else self.schedule.no_grad_steps
-        with torch.no_grad():
-            # The loop writes in place: give it private, contiguous buffers (the carry's tensors stay untouched).
-            for k in self.schedule.states:
-                states[k] = states[k].detach().clone(memory_format=torch.contiguous_format)
-            x = x.detach().contiguous()
-            if self.use_cuda_graphs and x.is_cuda:
-                graphs.run_no_grad_graphed(self, tuple(steps), states, x, "cpp")
-            else:
-                graphs.make_run_fn(self, tuple(steps), "cpp", cached_casts=True)(states, x)
-        return "triton" if x.device.type == "cuda" and backends()["triton"][0] else "eager"
-
-    def forward(self, carry: InnerCarry, batch: Mapping[str, torch.Tensor], backend: str = "eager"):
-        """One ACT step on ``backend`` ("eager", "triton" or "cpp"; the ACT wrapper resolves "auto").
-
-        "cpp" runs the no-grad prefix of the schedule in the C++ loop and the grad tail with autograd.
-        A trace (``self.observer``) always runs on the eager loop, which reports every update.
-        """
+    def forward(self, carry: InnerCarry, batch: Mapping[str, torch.Tensor], backend: Backend):
+        """One ACT step of the schedule, run by ``backend`` (a :class:`fastrecur.backend.Backend`; the ACT
+        wrapper selects it). A trace (``self.observer``) sees every update (backends that cannot report
+        updates run the step on the eager loop then)."""
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
         states = {s: getattr(carry, s) for s in self.schedule.states}
-        if backend == "cpp" and self.observer is None:
-            tail_backend = self._run_cpp(states, x)
-            if torch.is_grad_enabled():
-                eager.run_steps(self.schedule.grad_steps, states, x, self.level_fns(tail_backend))
-        else:
-            eager.run_schedule(self.schedule, states, x, self.level_fns(backend), self.observer)
+        backend.run_step(self, states, x, self.observer)
         new_carry = InnerCarry(**{s: states[s].detach() for s in self.schedule.states})
         logits, q = self.readout(states[self.schedule.readout])
         return new_carry, logits, q

@@ -15,15 +15,6 @@ softmax_cross_entropy = R.softmax_cross_entropy
 LOSSES = ("stablemax_cross_entropy", "softmax_cross_entropy")
 
 
-def _loss_fn(loss_type: str, backend: str):
-    """The per-token loss: the fused stablemax kernel on the Triton backend, else the eager reference."""
-    if loss_type == "stablemax_cross_entropy" and backend == "triton":
-        from fastrecur.ops.stablemax_ce import stablemax_cross_entropy as fused
-
-        return fused
-    return getattr(R, loss_type)
-
-
 class ACTLossHead(nn.Module):
     """Wraps an ACT model; ``forward(return_keys, carry=..., batch=...)`` returns
     ``(new_carry, loss, metrics, detached_outputs, all_halted)`` like the reference.
@@ -40,10 +31,12 @@ class ACTLossHead(nn.Module):
         self.loss_type = loss_type
 
     def per_token_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The configured loss per token (0 on ignored labels), fused on the Triton backend."""
-        resolve = getattr(self.model, "_resolve_backend", None)
-        backend = resolve(labels.device) if resolve is not None else "eager"
-        return _loss_fn(self.loss_type, backend)(logits, labels, IGNORE_LABEL_ID)
+        """The configured loss per token (0 on ignored labels), as the model's backend computes it (fused on
+        Triton)."""
+        select = getattr(self.model, "execution_backend", None)
+        if select is None:  # a model outside fastrecur: the reference loss
+            return getattr(R, self.loss_type)(logits, labels, IGNORE_LABEL_ID)
+        return select(labels.device).per_token_loss(self.loss_type, labels.device)(logits, labels, IGNORE_LABEL_ID)
 
     def initial_carry(self, *args, **kwargs):
         return self.model.initial_carry(*args, **kwargs)

@@ -49,16 +49,6 @@ class Attention(nn.Module):
         return self.o_proj(ops.rotary_attention(self.qkv_proj(h), cos, sin, self.num_heads))
 
 
-def block_ops(backend: str):
-    """The op namespace a backend computes a block with: the eager reference, or the fused Triton ops
-    (same functions, same signatures, same math)."""
-    if backend == "triton":
-        from fastrecur import ops
-
-        return ops
-    return R
-
-
 class ReasoningBlock(nn.Module):
     """Post-norm block: ``h = norm(h + mix(h)); h = norm(h + mlp(h))``.
 
@@ -76,8 +66,9 @@ class ReasoningBlock(nn.Module):
             self.self_attn = Attention(hidden_size, num_heads)
         self.mlp = SwiGLU(hidden_size, expansion)
 
-    def forward(self, h: torch.Tensor, cos_sin: CosSin = None, backend: str = "eager") -> torch.Tensor:
-        ops = block_ops(backend)
+    def forward(self, h: torch.Tensor, cos_sin: CosSin = None, ops=R) -> torch.Tensor:
+        """``ops``: the op namespace to compute with (:mod:`fastrecur.ops.reference`, or the fused
+        :mod:`fastrecur.ops`: same functions, same math), chosen by the backend."""
         dt = h.dtype
         if self.mlp_t_enabled:
             h = ops.token_mix_block(h, self.mlp_t.gate_up_proj.cast_weight(dt), self.mlp_t.down_proj.cast_weight(dt), self.eps)
@@ -98,9 +89,9 @@ class ReasoningModule(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.repeat = repeat
 
-    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin = None, backend: str = "eager") -> torch.Tensor:
+    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin = None, ops=R) -> torch.Tensor:
         h = h + injection
         for _ in range(self.repeat):
             for layer in self.layers:
-                h = layer(h, cos_sin, backend)
+                h = layer(h, cos_sin, ops)
         return h

@@ -4,7 +4,8 @@ kernel tests (tests/ops/test_add_rms_norm.py): the failing one failed there, the
 import pytest
 import torch
 
-from fastrecur import _backends
+from fastrecur import backend
+from fastrecur.backend import triton as triton_backend
 from fastrecur.ops import _validate
 from fastrecur.ops.add_rms_norm import add_rms_norm
 
@@ -28,9 +29,9 @@ def test_incompatible_interpreter_gives_a_clear_error(monkeypatch):
     x = torch.randn(4, 8)
     with pytest.raises(RuntimeError, match="interpreter is too old"):
         add_rms_norm(x, x.clone())
-    _backends._triton_probe.cache_clear()
+    triton_backend._probe.cache_clear()
     try:
         if not torch.cuda.is_available():
-            assert _backends.backends()["triton"] == (False, "the interpreter is too old")
+            assert backend.backends()["triton"] == (False, "the interpreter is too old")
     finally:
-        _backends._triton_probe.cache_clear()
+        triton_backend._probe.cache_clear()

@@ -1,16 +1,20 @@
 """Inference engine: the whole ACT loop of a model with no autograd at all, with early halting and compaction.
 
-:func:`solve` runs every ACT step of a batch through the recursion core -- on ``backend="cpp"`` one native call
+:func:`solve` runs every ACT step of a batch through the recursion core on the model's backend (by default the
+fastest here, :func:`fastrecur.backend.select`): on the C++ backend one native call
 (:func:`~fastrecur.core.cpp_runner.run_steps_cpp`) per ACT step runs *all* the steps of the schedule in place;
-on ``backend="eager"`` the Python loop over the same steps. It differs from looping ``model(carry, batch)``
-in three ways that only remove work:
+on the eager and Triton backends the Python loop over the same steps. It is what ``fastrecur eval``, ``solve``
+and ``inspect`` run. It differs from looping ``model(carry, batch)`` in ways that only remove work or widen
+what can be asked:
 
 - the input embeddings are computed once per solve, not once per ACT step (the data of a row never changes
   during its solve);
 - on the C++ backend the weights are cast to the activation dtype once (cached until a parameter changes), not once per level call (the eager stepper casts per call, as the model does);
 - with ``halting="q"`` (or ``"q_continue"``), rows that halt are **compacted out**: their outputs are stored
   and the remaining rows of the states and of the embeddings are gathered (``index_select``) into a smaller
-  batch, so each ACT step costs what the rows still running cost.
+  batch, so each ACT step costs what the rows still running cost;
+- ``max_steps`` may exceed the model's ``halt_max_steps``: the recursion simply continues (the ACT wrapper
+  would reset a row's state after ``halt_max_steps``; here N steps always means N steps of one recursion).
 
 Rows never interact in these models (attention and token mixing act within a row; norms are per row), so a
 row's outputs are those of solving it alone, up to the rounding of GEMMs whose blocking depends on the
@@ -28,14 +32,14 @@ step's shape).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
+from fastrecur import backend as backend_lib
+
 HALTING = ("max_steps", "q", "q_continue")
-ENGINE_BACKENDS = ("cpp", "eager")
 
 # A stepper runs the whole schedule of one ACT step on (states, x): states is updated (rebound or in place).
 Stepper = Callable[[Dict[str, torch.Tensor], torch.Tensor], None]
@@ -52,7 +56,10 @@ class SolveResult:
         q_halt_logits, q_continue_logits: [B] fp32, the Q logits of each row's final step.
         step_predictions: [max_steps, B, seq_len] int64 predictions after every ACT step, -1 once the row has
             halted; None unless ``return_step_predictions=True``.
+        step_q_halt_logits, step_q_continue_logits: [max_steps, B] fp32 Q logits after every ACT step, NaN once
+            the row has halted; None unless ``return_step_predictions=True``.
         max_steps: the step limit the solve ran under.
+        backend: the name of the backend that ran it.
     """
 
     logits: torch.Tensor
@@ -62,6 +69,9 @@ class SolveResult:
     q_continue_logits: torch.Tensor
     step_predictions: Optional[torch.Tensor]
     max_steps: int
+    step_q_halt_logits: Optional[torch.Tensor] = None
+    step_q_continue_logits: Optional[torch.Tensor] = None
+    backend: str = ""
 
     @property
     def mean_steps(self) -> float:
@@ -75,28 +85,26 @@ class SolveResult:
 
 
 def check_model(model):
-    """An ACT model on the recursion core (duck-typed: core sits below models)."""
+    """TypeError unless ``model`` is an ACT model on the recursion core (duck-typed)."""
     inner = getattr(model, "inner", None)
-    if not (isinstance(model, torch.nn.Module) and hasattr(model, "initial_carry") and hasattr(inner, "schedule")):
+    if not (isinstance(model, torch.nn.Module) and hasattr(model, "check_batch") and hasattr(inner, "schedule")):
         raise TypeError(f"model must be a fastrecur ACT model (HRM, TRM, SRM, FlatRecurrence), got {type(model).__name__}")
 
 
-def make_stepper(inner, backend: str, cuda_graphs: bool = False) -> Stepper:
-    """A function running the *whole* schedule of one ACT step (no autograd) for ``inner``.
+def make_stepper(inner, backend, cuda_graphs: bool = False) -> Stepper:
+    """A function running the *whole* schedule of one ACT step (no autograd) for ``inner`` on ``backend`` (a
+    :class:`~fastrecur.backend.Backend` or a concrete backend's name).
 
-    The weights are read at every step through the model's cached casts, which follow in-place updates and
-    replaced parameters (``RecursiveInner.cpp_level_weights``).
-    ``cuda_graphs=True`` replays a CUDA graph per shape (see :mod:`fastrecur.core.graphs`); it needs CUDA
-    tensors and raises ValueError otherwise.
-    """
-    if backend not in ENGINE_BACKENDS:
-        raise ValueError(f"backend must be one of {list(ENGINE_BACKENDS)}, got {backend!r}")
-    from fastrecur.core import graphs
-
+    Weights are read at every step (the C++ backend's cached casts follow in-place updates and replaced
+    parameters). ``cuda_graphs=True`` replays a CUDA graph per shape (see :mod:`fastrecur.backend.graphs`)."""
+    if isinstance(backend, str):
+        backend = backend_lib.get(backend)
     steps = tuple(inner.schedule.steps)
     if cuda_graphs:
-        return functools.partial(graphs.run_no_grad_graphed, inner, steps, backend=backend)
-    return graphs.make_run_fn(inner, steps, backend, cached_casts=True)
+        from fastrecur.backend.graphs import graphs_for
+
+        return lambda states, x: graphs_for(inner).run(steps, states, x, backend)
+    return backend.run_fn(inner, steps)
 
 
 def initial_states(inner, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -109,7 +117,7 @@ def solve(
     batch: Mapping[str, torch.Tensor],
     halting: str = "max_steps",
     max_steps: Optional[int] = None,
-    backend: str = "cpp",
+    backend: Optional[str] = None,
     return_step_predictions: bool = False,
     cuda_graphs: bool = False,
 ) -> SolveResult:
@@ -120,11 +128,11 @@ def solve(
         batch: ``{"inputs": [B, seq_len], "puzzle_identifiers": [B], ...}`` integer tensors on the model's
             device (other keys are ignored).
         halting: "max_steps", "q" or "q_continue" (see the module docstring).
-        max_steps: step limit; default ``model.config.halt_max_steps``.
-        backend: "cpp" (one native call per ACT step; needs the extension) or "eager".
-        return_step_predictions: also return the predictions after every ACT step.
+        max_steps: step limit; default ``model.config.halt_max_steps``; larger values continue the recursion.
+        backend: "auto", "eager", "triton" or "cpp"; default: the model's own ``backend`` setting.
+        return_step_predictions: also return the predictions and Q logits after every ACT step.
         cuda_graphs: replay the recursion of each ACT step as a CUDA graph (CUDA only; see
-            :mod:`fastrecur.core.graphs`).
+            :mod:`fastrecur.backend.graphs`).
 
     Returns:
         :class:`SolveResult`.
@@ -136,35 +144,37 @@ def solve(
     check_model(model)
     if halting not in HALTING:
         raise ValueError(f"halting must be one of {list(HALTING)}, got {halting!r}")
-    if backend not in ENGINE_BACKENDS:
-        raise ValueError(f"backend must be one of {list(ENGINE_BACKENDS)}, got {backend!r}")
+    backend_lib.validate_name(model.backend if backend is None else backend)
     if max_steps is None:
         max_steps = model.config.halt_max_steps
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
     if not isinstance(return_step_predictions, bool) or not isinstance(cuda_graphs, bool):
         raise TypeError("return_step_predictions and cuda_graphs must be bools")
-    model._check_batch(batch)
-    if backend == "cpp":
-        from fastrecur import _ext
-
-        _ext.ops()  # RuntimeError with the reason when the extension is not built
+    model.check_batch(batch)
     inner = model.inner
     device = batch["inputs"].device
     if cuda_graphs and device.type != "cuda":
         raise ValueError(f"cuda_graphs=True needs the batch on a CUDA device, got {device}")
+    runner = backend_lib.select(model.backend if backend is None else backend, device, model.config)
+    ok, why = runner.status()
+    if not ok:
+        raise RuntimeError(f"backend {runner.name!r} is not available here: {why}")
 
     with torch.no_grad():
         x = inner.input_embeddings(batch["inputs"], batch["puzzle_identifiers"]).contiguous()
         B = x.shape[0]
         states = initial_states(inner, x)
-        step = make_stepper(inner, backend, cuda_graphs)
+        step = make_stepper(inner, runner, cuda_graphs)
         readout = inner.schedule.readout
 
         steps_taken = torch.full((B,), max_steps, dtype=torch.int32, device=device)
         final_logits = final_qh = final_qc = None
-        step_preds = (torch.full((max_steps, B, model.config.seq_len), -1, dtype=torch.int64, device=device)
-                      if return_step_predictions else None)
+        step_preds = step_qh = step_qc = None
+        if return_step_predictions:
+            step_preds = torch.full((max_steps, B, model.config.seq_len), -1, dtype=torch.int64, device=device)
+            step_qh = torch.full((max_steps, B), float("nan"), dtype=torch.float32, device=device)
+            step_qc = torch.full((max_steps, B), float("nan"), dtype=torch.float32, device=device)
         rows = torch.arange(B, device=device)  # original index of each row still running
 
         for t in range(1, max_steps + 1):
@@ -176,6 +186,8 @@ def solve(
                 final_qc = torch.empty(B, dtype=q_cont.dtype, device=device)
             if step_preds is not None:
                 step_preds[t - 1].index_copy_(0, rows, logits.argmax(-1))
+                step_qh[t - 1].index_copy_(0, rows, q_halt.float())
+                step_qc[t - 1].index_copy_(0, rows, q_cont.float())
             if t == max_steps:
                 final_logits.index_copy_(0, rows, logits)
                 final_qh.index_copy_(0, rows, q_halt)
@@ -200,7 +212,8 @@ def solve(
             x = x.index_select(0, keep)
             states = {k: v.index_select(0, keep) for k, v in states.items() if k in inner.state_inits}
 
-    return SolveResult(final_logits, final_logits.argmax(-1), steps_taken, final_qh, final_qc, step_preds, max_steps)
+    return SolveResult(final_logits, final_logits.argmax(-1), steps_taken, final_qh, final_qc, step_preds, max_steps,
+                       step_qh, step_qc, runner.name)
 
 
 __all__ = ["HALTING", "SolveResult", "initial_states", "make_stepper", "solve"]
