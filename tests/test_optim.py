@@ -1,4 +1,6 @@
-"""Optimisers, schedule and EMA of fastrecur.train against independent fp64 re-implementations."""
+"""Optimisers, schedule and EMA of fastrecur.train: argument checks, state round trips, hand-checked schedule values.
+
+Their updates are held against the reference code's own outputs in test_recipe_reference.py."""
 import math
 
 import pytest
@@ -10,43 +12,22 @@ from fastrecur.train.optim import (AdamATan2, EMAHelper, SparseEmbeddingSignSGD,
                                    cosine_schedule_with_warmup_lr_lambda, sparse_sign_sgd_)
 
 
-def _adam_atan2_fp64(p, grads, lr, betas, wd, a=1.0, b=1.0):
-    """Plain fp64 loop over the adam-atan2 package's update rule."""
-    p = p.double().clone()
-    m = torch.zeros_like(p)
-    v = torch.zeros_like(p)
-    for t, g in enumerate(grads, 1):
-        g = g.double()
-        p = p * (1 - lr * wd)
-        m = betas[0] * m + (1 - betas[0]) * g
-        v = betas[1] * v + (1 - betas[1]) * g * g
-        m_hat = m / (1 - betas[0] ** t)
-        v_hat = v / (1 - betas[1] ** t)
-        p = p - lr * a * torch.atan2(m_hat, b * torch.sqrt(v_hat))
-    return p
-
-
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6), (torch.bfloat16, 1e-2)])
-@pytest.mark.parametrize("ab", [(1.0, 1.0), (1.27, 1.0)])
-def test_adam_atan2_matches_fp64_reference(dtype, tol, ab):
-    torch.manual_seed(0)
-    shapes = [(7, 5), (3,), (1,)]
-    init = [torch.randn(s, dtype=torch.float64) * 0.1 for s in shapes]
-    grads = [[torch.randn(s, dtype=torch.float64) * (0.001 if i % 2 else 1.0) for s in shapes] for i in range(6)]
-    grads[2][0].zero_()  # atan2(0, 0) = 0: no NaN without an epsilon
-    params = [nn.Parameter(x.to(dtype).clone()) for x in init]
-    frozen = nn.Parameter(torch.ones(4, dtype=dtype))
-    opt = AdamATan2(params + [frozen], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, a=ab[0], b=ab[1])
-    for step_grads in grads:
-        for p, g in zip(params, step_grads):
-            p.grad = g.to(dtype)
+def test_adam_atan2_low_precision_math_and_frozen_parameters():
+    """Low-precision parameters keep their dtype (moments too); a parameter without a gradient gets no state.
+    (The update itself is held against the adam-atan2 package's reference step in test_recipe_reference.py.)"""
+    p = nn.Parameter(torch.randn(5, 3).to(torch.bfloat16))
+    frozen = nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    opt = AdamATan2([p, frozen], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    before = p.detach().clone()
+    for _ in range(3):
+        p.grad = torch.randn(5, 3).to(torch.bfloat16)
         opt.step()
-    for x, p, i in zip(init, params, range(len(shapes))):
-        want = _adam_atan2_fp64(x.to(dtype), [g[i].to(dtype) for g in grads], 1e-2, (0.9, 0.95), 0.1, *ab)
-        assert p.dtype == dtype
-        torch.testing.assert_close(p.detach().double(), want, rtol=0, atol=tol)
-    assert torch.equal(frozen.detach(), torch.ones(4, dtype=dtype)), "a parameter without grad must not move"
-    assert float(opt.state[params[0]]["step"]) == len(grads)
+    assert p.dtype == torch.bfloat16 and not torch.equal(p.detach(), before)
+    assert opt.state[p]["exp_avg"].dtype == torch.bfloat16 and float(opt.state[p]["step"]) == 3
+    assert torch.equal(frozen.detach(), torch.ones(4, dtype=torch.bfloat16)) and frozen not in opt.state
+    p.grad = torch.zeros(5, 3, dtype=torch.bfloat16).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
 
 
 def test_adam_atan2_state_dict_resumes_exactly():
@@ -75,36 +56,25 @@ def test_adam_atan2_state_dict_resumes_exactly():
 
 @pytest.mark.parametrize("kwargs,err", [
     (dict(lr=-1.0), ValueError), (dict(betas=(1.0, 0.9)), ValueError), (dict(betas=(0.9,)), TypeError),
-    (dict(weight_decay=-0.1), ValueError), (dict(a=0.0), ValueError), (dict(lr="x"), TypeError),
+    (dict(weight_decay=-0.1), ValueError), (dict(lr="x"), TypeError), (dict(betas=(0.9, float("nan"))), TypeError),
 ])
 def test_adam_atan2_validates(kwargs, err):
     with pytest.raises(err):
         AdamATan2([nn.Parameter(torch.zeros(2))], **kwargs)
 
 
-def test_sparse_sign_sgd_matches_manual_update():
-    torch.manual_seed(0)
+def test_sparse_sign_sgd_without_gradient_is_a_no_op():
+    """zero_grad clears the rows' gradient and a step without one changes nothing (the update itself is held
+    against the reference optimiser in test_recipe_reference.py)."""
     emb = CastedSparseEmbedding(10, 6, batch_size=5, init_std=0.5, cast_to=torch.float32)
     emb.train()
-    before = emb.weights.clone()
-    ids = torch.tensor([3, 7, 3, 0, 9], dtype=torch.int32)
-    out = emb(ids)
-    w = torch.randn(5, 6)
-    (out * w).sum().backward()
     opt = SparseEmbeddingSignSGD(emb, lr=0.1, weight_decay=0.5)
-    opt.step()
-    # fp64 oracle: per unique id, sum the rows' gradients (= w), sign, decoupled decay; other rows untouched.
-    want = before.double().clone()
-    for i in ids.unique().tolist():
-        g = w.double()[ids == i].sum(0)
-        want[i] = want[i] * (1 - 0.1 * 0.5) - 0.1 * torch.sign(g)
-    torch.testing.assert_close(emb.weights.double(), want, rtol=0, atol=1e-7)
-    untouched = [i for i in range(10) if i not in ids.tolist()]
-    assert torch.equal(emb.weights[untouched], before[untouched])
+    emb(torch.tensor([3, 7, 3, 0, 9], dtype=torch.int32)).sum().backward()
     opt.zero_grad()
     assert emb.local_weights.grad is None
-    opt.step()  # no gradient: nothing happens
-    torch.testing.assert_close(emb.weights.double(), want, rtol=0, atol=1e-7)
+    before = emb.weights.clone()
+    opt.step()
+    assert torch.equal(emb.weights, before)
 
 
 def test_sparse_sign_sgd_validates():
@@ -131,32 +101,28 @@ def test_cosine_schedule_with_warmup():
         f(5, min_ratio=1.5)
 
 
-def test_ema_matches_recurrence_and_copy_keeps_buffers():
+def test_ema_copy_leaves_the_live_model_and_state_round_trips():
+    """ema_copy does not touch the live model; state_dict/load_state_dict restore the average (the average
+    itself is held against the reference EMAHelper in test_recipe_reference.py)."""
     torch.manual_seed(0)
     m = nn.Linear(3, 2)
-    m.register_buffer("table", torch.zeros(2))
     ema = EMAHelper(mu=0.9)
     ema.register(m)
-    want = {n: p.detach().double().clone() for n, p in m.named_parameters()}
-    for _ in range(4):
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(torch.randn_like(p))
-        ema.update(m)
-        for n, p in m.named_parameters():
-            want[n] = 0.9 * want[n] + 0.1 * p.detach().double()
-    m.table.fill_(3.0)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+    ema.update(m)
     live = {n: p.detach().clone() for n, p in m.named_parameters()}
     copy = ema.ema_copy(m)
-    for n, p in copy.named_parameters():
-        torch.testing.assert_close(p.detach().double(), want[n], rtol=0, atol=1e-6)
-    assert torch.equal(copy.table, m.table), "buffers are carried, not averaged"
     for n, p in m.named_parameters():
         assert torch.equal(p, live[n]), "ema_copy must not touch the live model"
+        assert not torch.equal(dict(copy.named_parameters())[n], p)
     ema2 = EMAHelper(0.5)
     ema2.register(m)
     ema2.load_state_dict(ema.state_dict())
     assert ema2.mu == 0.9 and all(torch.equal(ema2.shadow[n], ema.shadow[n]) for n in ema.shadow)
+    with pytest.raises(ValueError, match="lacks"):
+        ema2.load_state_dict({"mu": 0.9, "shadow": {}})
 
 
 def test_build_optimizers_as_reference():

@@ -34,39 +34,39 @@ def _check_non_negative(name: str, value: float) -> None:
 
 
 class AdamATan2(Optimizer):
-    """Adam with ``atan2`` in place of the division by ``sqrt(v) + eps`` (Everett et al. 2024), with
-    decoupled weight decay, exactly as the ``adam-atan2`` package that HRM/TRM train with::
+    """Adam with ``atan2`` in place of the division by ``sqrt(v) + eps`` (Everett et al. 2024, "Scaling
+    Exponents Across Parameterizations and Optimizers"), with decoupled weight decay: the algorithm of the
+    ``adam-atan2`` package 0.0.3 that HRM and TRM train with (its CUDA kernel ``csrc/adam_atan2.cu`` and its
+    test's reference step agree). Per element, at step ``t`` (counted from 1)::
 
-        p      <- p * (1 - lr * weight_decay)
-        m      <- lerp(m, g, 1 - beta1)           v <- lerp(v, g*g, 1 - beta2)
-        p      <- p - lr * a * atan2(m / (1 - beta1^t), b * sqrt(v / (1 - beta2^t)))
+        p <- p * (1 - lr * weight_decay)
+        m <- lerp(m, g, 1 - beta1)                 v <- lerp(v, g*g, 1 - beta2)
+        p <- p - (lr / (1 - beta1^t)) * atan2(m, sqrt(v) / sqrt(1 - beta2^t))
 
-    The package has no ``a``/``b`` (it is ``a = b = 1``, the defaults here); ``a=1.27, b=1`` gives the
-    scaled variant of the ``adam-atan2-pytorch`` package. There is no epsilon: ``atan2`` is bounded and
-    defined at ``0/0``. The math runs in fp32 for fp16/bf16 parameters (fp64 stays fp64); the step count
-    is a float32 tensor per parameter, as in the package, and the bias corrections use it in double.
+    The first-moment bias correction scales the step outside ``atan2``; only the second moment's is inside.
+    There is no epsilon: ``atan2`` is bounded and ``atan2(0, 0) = 0``. As in the package, the math runs in
+    fp32 for fp16/bf16 parameters (fp64 stays fp64) and the moments are stored in the parameter's dtype; the
+    step count is a float32 tensor per parameter, and the bias corrections are computed from it in double.
+    Held against the package's reference step by ``tests/test_recipe_reference.py``.
 
     Args:
-        params: parameters or parameter groups.
-        lr: learning rate (the training loop sets it every step from the schedule).
+        params: parameters or parameter groups (dense gradients only: a sparse one raises ``RuntimeError``).
+        lr: learning rate >= 0 (the training loop sets it every step from the schedule).
         betas: ``(beta1, beta2)``, each in ``[0, 1)``.
-        weight_decay: decoupled weight decay (multiplied by ``lr``).
-        a, b: output and denominator scales (see above).
+        weight_decay: decoupled weight decay >= 0 (multiplied by ``lr``).
+
+    Raises:
+        TypeError / ValueError: an argument of the wrong type or out of range, named in the message.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), weight_decay: float = 1e-2,
-                 a: float = 1.0, b: float = 1.0):
+    def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), weight_decay: float = 1e-2):
         _check_non_negative("lr", lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair of floats, got {betas!r}")
         _check_unit_interval("betas[0]", betas[0])
         _check_unit_interval("betas[1]", betas[1])
         _check_non_negative("weight_decay", weight_decay)
-        for name, v in (("a", a), ("b", b)):
-            _check_non_negative(name, v)
-            if v == 0:
-                raise ValueError(f"{name} must be > 0, got {v}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, a=a, b=b))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -77,7 +77,7 @@ class AdamATan2(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            lr, wd, a, b = group["lr"], group["weight_decay"], group["a"], group["b"]
+            lr, wd = group["lr"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -90,8 +90,8 @@ class AdamATan2(Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 t = float(state["step"])
-                bc1 = 1.0 - beta1**t
-                bc2_sqrt = math.sqrt(1.0 - beta2**t)
+                step_size = lr / (1.0 - beta1**t)
+                bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
 
                 # Low-precision parameters are updated in fp32 and written back once.
                 math_dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
@@ -104,8 +104,7 @@ class AdamATan2(Optimizer):
                 param.mul_(1.0 - lr * wd)
                 m32.lerp_(grad, 1.0 - beta1)
                 v32.lerp_(grad * grad, 1.0 - beta2)
-                denom = v32.sqrt().mul_(b / bc2_sqrt)
-                param.add_(torch.atan2(m32 / bc1, denom), alpha=-lr * a)
+                param.add_(torch.atan2(m32, v32.sqrt().div_(bias_correction2_sqrt)), alpha=-step_size)
 
                 for dst, src in ((p, param), (m, m32), (v, v32)):
                     if dst is not src:
