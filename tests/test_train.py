@@ -332,28 +332,3 @@ def test_every_arch_trains(data_dir, tmp_path, arch, sets, one_thread):
     assert summary["step"] == 3 and summary["eval"]["count"] == 12
     assert any(not torch.equal(before[k], v) for k, v in weights(t).items())
     assert t.model_class == {"hrm": "HRM", "trm_mlp": "TRM", "srm": "SRM", "flat": "FlatRecurrence"}[arch]
-
-
-def test_solve_yields_the_models_steps():
-    """fastrecur solve's loop: one puzzle, each ACT step's argmax and q_halt logit equal to running the ACT model
-    on that puzzle directly (no labels needed)."""
-    import numpy as np
-
-    from fastrecur.models import TRM
-    from fastrecur.models.loss import ACTLossHead
-    from fastrecur.train.solve import solve
-    from test_models import tiny_batch, tiny_config
-
-    torch.manual_seed(0)
-    cfg = tiny_config(batch_size=1)
-    head = ACTLossHead(TRM(dict(cfg, puzzle_emb_len=1)))
-    batch = tiny_batch(cfg, b=1)
-    got = list(solve(head, batch["inputs"][0].numpy(), int(batch["puzzle_identifiers"][0]), 3, torch.device("cpu")))
-    assert [g[0] for g in got] == [1, 2, 3]
-    model = head.model.eval()
-    with torch.no_grad():
-        carry = model.initial_carry(batch)
-        for step, preds, q_halt in got:
-            carry, out = model(carry=carry, batch={k: v.to(torch.int32) for k, v in batch.items()})
-            assert np.array_equal(preds, out["logits"].argmax(-1)[0].numpy()), step
-            assert q_halt == pytest.approx(float(out["q_halt_logits"][0]), abs=1e-6)

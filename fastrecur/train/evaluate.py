@@ -1,11 +1,14 @@
 """Evaluation: ``fastrecur eval CHECKPOINT DATASET [--split test]``.
 
-Each eval batch starts from a fresh carry and runs ``halt_max_steps`` ACT steps (the model is in eval
-mode, where rows halt only at the maximum, as in the reference). Reported on the valid rows:
+Each eval batch is solved by the inference engine (:func:`fastrecur.engine.solve`, on the model's backend:
+by default the fastest here) from fresh states. ``halting="max_steps"`` (the default, the reference's
+evaluation) runs ``halt_max_steps`` ACT steps for every row (or ``max_steps``: more steps continue the same
+recursion); ``halting="q"`` stops each row where its Q head says halt (``q_halt > 0``, or ``q_halt >
+q_continue`` for HRM-style halting) and reports the prediction there. Reported on the valid rows:
 
 - ``exact_accuracy``: fraction of puzzles with every labelled token right;
 - ``accuracy``: mean over puzzles of the fraction of labelled tokens right (the reference's ``accuracy``);
-- ``steps``: mean ACT steps run (``halt_max_steps`` in eval);
+- ``steps``: mean ACT steps run;
 - ``halt_step``: mean step at which the Q head would first have halted the row (``q_halt > 0``, or
   ``q_halt > q_continue`` for HRM-style halting; ``halt_max_steps`` if never) -- what ACT would cost;
 - ``exact_accuracy_at_halt``: exact accuracy of the prediction at that step;
@@ -21,7 +24,10 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from fastrecur import engine
 from fastrecur.models.loss import IGNORE_LABEL_ID
+
+HALTING = ("max_steps", "q")
 
 _KEYS = ("count", "accuracy", "exact_accuracy", "steps", "halt_step", "exact_accuracy_at_halt", "lm_loss")
 
@@ -35,49 +41,54 @@ def _row_metrics(logits: torch.Tensor, labels: torch.Tensor):
     return n > 0, tok, correct.sum(-1) == n
 
 
+def halting_rule(model, halting: str) -> str:
+    """The engine's halting mode for ``halting`` ("max_steps" or "q") on ``model``: "q" means the model's own
+    Q rule (``q_continue`` for HRM-style halting)."""
+    if halting not in HALTING:
+        raise ValueError(f"halting must be one of {list(HALTING)}, got {halting!r}")
+    if halting == "q" and getattr(model, "halt_on_q_continue", False):
+        return "q_continue"
+    return halting
+
+
 @torch.no_grad()
 def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torch.device, *, rank: int = 0, world_size: int = 1,
-                   max_batches: Optional[int] = None) -> Dict[str, float]:
+                   max_batches: Optional[int] = None, halting: str = "max_steps",
+                   max_steps: Optional[int] = None) -> Dict[str, float]:
     """Metrics of ``head`` (an ``ACTLossHead``) on ``dataset`` (``iter_eval``); summed over ranks when
-    distributed. The head is left in eval mode; the caller restores train mode."""
+    distributed. ``halting`` and ``max_steps``: see the module docstring. The head is left in eval mode; the
+    caller restores train mode."""
     if not hasattr(dataset, "iter_eval"):
         raise TypeError(f"dataset must have iter_eval(batch_size, rank=, world_size=), got {type(dataset).__name__}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     head.eval()
     model = head.model
-    max_steps = model.config.halt_max_steps
+    mode = halting_rule(model, halting)
     on_q_continue = getattr(model, "halt_on_q_continue", False)
     sums = torch.zeros(len(_KEYS), dtype=torch.float64, device=device)
     for i, (batch, n_valid) in enumerate(dataset.iter_eval(batch_size, rank=rank, world_size=world_size)):
         if max_batches is not None and i >= max_batches:
             break
         batch = {k: v.to(device) for k, v in batch.items()}
-        rows = batch["inputs"].shape[0]
+        labels = batch["labels"]
+        rows = labels.shape[0]
         valid_rows = torch.arange(rows, device=device) < int(n_valid)
-        carry = head.initial_carry(batch)
-        halt_step = torch.full((rows,), max_steps, dtype=torch.float64, device=device)
-        exact_at_halt = torch.zeros(rows, dtype=torch.bool, device=device)
-        decided = torch.zeros(rows, dtype=torch.bool, device=device)
-        # Eval runs halt_max_steps steps for every row (as the reference): call the model itself; the loss is
-        # computed once, on the final outputs.
-        for step in range(1, max_steps + 1):
-            carry, out = model(carry=carry, batch=batch)
-            labels = carry.current_data["labels"]
-            q_halt, q_cont = out["q_halt_logits"], out["q_continue_logits"]
-            wants = (q_halt > q_cont) if on_q_continue else (q_halt > 0)
-            now = (wants | (step == max_steps)) & ~decided
-            _, _, exact = _row_metrics(out["logits"], labels)
-            halt_step = torch.where(now, float(step), halt_step)
-            exact_at_halt = torch.where(now, exact, exact_at_halt)
-            decided |= now
-        has, tok, exact = _row_metrics(out["logits"], labels)
+        res = engine.solve(model, batch, halting=mode, max_steps=max_steps, return_step_predictions=True)
+        # Where the Q head would first have halted each row (the last step if never): what ACT would cost.
+        wants = (res.step_q_halt_logits > res.step_q_continue_logits) if on_q_continue else (res.step_q_halt_logits > 0)
+        wants[-1] = True
+        first = wants.to(torch.int8).argmax(0)  # [B] 0-based step index
+        preds_at_halt = res.step_predictions.gather(0, first.view(1, -1, 1).expand(1, -1, labels.shape[1]))[0]
         mask = labels != IGNORE_LABEL_ID
-        lm = head.per_token_loss(out["logits"], labels).sum(-1) / mask.sum(-1).clamp_min(1)
+        exact_at_halt = ((preds_at_halt == labels) | ~mask).all(-1)
+        has, tok, exact = _row_metrics(res.logits, labels)
+        lm = head.per_token_loss(res.logits, labels).sum(-1) / mask.sum(-1).clamp_min(1)
         use = valid_rows & has
         f = use.to(torch.float64)
-        sums += torch.stack([f.sum(), (tok * f).sum(), (exact & use).sum().to(torch.float64), (carry.steps.to(torch.float64) * f).sum(),
-                             (halt_step * f).sum(), (exact_at_halt & use).sum().to(torch.float64), (lm.to(torch.float64) * f).sum()])
+        sums += torch.stack([f.sum(), (tok * f).sum(), (exact & use).sum().to(torch.float64),
+                             (res.steps.to(torch.float64) * f).sum(), ((first + 1).to(torch.float64) * f).sum(),
+                             (exact_at_halt & use).sum().to(torch.float64), (lm.to(torch.float64) * f).sum()])
     if world_size > 1:
         dist.all_reduce(sums)
     vals = sums.tolist()
@@ -98,7 +109,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "eager", "triton", "cpp"))
+    parser.add_argument("--backend", default="auto", choices=("auto", "eager", "triton", "cpp"),
+                        help="auto (default): the fastest backend here (the C++ loop on the CPU when built)")
+    parser.add_argument("--halting", default="max_steps", choices=HALTING,
+                        help="max_steps (default, the reference's evaluation): every row runs the steps; q: each row "
+                             "stops where its Q head says halt")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)")
     parser.add_argument("--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy")
     parser.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (quick look)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -125,7 +142,8 @@ def run(args) -> int:
         print(f"fastrecur eval: {e}", file=sys.stderr)
         return 1
     ds = PuzzleDataset(args.dataset, split=args.split)
-    m = evaluate_model(head, ds, args.batch_size, device, max_batches=args.max_batches)
+    m = evaluate_model(head, ds, args.batch_size, device, max_batches=args.max_batches, halting=args.halting,
+                       max_steps=args.steps)
     if args.json:
         print(json.dumps(m, indent=2))
     else:

@@ -1,10 +1,12 @@
 """``fastrecur solve CHECKPOINT --puzzle "..."``: solve one puzzle, printing the prediction after each ACT step.
 
 The puzzle is a Sudoku string (``.`` or ``0`` for blanks, whitespace ignored; 16, 36 or 81 cells) for a model
-trained on Sudoku; for other datasets give the token ids (``--tokens "1 2 3 ..."``). The model runs in eval
-mode from a fresh carry for ``halt_max_steps`` steps (or ``--steps``); each step prints the predicted grid,
-how many cells changed, and the Q head's halt logit. The last prediction is the answer; for Sudoku it is
-checked (valid solution, givens kept).
+trained on Sudoku; for other datasets give the token ids (``--tokens "1 2 3 ..."``). The inference engine
+(:func:`fastrecur.engine.solve`, fastest backend here by default) runs the recursion from fresh states for
+``halt_max_steps`` ACT steps, or ``--steps`` (more continue the same recursion; it is never restarted), or with
+``--halting q`` until the Q head says halt; each step prints the predicted grid, how many cells changed, and
+the Q head's halt logit. The last prediction is the answer; for Sudoku it is checked (valid solution, givens
+kept).
 """
 from __future__ import annotations
 
@@ -42,23 +44,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_mutually_exclusive_group(required=True)
     g.add_argument("--puzzle", help="Sudoku string, '.' or '0' for blanks (e.g. '1..4....2..1.3..')")
     g.add_argument("--tokens", help="token ids separated by spaces or commas (any dataset)")
-    parser.add_argument("--steps", type=int, default=None, help="ACT steps to run (default: the model's halt_max_steps)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)")
+    parser.add_argument("--halting", default="max_steps", choices=("max_steps", "q"),
+                        help="max_steps (default): run all the steps; q: stop where the Q head says halt")
     parser.add_argument("--puzzle-id", type=int, default=None, help="puzzle identifier (default: the dataset's blank id)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", default="auto", choices=("auto", "eager", "triton", "cpp"))
+    parser.add_argument("--backend", default="auto", choices=("auto", "eager", "triton", "cpp"),
+                        help="auto (default): the fastest backend here (the C++ loop on the CPU when built)")
     parser.add_argument("--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy")
 
 
-@torch.no_grad()
-def solve(head, inputs: np.ndarray, puzzle_id: int, steps: int, device: torch.device):
-    """Run ``steps`` ACT steps on one puzzle; yields ``(step, predicted tokens, q_halt logit)`` after each."""
+def step_predictions(head, inputs: np.ndarray, puzzle_id: int, steps: int, device: torch.device, halting: str = "max_steps"):
+    """The engine on one puzzle: yields ``(step, predicted tokens, q_halt logit)`` after each ACT step it ran."""
+    from fastrecur import engine
+
+    from .evaluate import halting_rule
+
     batch = {"inputs": torch.as_tensor(inputs, dtype=torch.int32, device=device).view(1, -1),
              "puzzle_identifiers": torch.tensor([puzzle_id], dtype=torch.int32, device=device)}
     model = head.model.eval()  # the ACT model alone: no labels, so no loss to compute
-    carry = model.initial_carry(batch)
-    for step in range(1, steps + 1):
-        carry, out = model(carry=carry, batch=batch)
-        yield step, out["logits"].argmax(-1)[0].cpu().numpy(), float(out["q_halt_logits"][0])
+    res = engine.solve(model, batch, halting=halting_rule(model, halting), max_steps=steps, return_step_predictions=True)
+    for t in range(int(res.steps[0])):
+        yield t + 1, res.step_predictions[t, 0].cpu().numpy(), float(res.step_q_halt_logits[t, 0])
 
 
 def run(args) -> int:
@@ -105,7 +113,7 @@ def run(args) -> int:
     print(f"puzzle ({info['weights']}):\n{render(inputs)}\n")
     prev = None
     preds = inputs
-    for step, preds, q_halt in solve(head, inputs, pid, steps, device):
+    for step, preds, q_halt in step_predictions(head, inputs, pid, steps, device, args.halting):
         changed = "" if prev is None else f", {int((preds != prev).sum())} cell(s) changed"
         would = "halt" if q_halt > 0 else "continue"
         print(f"step {step}: q_halt {q_halt:+.2f} ({would}){changed}\n{render(preds)}\n")
@@ -124,4 +132,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "format_grid", "run", "solve"]
+__all__ = ["add_arguments", "format_grid", "run", "step_predictions"]
