@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Union
 
@@ -12,6 +13,11 @@ from torch import nn
 PathOrState = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 _PREFIXES = ("_orig_mod.", "module.", "model.")
 _PUZZLE_EMB_KEY = "inner.puzzle_emb.weights"
+
+
+class PuzzleEmbeddingResetWarning(UserWarning):
+    """A checkpoint's puzzle-embedding table had another number of rows than the model's: every row of the
+    model's table was set to the mean of the saved rows, so the trained per-puzzle embeddings are not in it."""
 
 
 @dataclass
@@ -70,10 +76,17 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: PathOrState, strict: b
     - Accepts a path (``.safetensors``, or ``.pt``/``.pth``/any torch file read with ``weights_only=True``)
       or a state dict.
     - Strips ``_orig_mod.``, ``model.`` and ``module.`` prefixes.
-    - A puzzle-embedding table of another size is replaced by the mean of the saved rows, as the reference
-      loader does (new puzzles start from the average embedding); the resize is reported.
+    - A puzzle-embedding table (``inner.puzzle_emb.weights``, ``[num_puzzle_identifiers, dim]``) with another
+      number of rows is replaced by the mean of the saved rows in every row, as the reference loader does (new
+      puzzles start from the average embedding); this loses the trained per-puzzle embeddings, so it warns
+      (:class:`PuzzleEmbeddingResetWarning`, naming both shapes) and is recorded in ``LoadResult.resized``.
     - ``strict``: missing or unexpected keys raise ``ValueError`` listing them by name, and nothing is
       loaded; otherwise the matching keys load and the others are reported in the result.
+
+    Raises:
+        TypeError: ``model`` is not a module, or ``path_or_state_dict`` is neither a path nor a mapping.
+        FileNotFoundError / ValueError: an unreadable file, key mismatches (``strict``), or a tensor of another
+            shape (a puzzle-embedding table of another width included). Nothing is loaded then.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -103,6 +116,12 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: PathOrState, strict: b
         if state[k].shape != own[k].shape:
             raise ValueError(f"checkpoint key {k!r} has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)}")
     target.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    if _PUZZLE_EMB_KEY in result.resized:
+        saved, want = result.resized[_PUZZLE_EMB_KEY]
+        warnings.warn(f"the checkpoint's puzzle-embedding table {_PUZZLE_EMB_KEY} has shape {saved}, the model's has {want}: "
+                      f"every row was reset to the mean of the saved rows (as the reference does), so the trained "
+                      f"per-puzzle embeddings are lost; build the model with num_puzzle_identifiers={saved[0]} to keep them",
+                      PuzzleEmbeddingResetWarning, stacklevel=2)
     return result
 
 
@@ -128,9 +147,20 @@ def atomic_write(path: Union[str, os.PathLike], write_fn) -> None:
         raise
 
 
-def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -> None:
-    """Save ``model``'s state dict atomically: safetensors for ``*.safetensors``, else ``torch.save``."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def cpu_state_dict(model: Union[nn.Module, Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """A module's state dict (or a state dict) as detached contiguous CPU tensors, ready to be written."""
+    if isinstance(model, nn.Module):
+        model = model.state_dict()
+    elif not isinstance(model, Mapping):
+        raise TypeError(f"model must be an nn.Module or a state dict, got {type(model).__name__}")
+    return {k: v.detach().contiguous().cpu() for k, v in model.items()}
+
+
+def save_checkpoint(model: Union[nn.Module, Mapping[str, torch.Tensor]], path: Union[str, os.PathLike]) -> None:
+    """Save ``model``'s state dict (or a state dict) atomically: safetensors for ``*.safetensors``, else
+    ``torch.save``. Raises ``ImportError`` for ``.safetensors`` without the safetensors package, ``OSError`` when
+    the file cannot be written (no partial file is left)."""
+    state = cpu_state_dict(model)
     if os.fspath(path).endswith(".safetensors"):
         from safetensors.torch import save_file
 

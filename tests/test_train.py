@@ -113,14 +113,19 @@ def test_reference_arch_yaml_and_overrides(tmp_path):
     assert split_arch(load_arch_file(str(json_path)))[1] == {"skip": "none", "hidden_size": 32, "puzzle_emb_ndim": 32}
 
 
+def test_arch_yaml_is_read_by_pyyaml(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("name: TRM\nrms_norm_eps: 1e-5\nlr: 3.0e-4\nskip: none\nlayers:\n  - 1\n  - {a: 2}\n")
+    assert load_arch_file(str(path)) == {"name": "TRM", "rms_norm_eps": 1e-5, "lr": 3e-4, "skip": "none", "layers": [1, {"a": 2}]}
+    path.write_text("name: TRM\nH_cycles: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_arch_file(str(path))
+    path.write_text("- 1\n")
+    with pytest.raises(ValueError, match="must be a mapping"):
+        load_arch_file(str(path))
+
+
 def test_config_errors(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: TRM\nlayers:\n  - 1\n")
-    try:
-        import yaml  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match="pyyaml"):
-            load_arch_file(str(bad))
     with pytest.raises(ValueError, match="not a model"):
         split_arch({"name": "foo@Bar"})
     with pytest.raises(ValueError, match="refers to"):
@@ -332,3 +337,149 @@ def test_every_arch_trains(data_dir, tmp_path, arch, sets, one_thread):
     assert summary["step"] == 3 and summary["eval"]["count"] == 12
     assert any(not torch.equal(before[k], v) for k, v in weights(t).items())
     assert t.model_class == {"hrm": "HRM", "trm_mlp": "TRM", "srm": "SRM", "flat": "FlatRecurrence"}[arch]
+
+
+# ----- what the run folder needs, checked before any work; a failed save keeps the state -----
+def _cli_train(data_dir, out, *extra):
+    return ["train", "--data", data_dir, "--out", str(out), "--set", "name=TRM", "H_cycles=1", "L_cycles=1", "H_layers=0", "L_layers=1",
+            "hidden_size=16", "num_heads=1", "expansion=2", "puzzle_emb_ndim=16", "puzzle_emb_len=1", "forward_dtype=float32",
+            "halt_max_steps=2", "--global-batch-size", "8", "--lr-warmup-steps", "1", "--device", "cpu", "--threads", "1",
+            "--progress", "none", "--seed", "1", *extra]
+
+
+@pytest.mark.parametrize("missing,extra,says", [("safetensors", (), "safetensors"), ("matplotlib", (), "--no-plot")])
+def test_train_checks_it_can_write_its_files_before_any_work(data_dir, tmp_path, capsys, monkeypatch, missing, extra, says):
+    from fastrecur.cli import main
+
+    monkeypatch.setitem(sys.modules, missing, None)  # import raises ImportError, as when it is not installed
+    out = tmp_path / "run"
+    assert main(_cli_train(data_dir, out, "--max-steps", "1", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastrecur train: ") and says in err[0], err
+    assert not (out / "metrics.csv").exists() and not (out / "checkpoints").exists()
+
+
+def test_train_without_plot_needs_no_matplotlib(data_dir, tmp_path, monkeypatch, one_thread):
+    from fastrecur.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "run"
+    assert main(_cli_train(data_dir, out, "--max-steps", "1", "--no-plot")) == 0
+    assert (out / "metrics.csv").exists() and resolve_checkpoint_dir(str(out)) and not (out / "training.png").exists()
+
+
+def test_run_folder_not_writable_is_refused(tmp_path):
+    from fastrecur.train.state import check_run_folder
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(CheckpointError, match="cannot be written"):
+        check_run_folder(str(blocker / "run"))
+
+
+def _break_save(monkeypatch):
+    import fastrecur.train.state as state_mod
+
+    def broken(model, path):  # the failure of issue 20: safetensors missing when the checkpoint is written
+        raise ModuleNotFoundError("No module named 'safetensors'")
+
+    monkeypatch.setattr(state_mod, "save_checkpoint", broken)
+
+
+def test_failed_save_keeps_the_state_and_resumes_exactly_from_the_fallback(data_dir, tmp_path, monkeypatch, one_thread):
+    train_ds, _ = datasets(data_dir)
+    full = Trainer(tiny_config(data_dir, tmp_path / "full", max_steps=6), train_ds, None, log=lambda s: None)
+    full.fit()
+    out = tmp_path / "run"
+    _break_save(monkeypatch)
+    t = Trainer(tiny_config(data_dir, out, max_steps=6, checkpoint_interval=4), train_ds, None, log=lambda s: None)
+    with pytest.raises(CheckpointError, match="safetensors.*--resume") as e:
+        t.fit()
+    fallback = str(e.value).split("--resume ")[-1]
+    assert fallback == str(out / "checkpoints" / "step_00000004.fallback.pt") and os.path.isfile(fallback)
+    assert_same_weights(torch.load(fallback, weights_only=True)["state_dict"], weights(t))
+    monkeypatch.undo()
+    # Resumed from the fallback, the run continues exactly as one that never failed.
+    r = Trainer(tiny_config(data_dir, out, max_steps=6, checkpoint_interval=4), train_ds, None, resume=fallback, log=lambda s: None)
+    assert r.step == 4
+    r.fit()
+    assert_same_weights(weights(full), weights(r))
+    for n in full.ema.shadow:
+        assert torch.equal(full.ema.shadow[n], r.ema.shadow[n])
+    assert os.path.basename(resolve_checkpoint_dir(str(out))) == "step_00000006"
+
+
+def test_failed_final_save_of_the_train_command_is_one_line_and_keeps_the_run(data_dir, tmp_path, capsys, monkeypatch,
+                                                                                one_thread):
+    from fastrecur.cli import main
+    from fastrecur.train.state import restore_fallback
+
+    out = tmp_path / "run"
+    _break_save(monkeypatch)
+    assert main(_cli_train(data_dir, out, "--max-steps", "2", "--no-plot")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastrecur train: writing the checkpoint of step 2 failed"), err
+    monkeypatch.undo()
+    folder = restore_fallback(err[0].split("--resume ")[-1], str(out))
+    head, info = load_model(str(out), use_ema=False)
+    assert info["folder"] == folder and os.path.basename(folder) == "step_00000002"
+
+
+def test_failed_evaluation_keeps_the_trained_state(data_dir, tmp_path, one_thread):
+    train_ds, test_ds = datasets(data_dir)
+    t = Trainer(tiny_config(data_dir, tmp_path / "r", max_steps=3), train_ds, test_ds, log=lambda s: None)
+
+    def fail():
+        raise RuntimeError("evaluation failed")
+
+    t.evaluate = fail
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        t.fit()
+    head, _ = load_model(str(tmp_path / "r"), use_ema=False)
+    assert_same_weights(head.model.state_dict(), weights(t))
+
+
+# ----- a puzzle-embedding table of another size -----
+def test_puzzle_embedding_reset_warns_naming_both_shapes():
+    from fastrecur.checkpoint import PuzzleEmbeddingResetWarning, load_checkpoint
+    from fastrecur.models import TRM
+
+    cfg = dict(TINY_ARCH, batch_size=2, seq_len=16, vocab_size=6, num_puzzle_identifiers=5)
+    cfg.pop("name")
+    saved = TRM(cfg).state_dict()
+    saved["inner.puzzle_emb.weights"] = torch.arange(5 * 16, dtype=torch.float32).view(5, 16)
+    model = TRM(dict(cfg, num_puzzle_identifiers=9))
+    with pytest.warns(PuzzleEmbeddingResetWarning, match=r"shape \(5, 16\), the model's has \(9, 16\).*num_puzzle_identifiers=5"):
+        res = load_checkpoint(model, saved)
+    assert res.resized == {"inner.puzzle_emb.weights": ((5, 16), (9, 16))}
+    # every row is the mean of the saved rows: row r of arange(80).view(5, 16) is 16 r + c, so the mean row is 32 + c
+    assert torch.equal(model.inner.puzzle_emb.weights, (32.0 + torch.arange(16.0)).expand(9, 16))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_checkpoint(TRM(cfg), saved)  # same shape: no warning
+        bad = dict(saved, **{"inner.lm_head.weight": torch.zeros(1)})
+        with pytest.raises(ValueError, match="lm_head"):
+            load_checkpoint(model, bad)  # refused before anything is loaded: no warning either
+
+
+def test_train_command_prints_the_puzzle_embedding_reset(data_dir, tmp_path, capsys, one_thread):
+    """Resuming a run on a rebuilt dataset with another number of puzzle identifiers: the command says so."""
+    import json
+    import shutil
+
+    from fastrecur.cli import main
+
+    out = tmp_path / "run"
+    assert main(_cli_train(data_dir, out, "--max-steps", "1", "--no-plot")) == 0
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(data_dir, rebuilt)
+    for split in ("train", "test"):
+        meta = json.loads((rebuilt / split / "dataset.json").read_text())
+        meta["num_puzzle_identifiers"] = 3
+        (rebuilt / split / "dataset.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(_cli_train(str(rebuilt), out, "--max-steps", "2", "--no-plot")) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(err) == 1 and err[0].startswith("fastrecur train: warning: ") and "(1, 16)" in err[0] and "(3, 16)" in err[0], err

@@ -3,9 +3,7 @@ named presets) and ``key=value`` overrides.
 
 Architecture configs are the reference's ``config/arch/*.yaml``: model keys plus ``name`` (for instance
 ``recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1``) and ``loss: {name, loss_type}``;
-``${.hidden_size}`` refers to a sibling key. PyYAML is optional: without it, JSON files and the simple
-``key: value`` YAML of the reference's arch files (one nested level, comments) are read by a small built-in
-reader, which refuses anything else with a message saying to install PyYAML or use JSON.
+``${.hidden_size}`` refers to a sibling key. YAML is read with PyYAML (``yaml.safe_load``), JSON with ``json``.
 """
 from __future__ import annotations
 
@@ -15,6 +13,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
 
 from fastrecur.models import HRM, SRM, TRM, FlatRecurrence
 
@@ -92,6 +92,7 @@ class TrainConfig:
     backend: str = "auto"
     threads: Optional[int] = None
     progress: str = "auto"
+    plot: bool = True
 
     def validate(self) -> "TrainConfig":
         ints = dict(global_batch_size=1, epochs=1, lr_warmup_steps=0, seed=0, eval_interval=0, checkpoint_interval=0, keep_checkpoints=1,
@@ -199,32 +200,13 @@ def parse_scalar(text: str) -> Any:
         return s
 
 
-def _simple_yaml(text: str, path: str) -> Dict[str, Any]:
-    """The subset of YAML that the reference's arch files use: ``key: value`` lines, one nested mapping level,
-    ``#`` comments. Anything else is refused."""
-    root: Dict[str, Any] = {}
-    current: Optional[Dict[str, Any]] = None
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = re.sub(r"\s+#.*$", "", raw) if not raw.lstrip().startswith("#") else ""
-        if not line.strip():
-            continue
-        indent = len(line) - len(line.lstrip(" "))
-        m = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:(.*)$", line)
-        if not m or "\t" in line[:indent + 1] or line.strip().startswith("-"):
-            raise ValueError(f"{path}:{lineno}: this YAML is beyond the built-in reader (PyYAML is not installed): "
-                             f"pip install pyyaml, or give the config as JSON")
-        key, value = m.group(1), m.group(2).strip()
-        if indent == 0:
-            if value == "":
-                current = root[key] = {}
-            else:
-                root[key] = parse_scalar(value)
-                current = None
-        elif current is not None and value != "":
-            current[key] = parse_scalar(value)
-        else:
-            raise ValueError(f"{path}:{lineno}: nested YAML deeper than one level needs PyYAML (pip install pyyaml) or a JSON config")
-    return root
+class _YAMLLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads exponent floats without a dot (``1e-4``) as floats, as YAML 1.2 and the
+    reference's OmegaConf do (PyYAML's YAML 1.1 reads them as strings)."""
+
+
+_YAMLLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))
 
 
 def load_arch_file(path: str) -> Dict[str, Any]:
@@ -234,15 +216,11 @@ def load_arch_file(path: str) -> Dict[str, Any]:
         raise FileNotFoundError(f"arch config {path!r} does not exist")
     with open(path) as f:
         text = f.read()
-    if path.endswith(".json"):
-        data = json.loads(text)
-    else:
-        try:
-            import yaml
-        except ImportError:
-            data = _simple_yaml(text, path)
-        else:
-            data = yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.load(text, Loader=_YAMLLoader)
+    except (ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"arch config {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+                         f"{' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"arch config {path!r} must be a mapping, got {type(data).__name__}")
     resolve_interpolations(data)  # fail early on a bad reference; kept unresolved so overrides propagate

@@ -19,14 +19,15 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
+import tqdm
 
 from fastrecur.models import ACTLossHead
 
 from .config import MODEL_CLASSES, TrainConfig, model_config, split_arch
 from .evaluate import evaluate_model, format_metrics, resolve_device
 from .optim import EMAHelper, build_optimizers, cosine_schedule_with_warmup_lr_lambda
-from .state import (CheckpointError, carry_from_state, carry_to_state, read_model_state, read_train_state, rng_state,
-                    save_run_checkpoint, set_rng_state, write_json)
+from .state import (CheckpointError, carry_from_state, carry_to_state, check_run_folder, read_model_state, read_train_state,
+                    restore_fallback, rng_state, save_run_checkpoint, set_rng_state, write_fallback, write_json)
 
 TRAIN_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps")
 EVAL_KEYS = ("accuracy", "exact_accuracy", "steps", "halt_step", "exact_accuracy_at_halt", "lm_loss")
@@ -45,19 +46,13 @@ def metadata_dict(metadata: Any) -> Dict[str, Any]:
 
 
 class Progress:
-    """A tqdm bar when tqdm is installed (and wanted), else a printed line every ``log_interval`` steps."""
+    """A tqdm bar (modes ``auto``, ``tqdm``), a printed line every ``log_interval`` steps (``plain``), or nothing."""
 
     def __init__(self, mode: str, total: int, initial: int, enabled: bool, log: Callable[[str], None]):
         self.log, self.bar, self.enabled = log, None, enabled and mode != "none"
         self.total, self.t0, self.s0 = total, time.time(), initial
         if self.enabled and mode in ("auto", "tqdm"):
-            try:
-                import tqdm
-            except ImportError:
-                if mode == "tqdm":
-                    log("tqdm is not installed: plain progress lines instead (pip install tqdm)")
-            else:
-                self.bar = tqdm.tqdm(total=total, initial=initial, dynamic_ncols=True, file=sys.stdout)
+            self.bar = tqdm.tqdm(total=total, initial=initial, dynamic_ncols=True, file=sys.stdout)
 
     def update(self, step: int, text: str) -> None:
         if not self.enabled:
@@ -240,7 +235,9 @@ class Trainer:
         return {"carry": carry_to_state(self.carry), "rng": rng_state(self.device)}
 
     def save(self) -> Optional[str]:
-        """Write a checkpoint of the current state (collective: every rank must call it)."""
+        """Write a checkpoint of the current state (collective: every rank must call it). If writing it fails,
+        the state goes to a fallback file (:func:`~fastrecur.train.state.write_fallback`) and
+        :class:`CheckpointError` says where and how to resume from it."""
         mine = self._rank_state()
         if self.world_size > 1:
             ranks = [None] * self.world_size if self.is_main else None
@@ -254,16 +251,36 @@ class Trainer:
                      "optimizers": [opt.state_dict() for opt in self.optimizers], "ranks": ranks}
             ema_model = self.ema.ema_copy(self.head.model) if self.ema is not None else None
             cfg = self.config_json()
-            folder = save_run_checkpoint(self.config.out_dir, self.step, model=self.head.model, ema_model=ema_model, config_json=cfg,
-                                         train_state=state, keep=self.config.keep_checkpoints)
-            write_json(os.path.join(self.config.out_dir, "config.json"), cfg)
+            try:
+                folder = save_run_checkpoint(self.config.out_dir, self.step, model=self.head.model, ema_model=ema_model,
+                                             config_json=cfg, train_state=state, keep=self.config.keep_checkpoints)
+                write_json(os.path.join(self.config.out_dir, "config.json"), cfg)
+            except Exception as e:  # noqa: BLE001 -- whatever failed, keep the state, then report
+                try:
+                    path = write_fallback(self.config.out_dir, self.step, model=self.head.model, ema_model=ema_model,
+                                          config_json=cfg, train_state=state)
+                except OSError as e2:
+                    raise CheckpointError(f"writing the checkpoint of step {self.step} failed ({type(e).__name__}: {e}), and so did "
+                                          f"its fallback file ({e2}): the state of this run could not be saved") from e
+                raise CheckpointError(f"writing the checkpoint of step {self.step} failed ({type(e).__name__}: {e}); the run's "
+                                      f"state was saved to {path} instead: fix the cause, then resume with "
+                                      f"--resume {path}") from e
         if self.world_size > 1:
             dist.barrier()
         return folder
 
     def load(self, folder: str) -> None:
-        """Resume from a checkpoint folder. Everything is read and checked before anything is applied."""
+        """Resume from a checkpoint folder, or from a fallback file written when a checkpoint could not be
+        (it is first restored as a checkpoint folder of this run). Everything is read and checked before
+        anything is applied."""
         from fastrecur.checkpoint import load_checkpoint
+
+        if os.path.isfile(folder) and folder.endswith(".fallback.pt"):
+            folder = restore_fallback(folder, self.config.out_dir) if self.is_main else None
+            if self.world_size > 1:
+                shared = [folder]
+                dist.broadcast_object_list(shared, src=0)
+                folder = shared[0]
 
         state = read_train_state(folder)
         weights, _ = read_model_state(folder, use_ema=False)
@@ -337,7 +354,7 @@ class Trainer:
         intervals and at the end. Returns a summary (final eval metrics, steps, wall time)."""
         cfg = self.config
         if self.is_main:
-            os.makedirs(cfg.out_dir, exist_ok=True)
+            check_run_folder(cfg.out_dir, plot=cfg.plot)
             self._csv_start()
             n_params = sum(p.numel() for p in self.params)
             self.log(f"{self.model_class} ({n_params:,} parameters) | {self.total_steps} steps of {cfg.global_batch_size} "
@@ -364,7 +381,11 @@ class Trainer:
                 do_eval = last or (cfg.eval_interval and self.step % cfg.eval_interval == 0)
                 do_log = do_eval or self.step % cfg.log_interval == 0
                 train_m = self._flush_train_metrics() if do_log else None
-                ev = self.evaluate() if do_eval else None
+                try:
+                    ev = self.evaluate() if do_eval else None
+                except Exception:
+                    self.save()  # a failing evaluation does not lose the trained state
+                    raise
                 if ev is not None:
                     self.last_eval = ev
                 if self.is_main and do_log:
@@ -388,7 +409,8 @@ class Trainer:
         progress.close()
         summary = {"step": self.step, "elapsed_s": self.elapsed, "eval": self.last_eval}
         if self.is_main:
-            self.plot()
+            if cfg.plot:
+                self.plot()
             self.log(f"done: step {self.step} in {self.elapsed / 60:.1f} min" +
                      (f" | eval: {format_metrics(self.last_eval)}" if self.last_eval else ""))
         return summary

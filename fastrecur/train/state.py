@@ -16,6 +16,12 @@ Every file is written through :func:`fastrecur.checkpoint.atomic_write` and ``la
 folder is complete, so a run killed at any moment resumes from the last complete checkpoint. Reading
 validates every file before anything is applied: a truncated or corrupted checkpoint raises
 :class:`CheckpointError` and leaves the model untouched.
+
+Before training, :func:`check_run_folder` proves that the run folder can be written (the packages its files
+need, a writable folder). If writing a checkpoint fails all the same (a full disk, a folder made read-only),
+:func:`write_fallback` puts the whole state in one ``torch.save`` file (``OUT/checkpoints/step_N.fallback.pt``,
+else in the temp folder); ``fastrecur train --resume FILE`` (:func:`restore_fallback`) turns it back into a
+checkpoint folder and resumes from it.
 """
 from __future__ import annotations
 
@@ -23,12 +29,13 @@ import json
 import os
 import random
 import shutil
-from typing import Any, Dict, Mapping, Optional, Tuple
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from fastrecur.checkpoint import atomic_write, read_state_dict, save_checkpoint
+from fastrecur.checkpoint import atomic_write, cpu_state_dict, read_state_dict, save_checkpoint
 from fastrecur.models import ACTCarry, ACTLossHead, InnerCarry
 
 from .config import MODEL_CLASSES
@@ -39,7 +46,32 @@ LATEST = "latest.json"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, truncated, corrupted or from an incompatible run."""
+    """A checkpoint that cannot be used or written: missing, truncated, corrupted, from an incompatible run, or a
+    run folder that cannot hold one."""
+
+
+# ----- before training: can the run folder be written? -----
+def check_run_folder(out_dir: str, plot: bool = True) -> None:
+    """Raise :class:`CheckpointError` (before any work) unless a run's files can be written into ``out_dir``:
+    ``safetensors`` (the weights) imports, ``matplotlib`` (``training.png``) imports when ``plot``, and ``out_dir``
+    can be created and written (a temporary file is written and removed)."""
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError as e:
+        raise CheckpointError(f"checkpoints are written with safetensors, which cannot be imported ({e}): "
+                              "pip install safetensors (a dependency of fastrecur: reinstall it)") from None
+    if plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as e:
+            raise CheckpointError(f"the training plot needs matplotlib, which cannot be imported ({e}): "
+                                  "pip install 'fastrecur[plot]', or train with --no-plot") from None
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"the run folder {out_dir!r} cannot be written ({e.strerror or e}): choose another --out") from None
 
 
 # ----- JSON -----
@@ -153,10 +185,13 @@ def latest_checkpoint(out_dir: str) -> Optional[str]:
 
 
 # ----- save -----
-def save_run_checkpoint(out_dir: str, step: int, *, model: torch.nn.Module, ema_model: Optional[torch.nn.Module],
-                        config_json: Dict[str, Any], train_state: Dict[str, Any], keep: int = 2) -> str:
+Weights = Union[torch.nn.Module, Mapping[str, torch.Tensor]]
+
+
+def save_run_checkpoint(out_dir: str, step: int, *, model: Weights, ema_model: Optional[Weights], config_json: Dict[str, Any],
+                        train_state: Dict[str, Any], keep: int = 2) -> str:
     """Write a complete checkpoint folder, then point ``latest.json`` at it, then prune old ones (keeping
-    ``keep``). Returns the folder."""
+    ``keep``). ``model``/``ema_model``: modules or state dicts. Returns the folder."""
     root = os.path.join(out_dir, "checkpoints")
     folder = os.path.join(root, step_dir_name(step))
     os.makedirs(folder, exist_ok=True)
@@ -173,6 +208,46 @@ def save_run_checkpoint(out_dir: str, step: int, *, model: torch.nn.Module, ema_
     for d in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(os.path.join(root, d), ignore_errors=True)
     return folder
+
+
+FALLBACK_FORMAT = "fastrecur-run-fallback"
+
+
+def write_fallback(out_dir: str, step: int, *, model: Weights, ema_model: Optional[Weights], config_json: Dict[str, Any],
+                   train_state: Dict[str, Any]) -> str:
+    """Everything :func:`save_run_checkpoint` would have written, in one ``torch.save`` file (tensors and plain
+    types only, so ``torch.load(weights_only=True)`` reads it; ``state_dict`` holds the weights, so
+    ``fastrecur.load_checkpoint`` reads it too): ``OUT/checkpoints/step_N.fallback.pt``, or the temp folder when
+    that cannot be written. Returns its path; raises the last ``OSError`` if neither place can be written."""
+    payload = {"format": FALLBACK_FORMAT, "version": VERSION, "step": step, "state_dict": cpu_state_dict(model),
+               "ema_state_dict": cpu_state_dict(ema_model) if ema_model is not None else None,
+               "config_json": json.dumps(config_json, sort_keys=True, default=str),
+               "train_state": dict(train_state, format=FORMAT, version=VERSION)}
+    name = f"{step_dir_name(step)}.fallback.pt"
+    error: Optional[OSError] = None
+    for folder in (os.path.join(out_dir, "checkpoints"),
+                   os.path.join(tempfile.gettempdir(), f"fastrecur-{os.path.basename(os.path.abspath(out_dir))}")):
+        path = os.path.join(folder, name)
+        try:
+            atomic_write(path, lambda tmp: torch.save(payload, tmp))
+            return path
+        except OSError as e:
+            error = e
+    raise error
+
+
+def restore_fallback(path: str, out_dir: str) -> str:
+    """Write the checkpoint folder held by a :func:`write_fallback` file into ``out_dir`` (as
+    :func:`save_run_checkpoint`, ``latest.json`` included) and return it."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path!r} could not be read (truncated or corrupted?): {e}") from e
+    if not isinstance(data, dict) or data.get("format") != FALLBACK_FORMAT:
+        raise CheckpointError(f"{path!r} is not a fastrecur fallback file")
+    state = {k: v for k, v in data["train_state"].items() if k not in ("format", "version")}
+    return save_run_checkpoint(out_dir, data["step"], model=data["state_dict"], ema_model=data["ema_state_dict"],
+                               config_json=json.loads(data["config_json"]), train_state=state, keep=10**9)
 
 
 # ----- load -----
@@ -243,6 +318,6 @@ def load_model(path: str, device: Any = "cpu", *, use_ema: bool = True, backend:
     return head, {"config": config_json, "folder": folder, "weights": weights}
 
 
-__all__ = ["CheckpointError", "build_model", "carry_from_state", "carry_to_state", "latest_checkpoint", "load_model", "read_json",
-           "read_model_state", "read_train_state", "resolve_checkpoint_dir", "rng_state", "save_run_checkpoint", "set_rng_state",
-           "write_json"]
+__all__ = ["CheckpointError", "build_model", "carry_from_state", "carry_to_state", "check_run_folder", "latest_checkpoint",
+           "load_model", "read_json", "read_model_state", "read_train_state", "resolve_checkpoint_dir", "restore_fallback",
+           "rng_state", "save_run_checkpoint", "set_rng_state", "write_fallback", "write_json"]
