@@ -2,7 +2,8 @@
 scripts in ``scripts/`` (so every build uses the same flags).
 
 - ``FASTRECUR_NO_EXT=1``: no extension at all (the package runs on its eager/Triton paths).
-- The CPU part (``csrc/bindings.cpp``, one translation unit) is always built otherwise.
+- The CPU part is always built otherwise: one translation unit, ``csrc/bindings.cpp`` (op registration), with
+  the logic in the headers it includes (``HEADERS``; a change to one rebuilds it).
 - The CUDA part (``csrc/kernels.cu``) is added when torch is a CUDA build (``torch.version.cuda``) and nvcc is
   found (``CUDA_HOME``/``CUDA_PATH``/``/usr/local/cuda``); ``FASTRECUR_NO_CUDA=1`` leaves it out.
 - The CPU kernels are compiled for one x86 instruction set, ``FASTRECUR_CPU_ISA`` = ``auto`` (default: the
@@ -35,6 +36,9 @@ if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
 
 CSRC = os.path.dirname(os.path.abspath(__file__))
 CPP_SOURCES = ["bindings.cpp"]
+# Headers compiled into bindings.cpp (setuptools' `depends`: rebuilt when one changes, shipped in an sdist).
+HEADERS = ["checks.h", "cpu_kernels.h", "cuda_api.h", "dispatch.h", "elementwise_ops.h", "isa_info.h", "loop.h",
+           "planner.h", "program.h", "workspace.h"]
 CUDA_SOURCES = ["kernels.cu"]
 # Ampere and Hopper SASS, plus Hopper PTX so newer GPUs can JIT the kernels.
 CUDA_ARCHS = [("80", "sm_80"), ("90", "sm_90")]
@@ -168,7 +172,11 @@ def extension_kwargs(with_cuda: bool, rel_to: str | None = None) -> dict:
     if not _truthy("FASTRECUR_NO_OPENMP"):
         cxx += OPENMP_FLAGS
         link += OPENMP_FLAGS
-    kwargs = {"sources": paths, "extra_compile_args": {"cxx": cxx}, "include_dirs": [CSRC], "extra_link_args": link}
+    depends = [os.path.join(CSRC, h) for h in HEADERS]
+    if rel_to is not None:
+        depends = [os.path.relpath(p, rel_to) for p in depends]
+    kwargs = {"sources": paths, "extra_compile_args": {"cxx": cxx}, "include_dirs": [CSRC], "extra_link_args": link,
+              "depends": depends}
     if with_cuda:
         kwargs["extra_compile_args"]["cxx"].append("-DFASTRECUR_WITH_CUDA")
         kwargs["extra_compile_args"]["nvcc"] = nvcc_flags()

@@ -1,6 +1,6 @@
 // CPU implementations of the elementwise parts of a fastrecur block (fused residual add + RMSNorm over the
 // row or over the token axis, fused SwiGLU activation, in-place NeoX RoPE). Header-only: it is compiled into
-// the single torch-facing translation unit, bindings.cpp (one TU keeps the CI build short).
+// the single torch-facing translation unit, bindings.cpp (one TU keeps the CI build short), through dispatch.h.
 //
 // Values are converted to fp32 in blocks of at most kBlk elements on the stack, the math runs on
 // at::vec::Vectorized<float>, and results are rounded once to the activation dtype. Rows (or column

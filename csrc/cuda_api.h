@@ -1,10 +1,10 @@
-// Plain C++ interface between the torch-facing translation unit (bindings.cpp) and the CUDA kernels
+// Plain C++ interface between the torch-facing code (dispatch.h, compiled into bindings.cpp) and the CUDA kernels
 // (kernels.cu). It deliberately uses no torch types: kernels.cu then compiles without the torch headers,
 // which keeps the nvcc step short (torch headers cost ~100 s per translation unit on the CI machine).
 //
 // Every launcher enqueues exactly one kernel on `stream` (a cudaStream_t passed as void*) and returns 0 on
 // success or the cudaError_t code of the launch; error_string() turns a code into text. Shapes, dtypes and
-// aliasing are validated by the caller (bindings.cpp); these functions trust their arguments.
+// aliasing are validated by the caller (elementwise_ops.h, loop.h); these functions trust their arguments.
 #pragma once
 #include <cstdint>
 
