@@ -51,6 +51,23 @@ except Exception as e:  # ImportError, or OSError for an .so built against anoth
     _C = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
+# Ops that take tensors: each writes only into its Tensor(a!) arguments (declared in its schema, so
+# functionalization and torch.library.opcheck see the mutation) and returns nothing, so its fake (meta)
+# implementation -- what FakeTensorMode, torch.compile and torch.export run instead of the kernel -- has no
+# output to describe: it returns None. Shapes are validated by the real op when it runs. The other ops
+# (workspace_info, clear_workspaces, has_cuda_kernels, cpu_isa) take no tensors and are registered as
+# CompositeImplicitAutograd, which already runs under every tracing mode.
+TENSOR_OPS = ("add_rms_norm", "swiglu", "rope_", "add_rms_norm_dim1", "inject_add", "run_steps")
+
+
+def _fake_writes_in_place(*args, **kwargs) -> None:
+    return None
+
+
+if _C is not None:
+    for _name in TENSOR_OPS:
+        torch.library.register_fake(f"fastrecur_C::{_name}")(_fake_writes_in_place)
+
 
 def available() -> bool:
     """True when ``fastrecur._C`` is built and loaded."""
