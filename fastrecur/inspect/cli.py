@@ -1,7 +1,8 @@
 """``fastrecur inspect CHECKPOINT (DATASET | --puzzle "...")``: look inside a trained model's recursion.
 
 Writes to ``--out``: ``steps.png`` (the first puzzle's grid after each ACT step: givens bold, violations red,
-changed cells grey), ``residuals.png`` (forward residual of each state over all inner updates, log scale),
+changed cells grey; ARC: input, prediction per step and target in the ARC palette), ``residuals.png``
+(forward residual of each state over all inner updates, log scale),
 ``participation_ratio.png`` (PR of each state over samples x positions), ``accuracy.png`` (exact accuracy
 versus ACT steps run) and ``inspect.json`` with every number plotted. Prints the grids in the terminal too.
 """
@@ -17,7 +18,7 @@ import torch
 
 from fastrecur.ops.reference import IGNORE_LABEL_ID
 
-from .plots import draw_accuracy, draw_bars, draw_residuals, draw_sudoku_steps, text_grid
+from .plots import arc_text_grid, draw_accuracy, draw_arc_steps, draw_bars, draw_residuals, draw_sudoku_steps, text_grid
 from .pr import participation_ratio
 from .trace import trace
 
@@ -71,7 +72,13 @@ def _dataset_batch(path: str, split: str, limit: int) -> dict:
 
 
 def _other_grid(tokens: np.ndarray, cfg) -> str:
-    """A maze (vocabulary of 6) drawn with its characters; any other puzzle as token ids."""
+    """A maze (vocabulary of 6) drawn with its characters, an ARC grid as its colours; any other puzzle as
+    token ids."""
+    from fastrecur.data.arc import arc_canvas_side, crop_grid
+
+    side = arc_canvas_side(cfg.seq_len, cfg.vocab_size)
+    if side:
+        return arc_text_grid(crop_grid(tokens, side))
     if cfg.vocab_size == 6:
         from fastrecur.data import decode_maze
 
@@ -118,6 +125,9 @@ def run(args) -> int:
         print(f"step {i + 1} (q_halt {q0[i]:+.2f}):\n{grid}\n")
         prev = p
 
+    from fastrecur.data.arc import arc_canvas_side, crop_grid
+
+    arc_side = arc_canvas_side(cfg.seq_len, cfg.vocab_size)
     labels = batch["labels"]
     valid = labels != IGNORE_LABEL_ID
     has_labels = bool(valid.any())
@@ -142,6 +152,10 @@ def run(args) -> int:
     try:
         if n:
             draw_sudoku_steps(os.path.join(args.out, "steps.png"), inputs0, preds0, box, q0)
+        elif arc_side:  # input, prediction per step and target in the ARC palette
+            target = crop_grid(batch["labels"][0].cpu().numpy(), arc_side) if has_labels else None
+            draw_arc_steps(os.path.join(args.out, "steps.png"), crop_grid(inputs0, arc_side),
+                           [crop_grid(p, arc_side) for p in preds0], q0, target)
         draw_residuals(os.path.join(args.out, "residuals.png"), residuals, per_step)
         if pr:
             draw_bars(os.path.join(args.out, "participation_ratio.png"), pr, "participation ratio (last ACT step)", "PR")

@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+
 def sudoku_violations(digits: np.ndarray, box: Tuple[int, int]) -> np.ndarray:
     """Bool ``[n, n]``: cells whose digit repeats in their row, column or box (0 = empty, never a violation)."""
     n = digits.shape[0]
@@ -139,6 +140,66 @@ def draw_accuracy(path: str, acc: List[float]) -> None:
     ax.set_ylabel("exact accuracy")
     ax.set_ylim(0, 1.02)
     ax.set_title("what more thinking buys")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----- ARC grids -----
+# The ARC colours 0-9 as the ARC testing interface shows them (black, blue, red, green, yellow, grey, magenta,
+# orange, sky, maroon).
+ARC_PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
+               "#870C25")
+
+
+def arc_text_grid(grid: np.ndarray) -> str:
+    """An ARC grid (colours ``[h, w]``) for the terminal: one digit per cell, ``(empty)`` for a 0-size grid."""
+    g = np.asarray(grid)
+    if g.size == 0:
+        return "(empty)"
+    return "\n".join(" ".join(str(int(x)) for x in row) for row in g)
+
+
+def _draw_arc_grid(ax, grid: np.ndarray, title: str) -> None:
+    from matplotlib.colors import ListedColormap
+
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    g = np.asarray(grid)
+    if g.size == 0:
+        ax.text(0.5, 0.5, "(empty)", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        return
+    ax.imshow(g, cmap=ListedColormap(ARC_PALETTE), vmin=-0.5, vmax=9.5, interpolation="nearest")
+    h, w = g.shape
+    ax.set_xticks(np.arange(-0.5, w, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, h, 1), minor=True)
+    ax.grid(which="minor", color="0.35", lw=0.4)
+    ax.tick_params(which="minor", length=0)
+
+
+def draw_arc_steps(path: str, inputs: np.ndarray, preds: Sequence[np.ndarray], q_halt: Sequence[float],
+                   target: Optional[np.ndarray] = None) -> None:
+    """ARC grids in the ARC palette: the input, the prediction after each ACT step (title: q_halt, and right or
+    wrong when ``target`` is given), and the target. Each argument is a grid of colours ``[h, w]`` (crop token
+    sequences first with :func:`fastrecur.data.arc.crop_grid`)."""
+    if len(preds) != len(q_halt):
+        raise ValueError(f"preds and q_halt must have one entry per ACT step, got {len(preds)} and {len(q_halt)}")
+    plt = _plt()
+    panels = [(inputs, "input")]
+    for i, (p, q) in enumerate(zip(preds, q_halt)):
+        mark = "" if target is None else (" right" if np.array_equal(p, target) else " wrong")
+        panels.append((p, f"step {i + 1} q_halt {q:+.1f}{mark}"))
+    if target is not None:
+        panels.append((target, "target"))
+    cols = min(len(panels), 6)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (g, title) in zip(axes.flat, panels):
+        _draw_arc_grid(ax, g, title)
+    fig.suptitle("ARC: input, prediction per ACT step, target", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -49,6 +49,15 @@ def is_arc_dataset(root: str) -> bool:
     return os.path.isfile(os.path.join(os.fspath(root), "test_puzzles.json"))
 
 
+def evaluator_for(dataset, save_dir: Optional[str] = None) -> Optional["ARCEvaluator"]:
+    """An :class:`ARCEvaluator` for a :class:`~fastrecur.data.format.PuzzleDataset` when it is the test split of
+    an ARC dataset (its root holds ``test_puzzles.json``), else None."""
+    root, split = getattr(dataset, "root", None), getattr(dataset, "split", None)
+    if root is None or split != "test" or not is_arc_dataset(root):
+        return None
+    return ARCEvaluator(root, blank_identifier_id=dataset.metadata.blank_identifier_id, save_dir=save_dir)
+
+
 class ARCEvaluator:
     """Accumulates votes of per-example predictions and scores them (see the module docstring).
 
@@ -56,12 +65,16 @@ class ARCEvaluator:
         data_path: the ARC dataset folder, with ``identifiers.json`` and ``test_puzzles.json``.
         blank_identifier_id: the identifier of padding rows (the dataset's ``blank_identifier_id``, 0).
         pass_ks: the K of each pass@K reported (the reference's 1, 2, 5, 10, 100, 1000).
+        save_dir: where :func:`fastrecur.train.evaluate.evaluate_model` has ``submission.json`` written (None:
+            not written).
 
     Raises FileNotFoundError naming the missing file, ValueError for a malformed one.
     """
 
-    def __init__(self, data_path: str, *, blank_identifier_id: int = 0, pass_ks: Sequence[int] = PASS_KS):
+    def __init__(self, data_path: str, *, blank_identifier_id: int = 0, pass_ks: Sequence[int] = PASS_KS,
+                 save_dir: Optional[str] = None):
         root = os.fspath(data_path)
+        self.save_dir = save_dir
         self.identifiers = self._load(root, "identifiers.json", list)
         self.test_puzzles = self._load(root, "test_puzzles.json", dict)
         if not all(isinstance(n, str) for n in self.identifiers):
@@ -187,9 +200,4 @@ def write_submission(path: str, submission: Dict[str, list]) -> None:
     _atomic_write(os.fspath(path), lambda f: f.write(text))
 
 
-def format_arc_metrics(m: Dict[str, float]) -> str:
-    """``pass@1 0.1234 | pass@2 ...`` for a log line."""
-    return " | ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in m.items() if k.startswith("ARC/"))
-
-
-__all__ = ["ARCEvaluator", "PASS_KS", "format_arc_metrics", "is_arc_dataset", "write_submission"]
+__all__ = ["ARCEvaluator", "PASS_KS", "evaluator_for", "is_arc_dataset", "write_submission"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Dict, Optional
 
@@ -54,10 +55,11 @@ def halting_rule(model, halting: str) -> str:
 @torch.no_grad()
 def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torch.device, *, rank: int = 0, world_size: int = 1,
                    max_batches: Optional[int] = None, halting: str = "max_steps",
-                   max_steps: Optional[int] = None) -> Dict[str, float]:
+                   max_steps: Optional[int] = None, arc=None) -> Dict[str, float]:
     """Metrics of ``head`` (an ``ACTLossHead``) on ``dataset`` (``iter_eval``); summed over ranks when
-    distributed. ``halting`` and ``max_steps``: see the module docstring. The head is left in eval mode; the
-    caller restores train mode."""
+    distributed. ``halting`` and ``max_steps``: see the module docstring. ``arc``: an
+    :class:`~fastrecur.train.arc_eval.ARCEvaluator`, given each row's final prediction and q_halt logit; its
+    ``ARC/pass@K`` metrics join the result. The head is left in eval mode; the caller restores train mode."""
     if not hasattr(dataset, "iter_eval"):
         raise TypeError(f"dataset must have iter_eval(batch_size, rank=, world_size=), got {type(dataset).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -67,6 +69,8 @@ def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torc
     mode = halting_rule(model, halting)
     on_q_continue = getattr(model, "halt_on_q_continue", False)
     sums = torch.zeros(len(_KEYS), dtype=torch.float64, device=device)
+    if arc is not None:
+        arc.reset()
     for i, (batch, n_valid) in enumerate(dataset.iter_eval(batch_size, rank=rank, world_size=world_size)):
         if max_batches is not None and i >= max_batches:
             break
@@ -75,6 +79,8 @@ def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torc
         rows = labels.shape[0]
         valid_rows = torch.arange(rows, device=device) < int(n_valid)
         res = engine.solve(model, batch, halting=mode, max_steps=max_steps, return_step_predictions=True)
+        if arc is not None:  # padding rows carry the blank identifier, which the evaluator skips
+            arc.update(batch["inputs"], res.predictions, res.q_halt_logits, batch["puzzle_identifiers"])
         # Where the Q head would first have halted each row (the last step if never): what ACT would cost.
         wants = (res.step_q_halt_logits > res.step_q_continue_logits) if on_q_continue else (res.step_q_halt_logits > 0)
         wants[-1] = True
@@ -95,12 +101,15 @@ def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torc
     count = max(vals[0], 1.0)
     out = {k: v / count for k, v in zip(_KEYS[1:], vals[1:])}
     out["count"] = int(vals[0])
+    if arc is not None:
+        out.update(arc.result(arc.save_dir, rank=rank, world_size=world_size))
     return out
 
 
 def format_metrics(m: Dict[str, float]) -> str:
     return (f"exact {m['exact_accuracy']:.4f} | token {m['accuracy']:.4f} | steps {m['steps']:.2f} | halt step {m['halt_step']:.2f} "
-            f"(exact there {m['exact_accuracy_at_halt']:.4f}) | lm_loss {m['lm_loss']:.4f} | n={m['count']}")
+            f"(exact there {m['exact_accuracy_at_halt']:.4f}) | lm_loss {m['lm_loss']:.4f} | n={m['count']}"
+            + "".join(f" | {k[4:]} {v:.4f}" for k, v in m.items() if k.startswith("ARC/")))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy")
     parser.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (quick look)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--submission", default=None, metavar="DIR",
+                        help="ARC datasets: folder for submission.json (default: CHECKPOINT's folder)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,8 +153,14 @@ def run(args) -> int:
         print(f"fastrecur eval: {e}", file=sys.stderr)
         return 1
     ds = PuzzleDataset(args.dataset, split=args.split)
+    from .arc_eval import evaluator_for
+
+    ckpt_dir = args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(os.path.abspath(args.checkpoint))
+    arc = evaluator_for(ds, args.submission or ckpt_dir)
     m = evaluate_model(head, ds, args.batch_size, device, max_batches=args.max_batches, halting=args.halting,
-                       max_steps=args.steps)
+                       max_steps=args.steps, arc=arc)
+    if arc is not None:
+        print(f"ARC submission: {os.path.join(arc.save_dir, 'submission.json')}", file=sys.stderr)
     if args.json:
         print(json.dumps(m, indent=2))
     else:

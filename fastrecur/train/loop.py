@@ -6,6 +6,7 @@ by default) scaled by ``1 / global_batch_size``; with several ranks the gradient
 all-reduce (no DDP wrapper, as the reference), the puzzle-embedding rows are all-gathered by the sparse
 optimiser, and rank 0 writes checkpoints, metrics and the plot.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,12 +27,26 @@ from fastrecur.models import ACTLossHead
 from .config import MODEL_CLASSES, TrainConfig, model_config, split_arch
 from .evaluate import evaluate_model, format_metrics, resolve_device
 from .optim import EMAHelper, build_optimizers, cosine_schedule_with_warmup_lr_lambda
-from .state import (CheckpointError, carry_from_state, carry_to_state, check_run_folder, read_model_state, read_train_state,
-                    restore_fallback, rng_state, save_run_checkpoint, set_rng_state, write_fallback, write_json)
+from .state import (
+    CheckpointError,
+    carry_from_state,
+    carry_to_state,
+    check_run_folder,
+    read_model_state,
+    read_train_state,
+    restore_fallback,
+    rng_state,
+    save_run_checkpoint,
+    set_rng_state,
+    write_fallback,
+    write_json,
+)
 
 TRAIN_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps")
 EVAL_KEYS = ("accuracy", "exact_accuracy", "steps", "halt_step", "exact_accuracy_at_halt", "lm_loss")
-CSV_FIELDS = ["step", "epoch", "elapsed_s", "lr"] + [f"train_{k}" for k in TRAIN_KEYS] + [f"eval_{k}" for k in EVAL_KEYS]
+CSV_FIELDS = (
+    ["step", "epoch", "elapsed_s", "lr"] + [f"train_{k}" for k in TRAIN_KEYS] + [f"eval_{k}" for k in EVAL_KEYS]
+)
 
 
 def metadata_dict(metadata: Any) -> Dict[str, Any]:
@@ -96,15 +111,26 @@ class Trainer:
         log: where messages go (rank 0 only).
     """
 
-    def __init__(self, config: TrainConfig, train_ds, eval_ds=None, *, rank: int = 0, world_size: int = 1,
-                 resume: Optional[str] = None, log: Callable[[str], None] = _log):
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_ds,
+        eval_ds=None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        resume: Optional[str] = None,
+        log: Callable[[str], None] = _log,
+    ):
         self.config = config.validate()
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.log = log if self.is_main else (lambda s: None)
         self.train_ds, self.eval_ds = train_ds, eval_ds
         if config.global_batch_size % world_size:
-            raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by world_size {world_size}")
+            raise ValueError(
+                f"global_batch_size {config.global_batch_size} is not divisible by world_size {world_size}"
+            )
         self.device = resolve_device(config.device)
         if self.device.type == "cuda" and self.device.index is None and world_size > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -127,9 +153,15 @@ class Trainer:
                     dist.broadcast(t, src=0)
         self.params = list(self.head.parameters())
         self.optimizers, self.base_lrs = build_optimizers(
-            self.head, lr=config.lr, puzzle_emb_lr=config.puzzle_emb_lr, weight_decay=config.weight_decay,
-            puzzle_emb_weight_decay=config.puzzle_emb_weight_decay, betas=(config.beta1, config.beta2), world_size=world_size,
-            freeze_weights=config.freeze_weights)
+            self.head,
+            lr=config.lr,
+            puzzle_emb_lr=config.puzzle_emb_lr,
+            weight_decay=config.weight_decay,
+            puzzle_emb_weight_decay=config.puzzle_emb_weight_decay,
+            betas=(config.beta1, config.beta2),
+            world_size=world_size,
+            freeze_weights=config.freeze_weights,
+        )
         self.ema = None
         if config.ema:
             self.ema = EMAHelper(mu=config.ema_rate)
@@ -139,7 +171,9 @@ class Trainer:
             self.total_steps = config.max_steps
         else:
             md = self.metadata
-            self.total_steps = int(config.epochs * md["total_groups"] * md["mean_puzzle_examples"] / config.global_batch_size)
+            self.total_steps = int(
+                config.epochs * md["total_groups"] * md["mean_puzzle_examples"] / config.global_batch_size
+            )
         if self.total_steps < 1:
             raise ValueError("the run has no steps: raise epochs or max_steps")
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
@@ -159,8 +193,15 @@ class Trainer:
 
     # ----- config.json -----
     def config_json(self) -> Dict[str, Any]:
-        return {"format": "fastrecur-model", "model_class": self.model_class, "model_config": self.model_cfg, "loss_type": self.loss_type,
-                "arch": self.config.arch, "train": self.config.to_dict(), "data": self.metadata}
+        return {
+            "format": "fastrecur-model",
+            "model_class": self.model_class,
+            "model_config": self.model_cfg,
+            "loss_type": self.loss_type,
+            "arch": self.config.arch,
+            "train": self.config.to_dict(),
+            "data": self.metadata,
+        }
 
     # ----- one step -----
     def train_step(self, batch: Dict[str, torch.Tensor]) -> None:
@@ -179,13 +220,18 @@ class Trainer:
                 dist.all_reduce(flat)
                 off = 0
                 for g in grads:
-                    g.copy_(flat[off:off + g.numel()].view_as(g))
+                    g.copy_(flat[off : off + g.numel()].view_as(g))
                     off += g.numel()
         if self.config.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip_norm)
         for opt, base_lr in zip(self.optimizers, self.base_lrs):
-            self.lr = cosine_schedule_with_warmup_lr_lambda(self.step, base_lr=base_lr, num_warmup_steps=self.config.lr_warmup_steps,
-                                                            num_training_steps=self.total_steps, min_ratio=self.config.lr_min_ratio)
+            self.lr = cosine_schedule_with_warmup_lr_lambda(
+                self.step,
+                base_lr=base_lr,
+                num_warmup_steps=self.config.lr_warmup_steps,
+                num_training_steps=self.total_steps,
+                min_ratio=self.config.lr_min_ratio,
+            )
             for group in opt.param_groups:
                 group["lr"] = self.lr
             opt.step()
@@ -194,9 +240,15 @@ class Trainer:
             self.ema.update(self.head.model)
         if self.device.type == "cuda":
             self.head.model.check_inputs = False  # the first batch was checked; skip the per-call host sync
-        vals = torch.stack([metrics.get("count").to(torch.float64)] +
-                           [metrics[k].to(torch.float64) if k in metrics else torch.zeros((), dtype=torch.float64, device=self.device)
-                            for k in TRAIN_KEYS])
+        vals = torch.stack(
+            [metrics.get("count").to(torch.float64)]
+            + [
+                metrics[k].to(torch.float64)
+                if k in metrics
+                else torch.zeros((), dtype=torch.float64, device=self.device)
+                for k in TRAIN_KEYS
+            ]
+        )
         self._acc = vals if self._acc is None else self._acc + vals
         self._acc_steps += 1
 
@@ -225,8 +277,13 @@ class Trainer:
             model = copy.deepcopy(self.head)
             self.ema.copy_to(model.model)
         bs = self.config.eval_batch_size or self.config.global_batch_size
+        from .arc_eval import evaluator_for  # ARC test split: pass@K too, submission.json in the run folder
+
+        arc = evaluator_for(self.eval_ds, self.config.out_dir)
         try:
-            return evaluate_model(model, self.eval_ds, bs, self.device, rank=self.rank, world_size=self.world_size)
+            return evaluate_model(
+                model, self.eval_ds, bs, self.device, rank=self.rank, world_size=self.world_size, arc=arc
+            )
         finally:
             self.head.train()
 
@@ -246,25 +303,50 @@ class Trainer:
             ranks = [mine]
         folder = None
         if self.is_main:
-            state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
-                     "total_steps": self.total_steps, "world_size": self.world_size, "lr": self.lr,
-                     "optimizers": [opt.state_dict() for opt in self.optimizers], "ranks": ranks}
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "elapsed": self.elapsed,
+                "total_steps": self.total_steps,
+                "world_size": self.world_size,
+                "lr": self.lr,
+                "optimizers": [opt.state_dict() for opt in self.optimizers],
+                "ranks": ranks,
+            }
             ema_model = self.ema.ema_copy(self.head.model) if self.ema is not None else None
             cfg = self.config_json()
             try:
-                folder = save_run_checkpoint(self.config.out_dir, self.step, model=self.head.model, ema_model=ema_model,
-                                             config_json=cfg, train_state=state, keep=self.config.keep_checkpoints)
+                folder = save_run_checkpoint(
+                    self.config.out_dir,
+                    self.step,
+                    model=self.head.model,
+                    ema_model=ema_model,
+                    config_json=cfg,
+                    train_state=state,
+                    keep=self.config.keep_checkpoints,
+                )
                 write_json(os.path.join(self.config.out_dir, "config.json"), cfg)
             except Exception as e:  # noqa: BLE001 -- whatever failed, keep the state, then report
                 try:
-                    path = write_fallback(self.config.out_dir, self.step, model=self.head.model, ema_model=ema_model,
-                                          config_json=cfg, train_state=state)
+                    path = write_fallback(
+                        self.config.out_dir,
+                        self.step,
+                        model=self.head.model,
+                        ema_model=ema_model,
+                        config_json=cfg,
+                        train_state=state,
+                    )
                 except OSError as e2:
-                    raise CheckpointError(f"writing the checkpoint of step {self.step} failed ({type(e).__name__}: {e}), and so did "
-                                          f"its fallback file ({e2}): the state of this run could not be saved") from e
-                raise CheckpointError(f"writing the checkpoint of step {self.step} failed ({type(e).__name__}: {e}); the run's "
-                                      f"state was saved to {path} instead: fix the cause, then resume with "
-                                      f"--resume {path}") from e
+                    raise CheckpointError(
+                        f"writing the checkpoint of step {self.step} failed ({type(e).__name__}: {e}), and so did "
+                        f"its fallback file ({e2}): the state of this run could not be saved"
+                    ) from e
+                raise CheckpointError(
+                    f"writing the checkpoint of step {self.step} failed ({type(e).__name__}: {e}); the run's "
+                    f"state was saved to {path} instead: fix the cause, then resume with "
+                    f"--resume {path}"
+                ) from e
         if self.world_size > 1:
             dist.barrier()
         return folder
@@ -288,10 +370,14 @@ class Trainer:
         if self.ema is not None and not os.path.isfile(os.path.join(folder, "ema.safetensors")):
             raise CheckpointError(f"{folder!r} has no ema.safetensors but this run uses EMA")
         if state["world_size"] != self.world_size:
-            raise CheckpointError(f"{folder!r} was written by {state['world_size']} rank(s); resuming it exactly needs the same number, "
-                                  f"this run has {self.world_size}")
+            raise CheckpointError(
+                f"{folder!r} was written by {state['world_size']} rank(s); resuming it exactly needs the same number, "
+                f"this run has {self.world_size}"
+            )
         if len(state["optimizers"]) != len(self.optimizers):
-            raise CheckpointError(f"{folder!r} holds {len(state['optimizers'])} optimiser states, this run has {len(self.optimizers)}")
+            raise CheckpointError(
+                f"{folder!r} holds {len(state['optimizers'])} optimiser states, this run has {len(self.optimizers)}"
+            )
         rank_state = state["ranks"][self.rank]
         carry = carry_from_state(rank_state["carry"], self.device)
         ema_shadow = None
@@ -338,7 +424,12 @@ class Trainer:
         self.history = [{k: v for k, v in r.items()} for r in rows]
 
     def _csv_row(self, train: Optional[Dict[str, float]], ev: Optional[Dict[str, float]]) -> None:
-        row: Dict[str, Any] = {"step": self.step, "epoch": self.epoch, "elapsed_s": round(self.elapsed, 2), "lr": self.lr}
+        row: Dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "elapsed_s": round(self.elapsed, 2),
+            "lr": self.lr,
+        }
         for k, v in (train or {}).items():
             row[f"train_{k}"] = v
         for k in EVAL_KEYS:
@@ -357,15 +448,23 @@ class Trainer:
             check_run_folder(cfg.out_dir, plot=cfg.plot)
             self._csv_start()
             n_params = sum(p.numel() for p in self.params)
-            self.log(f"{self.model_class} ({n_params:,} parameters) | {self.total_steps} steps of {cfg.global_batch_size} "
-                     f"({self.world_size} rank(s), {self.device}) | out: {cfg.out_dir}")
+            self.log(
+                f"{self.model_class} ({n_params:,} parameters) | {self.total_steps} steps of {cfg.global_batch_size} "
+                f"({self.world_size} rank(s), {self.device}) | out: {cfg.out_dir}"
+            )
         progress = Progress(cfg.progress, self.total_steps, self.step, self.is_main, self.log)
         t_start, elapsed0 = time.time(), self.elapsed
         stop = self.step >= self.total_steps
         while not stop:
             got = False
-            for batch in self.train_ds.iter_train(cfg.global_batch_size, seed=cfg.seed, epoch=self.epoch, rank=self.rank,
-                                                  world_size=self.world_size, start_batch=self.batch_in_epoch):
+            for batch in self.train_ds.iter_train(
+                cfg.global_batch_size,
+                seed=cfg.seed,
+                epoch=self.epoch,
+                rank=self.rank,
+                world_size=self.world_size,
+                start_batch=self.batch_in_epoch,
+            ):
                 got = True
                 self.train_step(batch)
                 self.batch_in_epoch += 1
@@ -390,8 +489,11 @@ class Trainer:
                     self.last_eval = ev
                 if self.is_main and do_log:
                     self._csv_row(train_m, ev)
-                    progress.update(self.step, f"loss {train_m['lm_loss']:.4f} acc {train_m['accuracy']:.3f} "
-                                               f"exact {train_m['exact_accuracy']:.3f} steps {train_m['steps']:.1f} lr {self.lr:.2e}")
+                    progress.update(
+                        self.step,
+                        f"loss {train_m['lm_loss']:.4f} acc {train_m['accuracy']:.3f} "
+                        f"exact {train_m['exact_accuracy']:.3f} steps {train_m['steps']:.1f} lr {self.lr:.2e}",
+                    )
                     if ev is not None:
                         progress.write(f"[eval @ step {self.step}] {format_metrics(ev)}")
                 if last or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
@@ -411,8 +513,10 @@ class Trainer:
         if self.is_main:
             if cfg.plot:
                 self.plot()
-            self.log(f"done: step {self.step} in {self.elapsed / 60:.1f} min" +
-                     (f" | eval: {format_metrics(self.last_eval)}" if self.last_eval else ""))
+            self.log(
+                f"done: step {self.step} in {self.elapsed / 60:.1f} min"
+                + (f" | eval: {format_metrics(self.last_eval)}" if self.last_eval else "")
+            )
         return summary
 
     # ----- plot -----
@@ -441,8 +545,12 @@ class Trainer:
         ax1.set_xlabel("step")
         ax1.set_yscale("log")
         ax1.legend()
-        for key, label, style in (("train_accuracy", "train token acc", "-"), ("train_exact_accuracy", "train exact acc", "-"),
-                                  ("eval_accuracy", "eval token acc", "o-"), ("eval_exact_accuracy", "eval exact acc", "o-")):
+        for key, label, style in (
+            ("train_accuracy", "train token acc", "-"),
+            ("train_exact_accuracy", "train exact acc", "-"),
+            ("eval_accuracy", "eval token acc", "o-"),
+            ("eval_exact_accuracy", "eval exact acc", "o-"),
+        ):
             xs, ys = series(key)
             if xs:
                 ax2.plot(xs, ys, style, label=label)

@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_mutually_exclusive_group(required=True)
     g.add_argument("--puzzle", help="Sudoku string, '.' or '0' for blanks (e.g. '1..4....2..1.3..')")
     g.add_argument("--tokens", help="token ids separated by spaces or commas (any dataset)")
+    g.add_argument("--grid", help="ARC: the input grid as JSON, e.g. '[[0,1],[2,3]]' (a model trained on "
+                                  "`fastrecur data arc`; its task: --puzzle-id, an index in identifiers.json)")
+    parser.add_argument("--target", help="ARC: the expected output grid as JSON (each step marked right or wrong)")
+    parser.add_argument("--png", help="ARC: draw the input, the prediction per ACT step and the target to this PNG")
     parser.add_argument("--steps", type=int, default=None,
                         help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)")
     parser.add_argument("--halting", default="max_steps", choices=("max_steps", "q"),
@@ -83,8 +87,21 @@ def run(args) -> int:
     meta = info["config"].get("data", {})
     seq_len = cfg.seq_len
     sudoku = args.puzzle is not None
+    from fastrecur.data.arc import arc_canvas_side, crop_grid, encode_grid_pair, parse_grid_json
+    from fastrecur.inspect.plots import arc_text_grid, draw_arc_steps
+
+    arc_side = arc_canvas_side(seq_len, cfg.vocab_size)
     try:
-        if sudoku:
+        target = None
+        if (args.grid or args.target or args.png) and not arc_side:
+            raise ValueError("--grid, --target and --png need a model trained on ARC data (vocabulary 12, square "
+                             "seq_len)")
+        if args.target:
+            target = parse_grid_json(args.target, "--target", arc_side)
+        if args.grid:
+            grid = parse_grid_json(args.grid, "--grid", arc_side)
+            inputs = encode_grid_pair(grid, grid, arc_side)[0].astype(np.int64)
+        elif sudoku:
             from fastrecur.data import encode_sudoku
 
             inputs = encode_sudoku(args.puzzle).astype(np.int64)
@@ -108,17 +125,28 @@ def run(args) -> int:
         from fastrecur.data.sudoku import BOX_SHAPES
 
         box = BOX_SHAPES.get(n)
-    render = (lambda t: format_grid(_sudoku_cells(t), n, box)) if sudoku else (
+    render = (lambda t: arc_text_grid(crop_grid(t, arc_side))) if arc_side else \
+        (lambda t: format_grid(_sudoku_cells(t), n, box)) if sudoku else (
         lambda t: format_grid([str(x) for x in t.tolist()], n, None) if n * n == seq_len else " ".join(str(x) for x in t.tolist()))
     print(f"puzzle ({info['weights']}):\n{render(inputs)}\n")
     prev = None
     preds = inputs
+    arc_steps = []
     for step, preds, q_halt in step_predictions(head, inputs, pid, steps, device, args.halting):
         changed = "" if prev is None else f", {int((preds != prev).sum())} cell(s) changed"
         would = "halt" if q_halt > 0 else "continue"
         print(f"step {step}: q_halt {q_halt:+.2f} ({would}){changed}\n{render(preds)}\n")
         prev = preds
-    if sudoku:
+        arc_steps.append((crop_grid(preds, arc_side), q_halt) if arc_side else None)
+    if arc_side:
+        answer = arc_steps[-1][0]
+        right = "" if target is None else f"  ({'right' if np.array_equal(answer, target) else 'wrong'})"
+        print(f"answer: {answer.tolist()}{right}")
+        if args.png:
+            draw_arc_steps(args.png, crop_grid(inputs, arc_side), [g for g, _ in arc_steps], [q for _, q in arc_steps],
+                           target)
+            print(f"drawn to {args.png}")
+    elif sudoku:
         from fastrecur.data import decode_sudoku, is_valid_solution
 
         cells = _sudoku_cells(preds)
