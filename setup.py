@@ -5,6 +5,7 @@ CUDA part when nvcc and a CUDA build of torch are present). ``FASTRECUR_NO_EXT=1
 then runs on its eager path and ``fastrecur.backends()`` says why the C++ backend is missing.
 A failed extension build fails the install.
 """
+
 import os
 import sys
 

@@ -1,4 +1,5 @@
 """Loading reference checkpoints and saving fastrecur's, safely (no arbitrary unpickling, atomic writes)."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,10 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {path!r} could not be read as a weights-only torch file (truncated, corrupted, or it "
-                         f"contains objects other than tensors): {e}") from e
+        raise ValueError(
+            f"checkpoint {path!r} could not be read as a weights-only torch file (truncated, corrupted, or it "
+            f"contains objects other than tensors): {e}"
+        ) from e
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -65,7 +68,7 @@ def normalize_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]
             stripped = False
             for p in _PREFIXES:
                 if k.startswith(p):
-                    k, stripped = k[len(p):], True
+                    k, stripped = k[len(p) :], True
         out[k] = v
     return out
 
@@ -104,24 +107,37 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: PathOrState, strict: b
         unexpected_keys=sorted(set(state) - set(own)),
     )
     if strict and (result.missing_keys or result.unexpected_keys):
-        raise ValueError(f"checkpoint does not match {type(target).__name__}: missing keys {result.missing_keys}, "
-                         f"unexpected keys {result.unexpected_keys}")
-    if _PUZZLE_EMB_KEY in state and _PUZZLE_EMB_KEY in own and state[_PUZZLE_EMB_KEY].shape != own[_PUZZLE_EMB_KEY].shape:
+        raise ValueError(
+            f"checkpoint does not match {type(target).__name__}: missing keys {result.missing_keys}, "
+            f"unexpected keys {result.unexpected_keys}"
+        )
+    if (
+        _PUZZLE_EMB_KEY in state
+        and _PUZZLE_EMB_KEY in own
+        and state[_PUZZLE_EMB_KEY].shape != own[_PUZZLE_EMB_KEY].shape
+    ):
         saved, want = state[_PUZZLE_EMB_KEY], own[_PUZZLE_EMB_KEY].shape
         if saved.dim() != 2 or saved.shape[1] != want[1]:
-            raise ValueError(f"{_PUZZLE_EMB_KEY}: saved shape {tuple(saved.shape)} has a different embedding width than {tuple(want)}")
+            raise ValueError(
+                f"{_PUZZLE_EMB_KEY}: saved shape {tuple(saved.shape)} has another embedding width than {tuple(want)}"
+            )
         state[_PUZZLE_EMB_KEY] = saved.mean(dim=0, keepdim=True).expand(want).contiguous()
         result.resized[_PUZZLE_EMB_KEY] = (tuple(saved.shape), tuple(want))
     for k in set(state) & set(own):
         if state[k].shape != own[k].shape:
-            raise ValueError(f"checkpoint key {k!r} has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)}")
+            raise ValueError(
+                f"checkpoint key {k!r} has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)}"
+            )
     target.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     if _PUZZLE_EMB_KEY in result.resized:
         saved, want = result.resized[_PUZZLE_EMB_KEY]
-        warnings.warn(f"the checkpoint's puzzle-embedding table {_PUZZLE_EMB_KEY} has shape {saved}, the model's has {want}: "
-                      f"every row was reset to the mean of the saved rows (as the reference does), so the trained "
-                      f"per-puzzle embeddings are lost; build the model with num_puzzle_identifiers={saved[0]} to keep them",
-                      PuzzleEmbeddingResetWarning, stacklevel=2)
+        warnings.warn(
+            f"the checkpoint's puzzle-embedding table {_PUZZLE_EMB_KEY} has shape {saved}, the model's has {want}: "
+            f"every row was reset to the mean of the saved rows (as the reference does), so the trained "
+            f"per-puzzle embeddings are lost; build the model with num_puzzle_identifiers={saved[0]} to keep them",
+            PuzzleEmbeddingResetWarning,
+            stacklevel=2,
+        )
     return result
 
 

@@ -1,6 +1,7 @@
 """Optimisers, schedule and EMA of fastrecur.train: argument checks, state round trips, hand-checked schedule values.
 
 Their updates are held against the reference code's own outputs in test_recipe_reference.py."""
+
 import math
 
 import pytest
@@ -8,8 +9,14 @@ import torch
 from torch import nn
 
 from fastrecur.nn.linear import CastedSparseEmbedding
-from fastrecur.train.optim import (AdamATan2, EMAHelper, SparseEmbeddingSignSGD, build_optimizers,
-                                   cosine_schedule_with_warmup_lr_lambda, sparse_sign_sgd_)
+from fastrecur.train.optim import (
+    AdamATan2,
+    EMAHelper,
+    SparseEmbeddingSignSGD,
+    build_optimizers,
+    cosine_schedule_with_warmup_lr_lambda,
+    sparse_sign_sgd_,
+)
 
 
 def test_adam_atan2_low_precision_math_and_frozen_parameters():
@@ -54,10 +61,17 @@ def test_adam_atan2_state_dict_resumes_exactly():
     assert torch.equal(p1, p3)
 
 
-@pytest.mark.parametrize("kwargs,err", [
-    (dict(lr=-1.0), ValueError), (dict(betas=(1.0, 0.9)), ValueError), (dict(betas=(0.9,)), TypeError),
-    (dict(weight_decay=-0.1), ValueError), (dict(lr="x"), TypeError), (dict(betas=(0.9, float("nan"))), TypeError),
-])
+@pytest.mark.parametrize(
+    "kwargs,err",
+    [
+        (dict(lr=-1.0), ValueError),
+        (dict(betas=(1.0, 0.9)), ValueError),
+        (dict(betas=(0.9,)), TypeError),
+        (dict(weight_decay=-0.1), ValueError),
+        (dict(lr="x"), TypeError),
+        (dict(betas=(0.9, float("nan"))), TypeError),
+    ],
+)
 def test_adam_atan2_validates(kwargs, err):
     with pytest.raises(err):
         AdamATan2([nn.Parameter(torch.zeros(2))], **kwargs)
@@ -87,7 +101,9 @@ def test_sparse_sign_sgd_validates():
 
 
 def test_cosine_schedule_with_warmup():
-    f = lambda s, **kw: cosine_schedule_with_warmup_lr_lambda(s, base_lr=2.0, num_warmup_steps=10, num_training_steps=110, **kw)  # noqa: E731
+    def f(s, **kw):
+        return cosine_schedule_with_warmup_lr_lambda(s, base_lr=2.0, num_warmup_steps=10, num_training_steps=110, **kw)
+
     assert f(0) == 0.0 and f(5) == pytest.approx(1.0) and f(10) == pytest.approx(2.0)
     assert f(60) == pytest.approx(1.0)  # halfway through the cosine
     assert f(110) == pytest.approx(0.0, abs=1e-12)
@@ -128,15 +144,40 @@ def test_ema_copy_leaves_the_live_model_and_state_round_trips():
 def test_build_optimizers_as_reference():
     from fastrecur.models import TRM, ACTLossHead
 
-    cfg = dict(batch_size=2, seq_len=4, puzzle_emb_ndim=8, num_puzzle_identifiers=3, vocab_size=5, H_cycles=1, L_cycles=1, H_layers=0,
-               L_layers=1, hidden_size=8, expansion=2, num_heads=1, pos_encodings="rope", halt_max_steps=2, halt_exploration_prob=0.0,
-               forward_dtype="float32", puzzle_emb_len=1)
+    cfg = dict(
+        batch_size=2,
+        seq_len=4,
+        puzzle_emb_ndim=8,
+        num_puzzle_identifiers=3,
+        vocab_size=5,
+        H_cycles=1,
+        L_cycles=1,
+        H_layers=0,
+        L_layers=1,
+        hidden_size=8,
+        expansion=2,
+        num_heads=1,
+        pos_encodings="rope",
+        halt_max_steps=2,
+        halt_exploration_prob=0.0,
+        forward_dtype="float32",
+        puzzle_emb_len=1,
+    )
     head = ACTLossHead(TRM(cfg))
-    opts, lrs = build_optimizers(head, lr=1e-4, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.2, betas=(0.9, 0.95))
+    opts, lrs = build_optimizers(
+        head, lr=1e-4, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.2, betas=(0.9, 0.95)
+    )
     assert [type(o) for o in opts] == [SparseEmbeddingSignSGD, AdamATan2] and lrs == [1e-2, 1e-4]
     adam_params = opts[1].param_groups[0]["params"]
     assert len(opts[1].param_groups) == 1 and len(adam_params) == len(list(head.parameters()))
     assert all(p is not head.model.inner.puzzle_emb.weights for p in adam_params)
-    opts, _ = build_optimizers(head, lr=1e-4, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.2, betas=(0.9, 0.95),
-                               freeze_weights=True)
+    opts, _ = build_optimizers(
+        head,
+        lr=1e-4,
+        puzzle_emb_lr=1e-2,
+        weight_decay=0.1,
+        puzzle_emb_weight_decay=0.2,
+        betas=(0.9, 0.95),
+        freeze_weights=True,
+    )
     assert [type(o) for o in opts] == [SparseEmbeddingSignSGD]

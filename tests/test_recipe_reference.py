@@ -2,6 +2,7 @@
 the adam-atan2 package's update, the sparse sign-SGD of the puzzle embeddings, EMA, the learning-rate
 schedule, the losses and the ACT loss head's metrics. Every expected number here was produced by running the
 reference's code on the stored inputs, not by a re-reading of it."""
+
 import os
 
 import pytest
@@ -43,8 +44,11 @@ def test_adam_atan2_matches_the_package_reference_step(case):
         p.grad = g.clone()
         opt.step()
         state = opt.state[p]
-        for got, want in ((p.detach(), case["out_param"][t]), (state["exp_avg"], case["out_exp_avg"][t]),
-                          (state["exp_avg_sq"], case["out_exp_avg_sq"][t])):
+        for got, want in (
+            (p.detach(), case["out_param"][t]),
+            (state["exp_avg"], case["out_exp_avg"][t]),
+            (state["exp_avg_sq"], case["out_exp_avg_sq"][t]),
+        ):
             assert got.dtype == want.dtype
             torch.testing.assert_close(got, want, rtol=0, atol=atol, msg=lambda m: f"step {t + 1}: {m}")
         assert float(state["step"]) == t + 1
@@ -83,7 +87,9 @@ def test_sparse_sign_sgd_matches_reference(case):
         opt.step()
         opt.zero_grad()
         assert emb.local_weights.grad is None
-        torch.testing.assert_close(emb.weights, case["out_weights"][t], rtol=0, atol=1e-6, msg=lambda m: f"step {t + 1}: {m}")
+        torch.testing.assert_close(
+            emb.weights, case["out_weights"][t], rtol=0, atol=1e-6, msg=lambda m: f"step {t + 1}: {m}"
+        )
 
 
 # ----- EMA -----
@@ -116,9 +122,13 @@ def test_ema_matches_reference(case):
 
 
 # ----- learning-rate schedule -----
-@pytest.mark.parametrize("case", load("lr_schedule.pt")["cases"], ids=lambda c: "-".join(f"{v}" for v in c["kwargs"].values()))
+@pytest.mark.parametrize(
+    "case", load("lr_schedule.pt")["cases"], ids=lambda c: "-".join(f"{v}" for v in c["kwargs"].values())
+)
 def test_lr_schedule_matches_reference(case):
-    got = torch.tensor([cosine_schedule_with_warmup_lr_lambda(int(s), **case["kwargs"]) for s in case["steps"]], dtype=torch.float64)
+    got = torch.tensor(
+        [cosine_schedule_with_warmup_lr_lambda(int(s), **case["kwargs"]) for s in case["steps"]], dtype=torch.float64
+    )
     torch.testing.assert_close(got, case["lr"], rtol=1e-15, atol=0)
 
 
@@ -173,7 +183,9 @@ class _FixedOutputs(nn.Module):
         return _Carry(self.case["labels"], self.case["halted"], self.case["steps"]), dict(self.leaves)
 
 
-@pytest.mark.parametrize("case", LOSSES["head"], ids=lambda c: f"{c['loss_type']}-{c['outputs']['logits'].dtype}-{c['reference']}")
+@pytest.mark.parametrize(
+    "case", LOSSES["head"], ids=lambda c: f"{c['loss_type']}-{c['outputs']['logits'].dtype}-{c['reference']}"
+)
 def test_act_loss_head_matches_reference(case):
     model = _FixedOutputs(case)
     _, loss, metrics, _, all_halted = ACTLossHead(model, loss_type=case["loss_type"])(carry=None, batch={})

@@ -2,6 +2,7 @@
 
 Tiny models (hidden 16, one layer) on a tiny generated 4x4 Sudoku set, CPU, one thread.
 """
+
 import argparse
 import os
 import signal
@@ -23,9 +24,23 @@ from fastrecur.train.state import CheckpointError, resolve_checkpoint_dir
 # installed): training subprocesses import the same one.
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastrecur.__file__)))
 
-TINY_ARCH = dict(name="TRM", H_cycles=2, L_cycles=1, H_layers=0, L_layers=1, hidden_size=16, num_heads=1, expansion=2,
-                 puzzle_emb_ndim=16, puzzle_emb_len=1, pos_encodings="rope", forward_dtype="float32", halt_max_steps=3,
-                 halt_exploration_prob=0.1, no_ACT_continue=True)
+TINY_ARCH = dict(
+    name="TRM",
+    H_cycles=2,
+    L_cycles=1,
+    H_layers=0,
+    L_layers=1,
+    hidden_size=16,
+    num_heads=1,
+    expansion=2,
+    puzzle_emb_ndim=16,
+    puzzle_emb_len=1,
+    pos_encodings="rope",
+    forward_dtype="float32",
+    halt_max_steps=3,
+    halt_exploration_prob=0.1,
+    no_ACT_continue=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +59,24 @@ def one_thread():
 
 
 def tiny_config(data_dir, out_dir, **kw):
-    base = dict(data_path=data_dir, out_dir=str(out_dir), arch=dict(TINY_ARCH), global_batch_size=8, max_steps=12, lr=3e-3,
-                lr_warmup_steps=2, lr_min_ratio=0.1, puzzle_emb_lr=1e-2, ema=True, eval_interval=0, checkpoint_interval=0,
-                log_interval=4, device="cpu", progress="none", seed=3)
+    base = dict(
+        data_path=data_dir,
+        out_dir=str(out_dir),
+        arch=dict(TINY_ARCH),
+        global_batch_size=8,
+        max_steps=12,
+        lr=3e-3,
+        lr_warmup_steps=2,
+        lr_min_ratio=0.1,
+        puzzle_emb_lr=1e-2,
+        ema=True,
+        eval_interval=0,
+        checkpoint_interval=0,
+        log_interval=4,
+        device="cpu",
+        progress="none",
+        seed=3,
+    )
     base.update(kw)
     return TrainConfig.from_dict(base)
 
@@ -116,7 +146,13 @@ def test_reference_arch_yaml_and_overrides(tmp_path):
 def test_arch_yaml_is_read_by_pyyaml(tmp_path):
     path = tmp_path / "a.yaml"
     path.write_text("name: TRM\nrms_norm_eps: 1e-5\nlr: 3.0e-4\nskip: none\nlayers:\n  - 1\n  - {a: 2}\n")
-    assert load_arch_file(str(path)) == {"name": "TRM", "rms_norm_eps": 1e-5, "lr": 3e-4, "skip": "none", "layers": [1, {"a": 2}]}
+    assert load_arch_file(str(path)) == {
+        "name": "TRM",
+        "rms_norm_eps": 1e-5,
+        "lr": 3e-4,
+        "skip": "none",
+        "layers": [1, {"a": 2}],
+    }
     path.write_text("name: TRM\nH_cycles: [1, 2\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_arch_file(str(path))
@@ -143,9 +179,29 @@ def test_cli_build_config():
 
     p = argparse.ArgumentParser()
     cli.add_arguments(p)
-    cfg, spec = cli.build_config(p.parse_args(["--preset", "sudoku-4x4-cpu", "--out", "o", "--lr", "0.002", "--set", "hidden_size=32",
-                                               "H_cycles=3", "--no-ema"]))
-    assert spec["n"] == 4 and cfg.lr == 0.002 and cfg.arch["hidden_size"] == 32 and cfg.arch["H_cycles"] == 3 and cfg.ema is False
+    cfg, spec = cli.build_config(
+        p.parse_args(
+            [
+                "--preset",
+                "sudoku-4x4-cpu",
+                "--out",
+                "o",
+                "--lr",
+                "0.002",
+                "--set",
+                "hidden_size=32",
+                "H_cycles=3",
+                "--no-ema",
+            ]
+        )
+    )
+    assert (
+        spec["n"] == 4
+        and cfg.lr == 0.002
+        and cfg.arch["hidden_size"] == 32
+        and cfg.arch["H_cycles"] == 3
+        and cfg.ema is False
+    )
     cfg, spec = cli.build_config(p.parse_args(["--data", "d", "--arch", "hrm", "--set", "shared_layers=true"]))
     assert spec is None and cfg.arch["shared_layers"] is True and cfg.out_dir == os.path.join("runs", "hrm")
     with pytest.raises(ValueError, match="--data"):
@@ -169,7 +225,9 @@ def test_carry_persists_and_halted_rows_take_new_data(data_dir, tmp_path, one_th
     assert torch.equal(t.carry.current_data["inputs"], b3["inputs"]) and (t.carry.steps == 1).all()
     adam = t.optimizers[-1]
     assert all(float(adam.state[p]["step"]) == 3 for p in t.params)  # one optimiser step per ACT step
-    assert t.step == 3 and t.lr == pytest.approx(3e-3 * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(0.1 * torch.pi)).item())))
+    assert t.step == 3 and t.lr == pytest.approx(
+        3e-3 * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(0.1 * torch.pi)).item()))
+    )
 
 
 def test_fit_writes_run_folder_and_eval_matches_reload(data_dir, tmp_path, one_thread):
@@ -183,12 +241,19 @@ def test_fit_writes_run_folder_and_eval_matches_reload(data_dir, tmp_path, one_t
     ck = resolve_checkpoint_dir(str(out))
     assert os.path.basename(ck) == "step_00000012"
     assert sorted(os.listdir(ck)) == ["config.json", "ema.safetensors", "model.safetensors", "train_state.pt"]
-    assert sorted(os.listdir(out / "checkpoints")) == ["latest.json", "step_00000012"]  # keep_checkpoints=1 pruned step 6
+    assert sorted(os.listdir(out / "checkpoints")) == [
+        "latest.json",
+        "step_00000012",
+    ]  # keep_checkpoints=1 pruned step 6
     lines = (out / "metrics.csv").read_text().strip().splitlines()
     assert lines[0].startswith("step,epoch") and [ln.split(",")[0] for ln in lines[1:]] == ["4", "6", "8", "12"]
     # train_state.pt is weights-only loadable (tensors and plain types only)
     state = torch.load(os.path.join(ck, "train_state.pt"), weights_only=True)
-    assert state["step"] == 12 and len(state["ranks"]) == 1 and state["ranks"][0]["carry"]["inner"]["z_H"].shape == (8, 17, 16)
+    assert (
+        state["step"] == 12
+        and len(state["ranks"]) == 1
+        and state["ranks"][0]["carry"]["inner"]["z_H"].shape == (8, 17, 16)
+    )
     # eval/solve rebuild the model from config.json and get the same numbers (EMA copy by default)
     head, info = load_model(str(out))
     assert info["weights"].endswith("ema.safetensors")
@@ -211,7 +276,9 @@ def test_exact_resume_in_process(data_dir, tmp_path, one_thread):
         a.batch_in_epoch += 1
     a.save()
     torch.manual_seed(1234)  # resume must restore the RNG itself
-    b = Trainer(tiny_config(data_dir, tmp_path / "part", max_steps=14), train_ds, None, resume="auto", log=lambda s: None)
+    b = Trainer(
+        tiny_config(data_dir, tmp_path / "part", max_steps=14), train_ds, None, resume="auto", log=lambda s: None
+    )
     assert b.step == 5 and b.batch_in_epoch == 5 and b.epoch == 0
     b.fit()
     assert b.step == 14
@@ -221,22 +288,74 @@ def test_exact_resume_in_process(data_dir, tmp_path, one_thread):
 
 
 def _train_cmd(data_dir, out, steps):
-    return [sys.executable, "-m", "fastrecur.train.cli", "--data", data_dir, "--out", str(out), "--set", "name=TRM", "H_cycles=2",
-            "L_cycles=1", "H_layers=0", "L_layers=1", "hidden_size=16", "num_heads=1", "expansion=2", "puzzle_emb_ndim=16",
-            "puzzle_emb_len=1", "forward_dtype=float32", "halt_max_steps=3", "halt_exploration_prob=0.1", "--global-batch-size", "8",
-            "--max-steps", str(steps), "--lr", "3e-3", "--lr-warmup-steps", "2", "--ema", "--checkpoint-interval", "5",
-            "--log-interval", "1", "--device", "cpu", "--threads", "1", "--progress", "plain", "--seed", "5"]
+    return [
+        sys.executable,
+        "-m",
+        "fastrecur.train.cli",
+        "--data",
+        data_dir,
+        "--out",
+        str(out),
+        "--set",
+        "name=TRM",
+        "H_cycles=2",
+        "L_cycles=1",
+        "H_layers=0",
+        "L_layers=1",
+        "hidden_size=16",
+        "num_heads=1",
+        "expansion=2",
+        "puzzle_emb_ndim=16",
+        "puzzle_emb_len=1",
+        "forward_dtype=float32",
+        "halt_max_steps=3",
+        "halt_exploration_prob=0.1",
+        "--global-batch-size",
+        "8",
+        "--max-steps",
+        str(steps),
+        "--lr",
+        "3e-3",
+        "--lr-warmup-steps",
+        "2",
+        "--ema",
+        "--checkpoint-interval",
+        "5",
+        "--log-interval",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--progress",
+        "plain",
+        "--seed",
+        "5",
+    ]
 
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(data_dir, tmp_path):
     steps = 40
     env = dict(os.environ, PYTHONPATH=PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # cwd outside the repository, so `python -m` imports the installed package, not the source tree.
-    ref = subprocess.run(_train_cmd(data_dir, tmp_path / "ref", steps), env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    ref = subprocess.run(
+        _train_cmd(data_dir, tmp_path / "ref", steps),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(data_dir, out, steps), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path)
+    proc = subprocess.Popen(
+        _train_cmd(data_dir, out, steps),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
     seen = []
     deadline = time.time() + 240
     for line in proc.stdout:
@@ -246,9 +365,11 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(data_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
-    killed_at = int(os.path.basename(resolve_checkpoint_dir(str(out)))[len("step_"):])
+    killed_at = int(os.path.basename(resolve_checkpoint_dir(str(out)))[len("step_") :])
     assert 10 <= killed_at < steps, "killed before the first checkpoint or after the end"
-    resumed = subprocess.run(_train_cmd(data_dir, out, steps), env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    resumed = subprocess.run(
+        _train_cmd(data_dir, out, steps), env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
     a, _ = load_model(str(tmp_path / "ref"), use_ema=False)
@@ -268,8 +389,16 @@ def _corrupt(path, mode):
         f.write(data[: len(data) // 2] if mode == "truncate" else b"\x00garbage" + data[8:])
 
 
-@pytest.mark.parametrize("victim,mode", [("model.safetensors", "truncate"), ("model.safetensors", "garbage"),
-                                         ("train_state.pt", "truncate"), ("ema.safetensors", "truncate"), ("config.json", "truncate")])
+@pytest.mark.parametrize(
+    "victim,mode",
+    [
+        ("model.safetensors", "truncate"),
+        ("model.safetensors", "garbage"),
+        ("train_state.pt", "truncate"),
+        ("ema.safetensors", "truncate"),
+        ("config.json", "truncate"),
+    ],
+)
 def test_corrupted_checkpoint_is_a_clear_error_and_loads_nothing(data_dir, tmp_path, victim, mode, one_thread):
     train_ds, _ = datasets(data_dir)
     t = Trainer(tiny_config(data_dir, tmp_path / "r", max_steps=3), train_ds, None, log=lambda s: None)
@@ -306,32 +435,42 @@ def test_eval_and_solve_commands(data_dir, tmp_path, capsys, one_thread):
     Trainer(tiny_config(data_dir, tmp_path / "r", max_steps=4), train_ds, test_ds, log=lambda s: None).fit()
     p = argparse.ArgumentParser()
     evaluate.add_arguments(p)
-    assert evaluate.run(p.parse_args([str(tmp_path / "r"), data_dir, "--device", "cpu", "--json", "--batch-size", "5"])) == 0
+    assert (
+        evaluate.run(p.parse_args([str(tmp_path / "r"), data_dir, "--device", "cpu", "--json", "--batch-size", "5"]))
+        == 0
+    )
     out = capsys.readouterr().out
     assert '"exact_accuracy"' in out and '"count": 12' in out
     p = argparse.ArgumentParser()
     solve.add_arguments(p)
-    puzzle = "1..4" "...." "2..1" ".3.."
+    puzzle = "1..4....2..1.3.."
     assert solve.run(p.parse_args([str(tmp_path / "r"), "--puzzle", puzzle])) == 0
     out = capsys.readouterr().out
     assert out.count("step ") == 3 and "q_halt" in out and "answer: " in out and "-+-" in out
     assert solve.run(p.parse_args([str(tmp_path / "r"), "--puzzle", "1..4"])) == 2
 
 
-@pytest.mark.parametrize("arch,sets", [
-    ("hrm", ["H_layers=1", "L_layers=1", "H_cycles=1", "L_cycles=2", "shared_layers=true"]),
-    ("trm_mlp", ["H_cycles=2", "L_cycles=1", "L_layers=1", "puzzle_emb_ndim=0", "puzzle_emb_len=0"]),
-    ("srm", ["H_cycles=2", "L_cycles=1", "L_layers=1", "skip=none", "grad_cycles=2"]),
-    ("flat", ["L_cycles=2", "L_layers=1", "grad_cycles=2"]),
-])
+@pytest.mark.parametrize(
+    "arch,sets",
+    [
+        ("hrm", ["H_layers=1", "L_layers=1", "H_cycles=1", "L_cycles=2", "shared_layers=true"]),
+        ("trm_mlp", ["H_cycles=2", "L_cycles=1", "L_layers=1", "puzzle_emb_ndim=0", "puzzle_emb_len=0"]),
+        ("srm", ["H_cycles=2", "L_cycles=1", "L_layers=1", "skip=none", "grad_cycles=2"]),
+        ("flat", ["L_cycles=2", "L_layers=1", "grad_cycles=2"]),
+    ],
+)
 def test_every_arch_trains(data_dir, tmp_path, arch, sets, one_thread):
     small = ["hidden_size=16", "num_heads=1", "expansion=2", "forward_dtype=float32", "halt_max_steps=2"]
     a = apply_overrides(ARCH_PRESETS[arch], small + sets)
     if arch in ("srm", "trm_mlp") and "puzzle_emb_ndim=0" not in sets:
         a["puzzle_emb_len"] = 1
     train_ds, test_ds = datasets(data_dir)
-    t = Trainer(tiny_config(data_dir, tmp_path, arch=a, max_steps=3, grad_clip_norm=1.0, ema=False), train_ds, test_ds,
-                log=lambda s: None)
+    t = Trainer(
+        tiny_config(data_dir, tmp_path, arch=a, max_steps=3, grad_clip_norm=1.0, ema=False),
+        train_ds,
+        test_ds,
+        log=lambda s: None,
+    )
     before = weights(t)
     summary = t.fit()
     assert summary["step"] == 3 and summary["eval"]["count"] == 12
@@ -341,14 +480,45 @@ def test_every_arch_trains(data_dir, tmp_path, arch, sets, one_thread):
 
 # ----- what the run folder needs, checked before any work; a failed save keeps the state -----
 def _cli_train(data_dir, out, *extra):
-    return ["train", "--data", data_dir, "--out", str(out), "--set", "name=TRM", "H_cycles=1", "L_cycles=1", "H_layers=0", "L_layers=1",
-            "hidden_size=16", "num_heads=1", "expansion=2", "puzzle_emb_ndim=16", "puzzle_emb_len=1", "forward_dtype=float32",
-            "halt_max_steps=2", "--global-batch-size", "8", "--lr-warmup-steps", "1", "--device", "cpu", "--threads", "1",
-            "--progress", "none", "--seed", "1", *extra]
+    return [
+        "train",
+        "--data",
+        data_dir,
+        "--out",
+        str(out),
+        "--set",
+        "name=TRM",
+        "H_cycles=1",
+        "L_cycles=1",
+        "H_layers=0",
+        "L_layers=1",
+        "hidden_size=16",
+        "num_heads=1",
+        "expansion=2",
+        "puzzle_emb_ndim=16",
+        "puzzle_emb_len=1",
+        "forward_dtype=float32",
+        "halt_max_steps=2",
+        "--global-batch-size",
+        "8",
+        "--lr-warmup-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--progress",
+        "none",
+        "--seed",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("missing,extra,says", [("safetensors", (), "safetensors"), ("matplotlib", (), "--no-plot")])
-def test_train_checks_it_can_write_its_files_before_any_work(data_dir, tmp_path, capsys, monkeypatch, missing, extra, says):
+def test_train_checks_it_can_write_its_files_before_any_work(
+    data_dir, tmp_path, capsys, monkeypatch, missing, extra, says
+):
     from fastrecur.cli import main
 
     monkeypatch.setitem(sys.modules, missing, None)  # import raises ImportError, as when it is not installed
@@ -400,7 +570,13 @@ def test_failed_save_keeps_the_state_and_resumes_exactly_from_the_fallback(data_
     assert_same_weights(torch.load(fallback, weights_only=True)["state_dict"], weights(t))
     monkeypatch.undo()
     # Resumed from the fallback, the run continues exactly as one that never failed.
-    r = Trainer(tiny_config(data_dir, out, max_steps=6, checkpoint_interval=4), train_ds, None, resume=fallback, log=lambda s: None)
+    r = Trainer(
+        tiny_config(data_dir, out, max_steps=6, checkpoint_interval=4),
+        train_ds,
+        None,
+        resume=fallback,
+        log=lambda s: None,
+    )
     assert r.step == 4
     r.fit()
     assert_same_weights(weights(full), weights(r))
@@ -409,8 +585,9 @@ def test_failed_save_keeps_the_state_and_resumes_exactly_from_the_fallback(data_
     assert os.path.basename(resolve_checkpoint_dir(str(out))) == "step_00000006"
 
 
-def test_failed_final_save_of_the_train_command_is_one_line_and_keeps_the_run(data_dir, tmp_path, capsys, monkeypatch,
-                                                                                one_thread):
+def test_failed_final_save_of_the_train_command_is_one_line_and_keeps_the_run(
+    data_dir, tmp_path, capsys, monkeypatch, one_thread
+):
     from fastrecur.cli import main
     from fastrecur.train.state import restore_fallback
 
@@ -449,7 +626,9 @@ def test_puzzle_embedding_reset_warns_naming_both_shapes():
     saved = TRM(cfg).state_dict()
     saved["inner.puzzle_emb.weights"] = torch.arange(5 * 16, dtype=torch.float32).view(5, 16)
     model = TRM(dict(cfg, num_puzzle_identifiers=9))
-    with pytest.warns(PuzzleEmbeddingResetWarning, match=r"shape \(5, 16\), the model's has \(9, 16\).*num_puzzle_identifiers=5"):
+    with pytest.warns(
+        PuzzleEmbeddingResetWarning, match=r"shape \(5, 16\), the model's has \(9, 16\).*num_puzzle_identifiers=5"
+    ):
         res = load_checkpoint(model, saved)
     assert res.resized == {"inner.puzzle_emb.weights": ((5, 16), (9, 16))}
     # every row is the mean of the saved rows: row r of arange(80).view(5, 16) is 16 r + c, so the mean row is 32 + c
@@ -482,4 +661,9 @@ def test_train_command_prints_the_puzzle_embedding_reset(data_dir, tmp_path, cap
     capsys.readouterr()
     assert main(_cli_train(str(rebuilt), out, "--max-steps", "2", "--no-plot")) == 0
     err = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
-    assert len(err) == 1 and err[0].startswith("fastrecur train: warning: ") and "(1, 16)" in err[0] and "(3, 16)" in err[0], err
+    assert (
+        len(err) == 1
+        and err[0].startswith("fastrecur train: warning: ")
+        and "(1, 16)" in err[0]
+        and "(3, 16)" in err[0]
+    ), err

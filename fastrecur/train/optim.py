@@ -7,6 +7,7 @@
 - :func:`cosine_schedule_with_warmup_lr_lambda`: linear warmup, then cosine down to ``min_ratio``.
 - :class:`EMAHelper`: exponential moving average of the parameters (the reference ``models/ema.py``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -134,7 +135,9 @@ class SparseEmbeddingSignSGD(Optimizer):
     def __init__(self, embedding: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2, world_size: int = 1):
         for attr in ("weights", "local_weights", "local_ids"):
             if not isinstance(getattr(embedding, attr, None), torch.Tensor):
-                raise TypeError(f"embedding must be a sparse puzzle embedding with a tensor {attr!r} (model.inner.puzzle_emb)")
+                raise TypeError(
+                    f"embedding must be a sparse puzzle embedding with a tensor {attr!r} (model.inner.puzzle_emb)"
+                )
         _check_non_negative("lr", lr)
         _check_non_negative("weight_decay", weight_decay)
         if not isinstance(world_size, int) or world_size < 1:
@@ -156,12 +159,20 @@ class SparseEmbeddingSignSGD(Optimizer):
             return loss
         for group in self.param_groups:
             (weights,) = group["params"]
-            sparse_sign_sgd_(weights, grad, self.embedding.local_ids, group["lr"], group["weight_decay"], group["world_size"])
+            sparse_sign_sgd_(
+                weights, grad, self.embedding.local_ids, group["lr"], group["weight_decay"], group["world_size"]
+            )
         return loss
 
 
-def sparse_sign_sgd_(weights: torch.Tensor, local_grad: torch.Tensor, local_ids: torch.Tensor, lr: float, weight_decay: float,
-                     world_size: int = 1) -> None:
+def sparse_sign_sgd_(
+    weights: torch.Tensor,
+    local_grad: torch.Tensor,
+    local_ids: torch.Tensor,
+    lr: float,
+    weight_decay: float,
+    world_size: int = 1,
+) -> None:
     """The update of :class:`SparseEmbeddingSignSGD` on raw tensors (in place on ``weights``)."""
     if weights.dim() != 2:
         raise ValueError(f"weights must be [num_embeddings, dim], got shape {tuple(weights.shape)}")
@@ -190,12 +201,23 @@ def _all_gather_rows(t: torch.Tensor, world_size: int) -> torch.Tensor:
     return out
 
 
-def cosine_schedule_with_warmup_lr_lambda(current_step: int, *, base_lr: float, num_warmup_steps: int, num_training_steps: int,
-                                          min_ratio: float = 0.0, num_cycles: float = 0.5) -> float:
+def cosine_schedule_with_warmup_lr_lambda(
+    current_step: int,
+    *,
+    base_lr: float,
+    num_warmup_steps: int,
+    num_training_steps: int,
+    min_ratio: float = 0.0,
+    num_cycles: float = 0.5,
+) -> float:
     """Learning rate at ``current_step`` (the reference's function): ``base_lr * step / warmup`` during the
     warmup, then ``base_lr * (min_ratio + (1 - min_ratio) * (1 + cos(2 pi num_cycles progress)) / 2)``.
     ``min_ratio = 1`` (the reference configs) is a constant rate after warmup."""
-    for name, v in (("current_step", current_step), ("num_warmup_steps", num_warmup_steps), ("num_training_steps", num_training_steps)):
+    for name, v in (
+        ("current_step", current_step),
+        ("num_warmup_steps", num_warmup_steps),
+        ("num_training_steps", num_training_steps),
+    ):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"{name} must be an int >= 0, got {v!r}")
     _check_non_negative("base_lr", base_lr)
@@ -203,7 +225,9 @@ def cosine_schedule_with_warmup_lr_lambda(current_step: int, *, base_lr: float, 
     if current_step < num_warmup_steps:
         return base_lr * float(current_step) / float(max(1, num_warmup_steps))
     progress = float(current_step - num_warmup_steps) / float(max(1, num_training_steps - num_warmup_steps))
-    return base_lr * (min_ratio + max(0.0, (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * float(num_cycles) * 2.0 * progress))))
+    return base_lr * (
+        min_ratio + max(0.0, (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * float(num_cycles) * 2.0 * progress)))
+    )
 
 
 class EMAHelper:
@@ -259,8 +283,17 @@ class EMAHelper:
         self.shadow = {n: t.detach().clone() for n, t in state["shadow"].items()}
 
 
-def build_optimizers(loss_head: nn.Module, *, lr: float, puzzle_emb_lr: float, weight_decay: float, puzzle_emb_weight_decay: float,
-                     betas: Tuple[float, float], world_size: int = 1, freeze_weights: bool = False):
+def build_optimizers(
+    loss_head: nn.Module,
+    *,
+    lr: float,
+    puzzle_emb_lr: float,
+    weight_decay: float,
+    puzzle_emb_weight_decay: float,
+    betas: Tuple[float, float],
+    world_size: int = 1,
+    freeze_weights: bool = False,
+):
     """The reference's optimisers: ``[sign-SGD on the puzzle table (if any), AdamATan2 on every parameter]``
     with their base learning rates. As in the reference, one AdamATan2 group holds every parameter, so weight
     decay applies to all of them (embeddings, heads and biases included). ``freeze_weights``: only the
@@ -269,7 +302,9 @@ def build_optimizers(loss_head: nn.Module, *, lr: float, puzzle_emb_lr: float, w
     emb = getattr(model.inner, "puzzle_emb", None) if hasattr(model, "inner") else None
     optimizers, base_lrs = [], []
     if emb is not None:
-        optimizers.append(SparseEmbeddingSignSGD(emb, lr=0.0, weight_decay=puzzle_emb_weight_decay, world_size=world_size))
+        optimizers.append(
+            SparseEmbeddingSignSGD(emb, lr=0.0, weight_decay=puzzle_emb_weight_decay, world_size=world_size)
+        )
         base_lrs.append(puzzle_emb_lr)
     elif freeze_weights:
         raise ValueError("freeze_weights needs a model with puzzle embeddings (puzzle_emb_ndim > 0)")
@@ -279,5 +314,11 @@ def build_optimizers(loss_head: nn.Module, *, lr: float, puzzle_emb_lr: float, w
     return optimizers, base_lrs
 
 
-__all__ = ["AdamATan2", "EMAHelper", "SparseEmbeddingSignSGD", "build_optimizers", "cosine_schedule_with_warmup_lr_lambda",
-           "sparse_sign_sgd_"]
+__all__ = [
+    "AdamATan2",
+    "EMAHelper",
+    "SparseEmbeddingSignSGD",
+    "build_optimizers",
+    "cosine_schedule_with_warmup_lr_lambda",
+    "sparse_sign_sgd_",
+]

@@ -23,6 +23,7 @@ need, a writable folder). If writing a checkpoint fails all the same (a full dis
 else in the temp folder); ``fastrecur train --resume FILE`` (:func:`restore_fallback`) turns it back into a
 checkpoint folder and resumes from it.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,20 +59,26 @@ def check_run_folder(out_dir: str, plot: bool = True) -> None:
     try:
         import safetensors.torch  # noqa: F401
     except ImportError as e:
-        raise CheckpointError(f"checkpoints are written with safetensors, which cannot be imported ({e}): "
-                              "pip install safetensors (a dependency of fastrecur: reinstall it)") from None
+        raise CheckpointError(
+            f"checkpoints are written with safetensors, which cannot be imported ({e}): "
+            "pip install safetensors (a dependency of fastrecur: reinstall it)"
+        ) from None
     if plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError as e:
-            raise CheckpointError(f"the training plot needs matplotlib, which cannot be imported ({e}): "
-                                  "pip install 'fastrecur[plot]', or train with --no-plot") from None
+            raise CheckpointError(
+                f"the training plot needs matplotlib, which cannot be imported ({e}): "
+                "pip install 'fastrecur[plot]', or train with --no-plot"
+            ) from None
     try:
         os.makedirs(out_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise CheckpointError(f"the run folder {out_dir!r} cannot be written ({e.strerror or e}): choose another --out") from None
+        raise CheckpointError(
+            f"the run folder {out_dir!r} cannot be written ({e.strerror or e}): choose another --out"
+        ) from None
 
 
 # ----- JSON -----
@@ -106,8 +113,13 @@ def rng_state(device: torch.device) -> Dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
         "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
-        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "cached": float(np_cached)},
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached": float(np_cached),
+        },
     }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -173,8 +185,10 @@ def resolve_checkpoint_dir(path: str) -> str:
             return os.path.join(base, info["dir"])
     if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model.safetensors")):
         return path
-    raise CheckpointError(f"{path!r} is neither a run folder with checkpoints/{LATEST} nor a checkpoint folder "
-                          "(config.json + model.safetensors)")
+    raise CheckpointError(
+        f"{path!r} is neither a run folder with checkpoints/{LATEST} nor a checkpoint folder "
+        "(config.json + model.safetensors)"
+    )
 
 
 def latest_checkpoint(out_dir: str) -> Optional[str]:
@@ -188,8 +202,16 @@ def latest_checkpoint(out_dir: str) -> Optional[str]:
 Weights = Union[torch.nn.Module, Mapping[str, torch.Tensor]]
 
 
-def save_run_checkpoint(out_dir: str, step: int, *, model: Weights, ema_model: Optional[Weights], config_json: Dict[str, Any],
-                        train_state: Dict[str, Any], keep: int = 2) -> str:
+def save_run_checkpoint(
+    out_dir: str,
+    step: int,
+    *,
+    model: Weights,
+    ema_model: Optional[Weights],
+    config_json: Dict[str, Any],
+    train_state: Dict[str, Any],
+    keep: int = 2,
+) -> str:
     """Write a complete checkpoint folder, then point ``latest.json`` at it, then prune old ones (keeping
     ``keep``). ``model``/``ema_model``: modules or state dicts. Returns the folder."""
     root = os.path.join(out_dir, "checkpoints")
@@ -213,20 +235,34 @@ def save_run_checkpoint(out_dir: str, step: int, *, model: Weights, ema_model: O
 FALLBACK_FORMAT = "fastrecur-run-fallback"
 
 
-def write_fallback(out_dir: str, step: int, *, model: Weights, ema_model: Optional[Weights], config_json: Dict[str, Any],
-                   train_state: Dict[str, Any]) -> str:
+def write_fallback(
+    out_dir: str,
+    step: int,
+    *,
+    model: Weights,
+    ema_model: Optional[Weights],
+    config_json: Dict[str, Any],
+    train_state: Dict[str, Any],
+) -> str:
     """Everything :func:`save_run_checkpoint` would have written, in one ``torch.save`` file (tensors and plain
     types only, so ``torch.load(weights_only=True)`` reads it; ``state_dict`` holds the weights, so
     ``fastrecur.load_checkpoint`` reads it too): ``OUT/checkpoints/step_N.fallback.pt``, or the temp folder when
     that cannot be written. Returns its path; raises the last ``OSError`` if neither place can be written."""
-    payload = {"format": FALLBACK_FORMAT, "version": VERSION, "step": step, "state_dict": cpu_state_dict(model),
-               "ema_state_dict": cpu_state_dict(ema_model) if ema_model is not None else None,
-               "config_json": json.dumps(config_json, sort_keys=True, default=str),
-               "train_state": dict(train_state, format=FORMAT, version=VERSION)}
+    payload = {
+        "format": FALLBACK_FORMAT,
+        "version": VERSION,
+        "step": step,
+        "state_dict": cpu_state_dict(model),
+        "ema_state_dict": cpu_state_dict(ema_model) if ema_model is not None else None,
+        "config_json": json.dumps(config_json, sort_keys=True, default=str),
+        "train_state": dict(train_state, format=FORMAT, version=VERSION),
+    }
     name = f"{step_dir_name(step)}.fallback.pt"
     error: Optional[OSError] = None
-    for folder in (os.path.join(out_dir, "checkpoints"),
-                   os.path.join(tempfile.gettempdir(), f"fastrecur-{os.path.basename(os.path.abspath(out_dir))}")):
+    for folder in (
+        os.path.join(out_dir, "checkpoints"),
+        os.path.join(tempfile.gettempdir(), f"fastrecur-{os.path.basename(os.path.abspath(out_dir))}"),
+    ):
         path = os.path.join(folder, name)
         try:
             atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -246,8 +282,15 @@ def restore_fallback(path: str, out_dir: str) -> str:
     if not isinstance(data, dict) or data.get("format") != FALLBACK_FORMAT:
         raise CheckpointError(f"{path!r} is not a fastrecur fallback file")
     state = {k: v for k, v in data["train_state"].items() if k not in ("format", "version")}
-    return save_run_checkpoint(out_dir, data["step"], model=data["state_dict"], ema_model=data["ema_state_dict"],
-                               config_json=json.loads(data["config_json"]), train_state=state, keep=10**9)
+    return save_run_checkpoint(
+        out_dir,
+        data["step"],
+        model=data["state_dict"],
+        ema_model=data["ema_state_dict"],
+        config_json=json.loads(data["config_json"]),
+        train_state=state,
+        keep=10**9,
+    )
 
 
 # ----- load -----
@@ -292,7 +335,9 @@ def build_model(config_json: Mapping[str, Any], device: torch.device, backend: s
         return ACTLossHead(cls(model_cfg, backend=backend), loss_type=loss_type)
 
 
-def load_model(path: str, device: Any = "cpu", *, use_ema: bool = True, backend: str = "auto") -> Tuple[ACTLossHead, Dict[str, Any]]:
+def load_model(
+    path: str, device: Any = "cpu", *, use_ema: bool = True, backend: str = "auto"
+) -> Tuple[ACTLossHead, Dict[str, Any]]:
     """Rebuild a trained model from a run folder, checkpoint folder or weights file; returns ``(loss head in
     eval mode, info)`` where ``info`` has ``config`` (the config.json), ``folder`` and ``weights`` (file read)."""
     from fastrecur.checkpoint import load_checkpoint
@@ -318,6 +363,22 @@ def load_model(path: str, device: Any = "cpu", *, use_ema: bool = True, backend:
     return head, {"config": config_json, "folder": folder, "weights": weights}
 
 
-__all__ = ["CheckpointError", "build_model", "carry_from_state", "carry_to_state", "check_run_folder", "latest_checkpoint",
-           "load_model", "read_json", "read_model_state", "read_train_state", "resolve_checkpoint_dir", "restore_fallback",
-           "rng_state", "save_run_checkpoint", "set_rng_state", "write_fallback", "write_json"]
+__all__ = [
+    "CheckpointError",
+    "build_model",
+    "carry_from_state",
+    "carry_to_state",
+    "check_run_folder",
+    "latest_checkpoint",
+    "load_model",
+    "read_json",
+    "read_model_state",
+    "read_train_state",
+    "resolve_checkpoint_dir",
+    "restore_fallback",
+    "rng_state",
+    "save_run_checkpoint",
+    "set_rng_state",
+    "write_fallback",
+    "write_json",
+]
