@@ -9,10 +9,23 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .common import ARCHS, KERNEL_OPS, SOLVE_STEPS, TRITON_CPU_ENV, _loadavg, _log, environment, measure_roofline, triton_usable
+from fastrecur.cli import (CommandParser, InputError, check_output_dir, non_negative_int, positive_int, resolve_device,
+                           run_command)
+
+from .common import (
+    ARCHS,
+    KERNEL_OPS,
+    SOLVE_STEPS,
+    TRITON_CPU_ENV,
+    _loadavg,
+    _log,
+    environment,
+    measure_roofline,
+    triton_usable,
+)
+from .counters import run_counters, run_grad_cycles
 from .kernels import kernel_cases, run_kernel_case
 from .models import MODEL_VARIANTS, SOLVE_ONLY, make_optimizer, run_model_case, run_model_floor
-from .counters import run_counters, run_grad_cycles
 from .report import markdown, meta_line, plot, readout
 
 
@@ -25,9 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated subset of kernels,models,counters,grad_cycles")
     p.add_argument("--archs", default=",".join(ARCHS), help=f"comma-separated subset of {','.join(ARCHS)}")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1,64,768; --quick: 1,8)")
-    p.add_argument("--hidden", type=int, default=None, help="hidden size of the models (default 512; --quick on CPU: 128)")
-    p.add_argument("--seq-len", type=int, default=81, help="puzzle length of the models (81 = Sudoku; smaller for tests)")
-    p.add_argument("--solve-steps", type=int, default=SOLVE_STEPS, help="ACT steps per solve (16 = halt_max_steps)")
+    p.add_argument("--hidden", type=positive_int, default=None,
+                   help="hidden size of the models (default 512; --quick on CPU: 128)")
+    p.add_argument("--seq-len", type=positive_int, default=81,
+                   help="puzzle length of the models (81 = Sudoku; smaller for tests)")
+    p.add_argument("--solve-steps", type=positive_int, default=SOLVE_STEPS,
+                   help="ACT steps per solve (16 = halt_max_steps)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--kernel-scale", default=None, choices=["full", "quick", "tiny"],
                    help="kernel shapes: full (B=768), quick (B=8; Maze B=1), tiny (tests). Default: quick with --quick")
@@ -37,33 +53,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-models", default=None,
                    help="archs whose models are timed with torch.compile at every batch size (default: all; with --quick "
                         "only the first batch size, and on CPU only trm_mlp -- compiling a whole ACT step takes minutes on 2 cores)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default; recorded)")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch.set_num_threads (default: torch's default; recorded)")
+    p.add_argument("--warmup", type=non_negative_int, default=None)
+    p.add_argument("--iters", type=positive_int, default=None)
     p.add_argument("--readout", metavar="RESULTS_JSON", default=None,
                    help="print the README 'Results' section from RESULTS_JSON and exit")
+
+
+SECTIONS = ("kernels", "models", "counters", "grad_cycles")
 
 
 def _csv(s: Optional[str]) -> List[str]:
     return [x for x in (s or "").split(",") if x]
 
 
+def _subset(option: str, given: List[str], known) -> List[str]:
+    """The comma-separated choices of ``option``, each one of ``known``; an :class:`InputError` otherwise."""
+    bad = [x for x in given if x not in known]
+    if bad:
+        raise InputError(f"{option}: unknown {bad}; choose from {','.join(known)}")
+    return given
+
+
+def _batch_sizes(text: Optional[str]) -> List[int]:
+    try:
+        sizes = [int(b) for b in _csv(text)]
+    except ValueError:
+        sizes = []
+    if text is not None and (not sizes or min(sizes) < 1):
+        raise InputError(f"--batches must be comma-separated integers >= 1, e.g. 1,8; got {text!r}")
+    return sizes
+
+
 def _resolve(a: argparse.Namespace, device: torch.device) -> argparse.Namespace:
-    """Fill the defaults that depend on --quick and the device."""
+    """Fill the defaults that depend on --quick and the device; an :class:`InputError` for impossible values."""
     small = a.quick and device.type == "cpu"
     a.hidden = a.hidden or (128 if small else 512)
-    a.batch_list = [int(b) for b in _csv(a.batches)] or ([1, 8] if small else [1, 8] if a.quick else [1, 64, 768])
+    a.batch_list = _batch_sizes(a.batches) or ([1, 8] if small else [1, 8] if a.quick else [1, 64, 768])
     a.kernel_scale = a.kernel_scale or ("quick" if a.quick else "full")
     if a.warmup is None:
         a.warmup = 1 if small else (2 if a.quick else 3)
     if a.iters is None:
         a.iters = 3 if small else (5 if a.quick else 15)
-    a.arch_list = _csv(a.archs)
-    bad = sorted(set(a.arch_list) - set(ARCHS))
-    if bad:
-        raise SystemExit(f"--archs: unknown {bad}; choose from {list(ARCHS)}")
-    a.section_list = _csv(a.sections)
-    a.compile_archs = set(_csv(a.compile_models)) if a.compile_models is not None else ({"trm_mlp"} if small else set(ARCHS))
+    a.arch_list = _subset("--archs", _csv(a.archs), ARCHS)
+    a.section_list = _subset("--sections", _csv(a.sections), SECTIONS)
+    _subset("--ops", _csv(a.ops), KERNEL_OPS)
+    a.compile_archs = (set(_subset("--compile-models", _csv(a.compile_models), ARCHS)) if a.compile_models is not None
+                       else ({"trm_mlp"} if small else set(ARCHS)))
     a.compile_first_batch_only = a.quick and a.compile_models is None
     a.solve_iters = 1 if small else a.iters  # a solve is 16 ACT steps; its first call is the warm-up
     return a
@@ -71,12 +108,13 @@ def _resolve(a: argparse.Namespace, device: torch.device) -> argparse.Namespace:
 
 def run(a: argparse.Namespace) -> int:
     if getattr(a, "readout", None):
+        if not os.path.isfile(a.readout):
+            raise InputError(f"--readout {a.readout!r}: no such file (give a results.json written by fastrecur bench)")
         print(readout(a.readout))
         return 0
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device here")
+    device = resolve_device(a.device)
     a = _resolve(a, device)
+    check_output_dir(a.out)
     if a.threads:
         torch.set_num_threads(a.threads)
     dtype = getattr(torch, a.dtype)
@@ -152,6 +190,6 @@ def run(a: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     import fastrecur.bench
 
-    p = argparse.ArgumentParser(prog="python -m fastrecur.bench", description=fastrecur.bench.__doc__.split("\n\n")[0])
+    p = CommandParser(prog="fastrecur bench", description=fastrecur.bench.__doc__.split("\n\n")[0])
     add_arguments(p)
-    return run(p.parse_args(argv))
+    return run_command("bench", run, p.parse_args(argv))

@@ -61,10 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the dataset; print a one-line summary per split. Returns the exit status."""
+    from fastrecur.cli import check_output_dir
+
     from . import build_maze_dataset, build_sudoku_dataset
 
     t0 = time.perf_counter()
     try:
+        check_output_dir(args.out)
         if args.kind == "sudoku":
             metas = build_sudoku_dataset(args.out, n=args.size, num_train=args.train, num_test=args.test,
                                          num_aug=args.aug, givens=args.givens, min_backtracks=args.min_backtracks,

@@ -17,11 +17,13 @@ IGNORE_LABEL_ID = -100
 
 
 def rms_norm(x: Tensor, eps: float = 1e-5, weight: Optional[Tensor] = None) -> Tensor:
-    """HRM/TRM rms_norm: upcast to fp32, ``x * rsqrt(mean(x^2, -1) + eps)`` [* weight], cast back."""
-    xf = x.float()
+    """HRM/TRM rms_norm: upcast to fp32, ``x * rsqrt(mean(x^2, -1) + eps)`` [* weight], cast back.
+    (fp64 inputs stay fp64: the tests' fp64 references run this.)"""
+    ct = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(ct)
     y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
     if weight is not None:
-        y = y * weight.float()
+        y = y * weight.to(ct)
     return y.to(x.dtype)
 
 
