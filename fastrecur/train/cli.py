@@ -32,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset folder with train/ (and test/ for evaluation)")
     parser.add_argument("--out", help="run folder: checkpoints, metrics.csv, training.png (default runs/<preset or arch>)")
     parser.add_argument("--arch", choices=sorted(ARCH_PRESETS), help="architecture with the reference's sizes (default trm)")
-    parser.add_argument("--arch-config", help="reference arch YAML (hrm_v1.yaml, trm.yaml) or JSON; YAML beyond the simple "
-                                              "key: value form needs PyYAML")
+    parser.add_argument("--arch-config", help="reference arch YAML (hrm_v1.yaml, trm.yaml) or JSON")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="arch overrides, e.g. --set H_cycles=2 L_cycles=4 hidden_size=128 (variants: shared_layers, skip, "
                              "grad_cycles)")
@@ -45,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: preset's, else auto)")
     parser.add_argument("--backend", default=None, choices=("auto", "eager", "triton", "cpp"))
     parser.add_argument("--progress", default=None, choices=("auto", "tqdm", "plain", "none"))
+    parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None,
+                        help="draw training.png at the end (default; needs matplotlib: pip install 'fastrecur[plot]')")
     parser.add_argument("--resume", default="auto", help="auto (latest checkpoint in --out if any), never, or a checkpoint folder")
 
 
@@ -66,7 +67,7 @@ def build_config(args) -> tuple:
     elif args.arch_config:
         values["arch"] = load_arch_file(args.arch_config)
     values["arch"] = apply_overrides(values["arch"], args.set)
-    for key in list(_FLAGS) + ["loss_type", "ema", "freeze_weights", "device", "backend", "progress"]:
+    for key in list(_FLAGS) + ["loss_type", "ema", "freeze_weights", "device", "backend", "progress", "plot"]:
         v = getattr(args, key, None)
         if v is not None:
             values[key] = v
@@ -84,26 +85,32 @@ def _ensure_dataset(path: str, spec, log) -> None:
     if os.path.isfile(os.path.join(path, "train", "dataset.json")):
         return
     if spec is None:
-        raise FileNotFoundError(f"dataset {path!r} has no train/dataset.json (build one with `fastrecur data ...`)")
-    from fastrecur.data import build_sudoku_dataset
+        from fastrecur.cli import InputError
+
+        raise InputError(f"dataset {path!r} has no train/dataset.json (build one with `fastrecur data ...`)")
+    from fastrecur.data import build_arc_dataset, build_sudoku_dataset
 
     log(f"generating the dataset into {path}: {spec}")
-    build_sudoku_dataset(path, **spec)
+    spec = dict(spec)
+    build = build_arc_dataset if spec.pop("kind", "sudoku") == "arc" else build_sudoku_dataset
+    build(path, **spec)
 
 
 def run(args) -> int:
     import torch.distributed as dist
 
+    from fastrecur.cli import InputError, check_dataset_matches_model, resolve_device
     from fastrecur.data import PuzzleDataset
 
     from .loop import Trainer, init_distributed
-    from .state import CheckpointError, latest_checkpoint
+    from .state import CheckpointError, check_run_folder, latest_checkpoint
 
     try:
         config, spec = build_config(args)
+        resolve_device(config.device)  # a device this machine lacks: refused before any work
+        check_run_folder(config.out_dir, plot=config.plot)  # before any work: the run's files can be written
     except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"fastrecur train: {e}", file=sys.stderr)
-        return 2
+        raise InputError(str(e)) from e
     rank, world = init_distributed(config.device)
     log = (lambda s: print(s, flush=True)) if rank == 0 else (lambda s: None)
     try:
@@ -113,16 +120,22 @@ def run(args) -> int:
             dist.barrier()
         train_ds = PuzzleDataset(config.data_path, split="train")
         eval_ds = PuzzleDataset(config.data_path, split="test") if os.path.isdir(os.path.join(config.data_path, "test")) else None
+        if train_ds.num_train_batches(config.global_batch_size, seed=config.seed) < 1:
+            raise InputError(f"{config.data_path}/train has {len(train_ds)} examples, too few for one batch of "
+                             f"--global-batch-size {config.global_batch_size}: lower it or build a larger dataset")
+        if eval_ds is not None:
+            check_dataset_matches_model(train_ds.metadata, eval_ds.metadata, f"{config.data_path}/test",
+                                        f"the model of {config.data_path}/train")
         resume = args.resume
         if resume == "never":
             if latest_checkpoint(config.out_dir) is not None:
                 raise CheckpointError(f"{config.out_dir!r} already holds a checkpoint and --resume never was given")
             resume = None
-        trainer = Trainer(config, train_ds, eval_ds, rank=rank, world_size=world, resume=resume, log=log)
+        try:  # what Trainer refuses is its inputs: the config, the dataset, the checkpoint to resume
+            trainer = Trainer(config, train_ds, eval_ds, rank=rank, world_size=world, resume=resume, log=log)
+        except (ValueError, TypeError) as e:
+            raise InputError(str(e)) from e
         trainer.fit()
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"fastrecur train: {e}", file=sys.stderr)
-        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -130,9 +143,11 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastrecur train", description="train HRM/TRM/SRM/flat with the reference recipe")
+    from fastrecur.cli import CommandParser, run_command
+
+    parser = CommandParser(prog="fastrecur train", description="train HRM/TRM/SRM/flat with the reference recipe")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_command("train", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
