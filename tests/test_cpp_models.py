@@ -1,5 +1,7 @@
 """Whole models with backend="cpp" (the no-grad recursion in the C++ loop, the grad tail in autograd) held to
 the reference golden cases and to the eager backend, for every model on the recursion core."""
+import copy
+import dataclasses
 import os
 
 import pytest
@@ -62,23 +64,45 @@ def _run(model, cfg, steps=3):
     return outs + [out["logits"].float()], grads
 
 
+def _fp64_twin(model):
+    """``model`` computing in float64 (weights, init states and activations): the yardstick for fp32 rounding."""
+    twin = copy.deepcopy(model).double()
+    twin.inner.forward_dtype = torch.float64
+    for m in twin.modules():
+        if hasattr(m, "cast_to"):
+            m.cast_to = torch.float64
+    return twin
+
+
+def _as_fp64(carry):
+    inner = type(carry.inner_carry)(**{k: v.double() for k, v in carry.inner_carry.as_dict().items()})
+    return dataclasses.replace(carry, inner_carry=inner)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_cpp_equals_eager_fp32(kind):
-    """Each ACT step from the same carry gives the same outputs and carry (<= 1e-5 of scale); over whole
-    runs (each backend on its own carry) outputs and gradients agree to fp32 rounding grown by the recursion."""
+    """Each ACT step from the same carry gives the same outputs and carry: within 1e-5 of scale, or within 4x the
+    eager step's own fp32 rounding error (measured against the same step in fp64) where that is larger (the
+    token mixer's GEMMs differ in layout between the backends); over whole runs (each backend on its own carry)
+    outputs and gradients agree to fp32 rounding grown by the recursion."""
     eager_model, cfg = _twin(kind, "eager")
     cpp_model, _ = _twin(kind, "cpp")
+    fp64_model = _fp64_twin(eager_model)
     batch = tiny_batch(cfg)
     with torch.no_grad():
         carry = eager_model.eval().initial_carry(batch)
         cpp_model.eval()
+        fp64_model.eval()
         for step in range(3):
             c_carry, c_out = cpp_model(carry=carry, batch=batch)
+            d_carry, d_out = fp64_model(carry=_as_fp64(carry), batch=batch)
             carry, e_out = eager_model(carry=carry, batch=batch)
-            for k in ("logits", "q_halt_logits", "q_continue_logits"):
-                assert scale_err(c_out[k], e_out[k]) <= 1e-5, f"{kind} step {step} {k}: {scale_err(c_out[k], e_out[k]):.2e}"
-            for k, v in carry.inner_carry.as_dict().items():
-                assert scale_err(getattr(c_carry.inner_carry, k), v) <= 1e-5, f"{kind} step {step} state {k}"
+            pairs = [(k, c_out[k], e_out[k], d_out[k]) for k in ("logits", "q_halt_logits", "q_continue_logits")]
+            pairs += [(f"state {k}", getattr(c_carry.inner_carry, k), v, getattr(d_carry.inner_carry, k))
+                      for k, v in carry.inner_carry.as_dict().items()]
+            for name, c, e, d in pairs:
+                bound = max(1e-5, 4 * scale_err(e, d))
+                assert scale_err(c, e) <= bound, f"{kind} step {step} {name}: {scale_err(c, e):.2e} > {bound:.2e}"
     # Whole runs: each backend carries its own state, so fp32 rounding differences (different reduction
     # orders in the fused kernels) grow over the ACT steps; the per-step checks above and below are the tight ones.
     (eo, eg), (co, cg) = _run(eager_model, cfg), _run(cpp_model, cfg)

@@ -63,22 +63,24 @@ def plain_inner_step(model, states, batch):
     return {k: v.detach() for k, v in out.items()}, inner.lm_head(z)[:, inner.puzzle_emb_len:], q[..., 0], q[..., 1]
 
 
-def make(kind):
+def make(kind, backend="eager"):
+    """A model of variant ``kind`` (on the eager backend by default: the plain loop below is its oracle)."""
     cfg = tiny_config(H_cycles=3, L_cycles=2, L_layers=2, H_layers=2)
+    flat = {k: v for k, v in cfg.items() if k not in ("H_cycles", "H_layers")}
     if kind == "hrm_shared":
-        return HRM(dict(cfg, shared_layers=True)), cfg
+        return HRM(dict(cfg, shared_layers=True), backend=backend), cfg
     if kind == "flat":
-        return FlatRecurrence({k: v for k, v in cfg.items() if k not in ("H_cycles", "H_layers")}), cfg
+        return FlatRecurrence(flat, backend=backend), cfg
     if kind == "flat_full_grad":
-        return FlatRecurrence(dict({k: v for k, v in cfg.items() if k not in ("H_cycles", "H_layers")}, grad_cycles=2)), cfg
+        return FlatRecurrence(dict(flat, grad_cycles=2), backend=backend), cfg
     if kind == "srm":
-        return SRM(dict(cfg, puzzle_emb_len=1)), cfg
+        return SRM(dict(cfg, puzzle_emb_len=1), backend=backend), cfg
     if kind == "srm_noskip":
-        return SRM(dict(cfg, puzzle_emb_len=1, skip="none")), cfg
+        return SRM(dict(cfg, puzzle_emb_len=1, skip="none"), backend=backend), cfg
     if kind == "srm_mlp_t":
-        return SRM(dict(cfg, puzzle_emb_len=1, mlp_t=True, pos_encodings="none")), cfg
+        return SRM(dict(cfg, puzzle_emb_len=1, mlp_t=True, pos_encodings="none"), backend=backend), cfg
     if kind == "trm_grad2":
-        return TRM(dict(cfg, puzzle_emb_len=1, grad_cycles=2)), cfg
+        return TRM(dict(cfg, puzzle_emb_len=1, grad_cycles=2), backend=backend), cfg
     raise ValueError(kind)
 
 

@@ -48,7 +48,7 @@ class TritonBackend(Backend):
         if getattr(config, "mlp_t", False):
             return True, "token-mixer blocks"
         try:
-            from fastrecur.kernels.rotary_attention import SUPPORTED_HEAD_DIMS
+            from fastrecur.ops.rotary_attention import SUPPORTED_HEAD_DIMS
         except ImportError as e:
             return False, f"the Triton kernels cannot be imported ({e})"
         head_dim = config.hidden_size // config.num_heads
