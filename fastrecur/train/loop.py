@@ -301,7 +301,7 @@ class Trainer:
             dist.gather_object(mine, ranks, dst=0)
         else:
             ranks = [mine]
-        folder = None
+        folder, failure = None, None
         if self.is_main:
             state = {
                 "step": self.step,
@@ -328,6 +328,7 @@ class Trainer:
                 )
                 write_json(os.path.join(self.config.out_dir, "config.json"), cfg)
             except Exception as e:  # noqa: BLE001 -- whatever failed, keep the state, then report
+                failure = f"writing the checkpoint of step {self.step} failed ({type(e).__name__}: {e})"
                 try:
                     path = write_fallback(
                         self.config.out_dir,
@@ -338,17 +339,16 @@ class Trainer:
                         train_state=state,
                     )
                 except OSError as e2:
-                    raise CheckpointError(
-                        f"writing the checkpoint of step {self.step} failed ({type(e).__name__}: {e}), and so did "
-                        f"its fallback file ({e2}): the state of this run could not be saved"
-                    ) from e
-                raise CheckpointError(
-                    f"writing the checkpoint of step {self.step} failed ({type(e).__name__}: {e}); the run's "
-                    f"state was saved to {path} instead: fix the cause, then resume with "
-                    f"--resume {path}"
-                ) from e
-        if self.world_size > 1:
-            dist.barrier()
+                    failure += f", and so did its fallback file ({e2}): the state of this run could not be saved"
+                else:
+                    failure += f"; the run's state was saved to {path} instead: fix the cause, then resume with "
+                    failure += f"--resume {path}"
+        if self.world_size > 1:  # every rank stops together when rank 0 could not save
+            shared = [failure]
+            dist.broadcast_object_list(shared, src=0)
+            failure = shared[0]
+        if failure is not None:
+            raise CheckpointError(failure)
         return folder
 
     def load(self, folder: str) -> None:
