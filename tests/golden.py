@@ -12,9 +12,12 @@ def load_case(name):
 
 
 def build(case, backend="eager"):
-    from fastrecur.models import HRM, TRM
+    from fastrecur.models import HRM, TRM, TransformerBaseline, TRMHier6, TRMSingleZ
 
-    cls = HRM if case["variant"].startswith("hrm") or "puzzle_emb_len" not in case["config"] else TRM
+    classes = {"trm_singlez": TRMSingleZ, "trm_hier6": TRMHier6, "transformers_baseline": TransformerBaseline,
+               "transformers_baseline_6heads": TransformerBaseline}
+    hrm = case["variant"].startswith("hrm") or "puzzle_emb_len" not in case["config"]
+    cls = classes.get(case["variant"]) or (HRM if hrm else TRM)
     model = cls(case["config"], backend=backend)
     model.load_state_dict(case["state"])
     return model

@@ -28,7 +28,9 @@ def run_steps(steps: Sequence[Step], states: Dict[str, torch.Tensor], x: torch.T
         if isinstance(step, Copy):
             states[step.target] = states[step.source]
         else:
-            states[step.target] = levels[step.level](states[step.target], _injection(step.inject, states, x))
+            h, inj = states[step.target], _injection(step.inject, states, x)
+            # No inject adds nothing (TRM single-z's ``z = L(z)``): h + 0 is h, bit for bit.
+            states[step.target] = levels[step.level](h, h.new_zeros(()) if inj is None else inj)
         if observer is not None:
             observer(i, step, states)
 

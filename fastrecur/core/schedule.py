@@ -6,7 +6,7 @@ the Triton loop, the C++ in-place loop) runs the same schedule, so a new recursi
 
 Semantics of one step:
 - ``Update(target, level, inject)``: ``state[target] = level(state[target] + sum(state[s] for s in inject))``
-  where the name ``"x"`` in ``inject`` stands for the input embeddings.
+  where the name ``"x"`` in ``inject`` stands for the input embeddings; an empty ``inject`` adds nothing.
 - ``Copy(target, source)``: ``state[target] = state[source]`` (a snapshot, e.g. SRM's segment start).
 Steps ``[0, grad_start)`` run under ``torch.no_grad()``; steps ``[grad_start, len(steps))`` with autograd.
 """

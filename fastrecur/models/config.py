@@ -69,8 +69,14 @@ class ModelConfig:
         return f"ModelConfig({self._values})"
 
 
-def validate_config(config: Mapping[str, Any], keys: Mapping[str, Key], model: str) -> ModelConfig:
-    """Check ``config`` against ``keys`` and fill defaults. See module docstring."""
+def validate_config(
+    config: Mapping[str, Any], keys: Mapping[str, Key], model: str, head_remainder: bool = False
+) -> ModelConfig:
+    """Check ``config`` against ``keys`` and fill defaults. See module docstring.
+
+    ``head_remainder``: accept a ``hidden_size`` that ``num_heads`` does not divide (heads of ``hidden_size //
+    num_heads`` channels, as the reference computes them; its transformer baseline has 12 heads on 512).
+    """
     if isinstance(config, ModelConfig):
         config = config.to_dict()
     if not isinstance(config, Mapping):
@@ -102,9 +108,13 @@ def validate_config(config: Mapping[str, Any], keys: Mapping[str, Key], model: s
     if values["expansion"] <= 0 or values["rms_norm_eps"] <= 0 or values["rope_theta"] <= 0:
         raise ValueError(f"{model} config: expansion, rms_norm_eps and rope_theta must be > 0")
     if not 0.0 <= values["halt_exploration_prob"] <= 1.0:
-        raise ValueError(f"{model} config: 'halt_exploration_prob' must be in [0, 1], got {values['halt_exploration_prob']}")
-    if values["hidden_size"] % values["num_heads"]:
-        raise ValueError(f"{model} config: hidden_size {values['hidden_size']} is not divisible by num_heads {values['num_heads']}")
+        p = values["halt_exploration_prob"]
+        raise ValueError(f"{model} config: 'halt_exploration_prob' must be in [0, 1], got {p}")
+    hidden, heads = values["hidden_size"], values["num_heads"]
+    if heads > hidden:
+        raise ValueError(f"{model} config: num_heads {heads} exceeds hidden_size {hidden}")
+    if hidden % heads and not head_remainder:
+        raise ValueError(f"{model} config: hidden_size {hidden} is not divisible by num_heads {heads}")
     return ModelConfig(values)
 
 

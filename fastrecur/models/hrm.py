@@ -8,7 +8,8 @@ from .config import BASE_KEYS, Key, validate_config, puzzle_emb_len
 from .inner import RecursiveInner
 from .schedules import hrm_schedule
 
-HRM_KEYS = {**BASE_KEYS, "shared_layers": Key(bool, False)}
+# ``mlp_t``: the TinyRecursiveModels copy of HRM (``recursive_reasoning.hrm``) has it.
+HRM_KEYS = {**BASE_KEYS, "shared_layers": Key(bool, False), "mlp_t": Key(bool, False)}
 
 
 class HRM(ACTModel):
@@ -19,6 +20,7 @@ class HRM(ACTModel):
     gradient (the 1-step approximation). Halting: ``q_halt > q_continue`` in training, with a bootstrapped
     Q-continue target from a second no-grad inner step; evaluation always runs ``halt_max_steps``.
 
+    ``mlp_t=True`` swaps attention for token mixing in both levels, as the TinyRecursiveModels copy of HRM does.
     ``shared_layers=True`` gives the layer-shared HRM (Ge 2025): each level holds ONE block applied
     ``H_layers`` (``L_layers``) times per call; the state dict then has only ``layers.0`` per level.
 
@@ -42,5 +44,6 @@ class HRM(ACTModel):
             levels,
             {"z_H": "H_init", "z_L": "L_init"},
             puzzle_emb_len(c.puzzle_emb_ndim, c.hidden_size),
+            mlp_t=c.mlp_t,
         )
         self._check_backend_fits()

@@ -37,12 +37,12 @@ class Attention(nn.Module):
 
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        # head_dim = hidden_size // num_heads, as the reference: with a remainder the heads span fewer channels
+        # than hidden_size (e.g. 12 heads of 42 on 512), and o_proj maps them back.
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
-        self.qkv_proj = CastedLinear(hidden_size, 3 * hidden_size, bias=False)
-        self.o_proj = CastedLinear(hidden_size, hidden_size, bias=False)
+        self.qkv_proj = CastedLinear(hidden_size, 3 * num_heads * self.head_dim, bias=False)
+        self.o_proj = CastedLinear(num_heads * self.head_dim, hidden_size, bias=False)
 
     def forward(self, h: torch.Tensor, cos_sin: CosSin, ops=R) -> torch.Tensor:
         cos, sin = cos_sin if cos_sin is not None else (None, None)

@@ -16,12 +16,27 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from fastrecur.models import HRM, SRM, TRM, FlatRecurrence
+from fastrecur.models import (
+    HRM,
+    SRM,
+    TRM,
+    FlatRecurrence,
+    TransformerBaseline,
+    TRMHier6,
+    TRMSingleZ,
+    reference_loss_class,
+    reference_model_class,
+)
+from fastrecur.models.loss import LOSSES
 
-MODEL_CLASSES = {"HRM": HRM, "TRM": TRM, "SRM": SRM, "FlatRecurrence": FlatRecurrence}
+MODEL_CLASSES = {"HRM": HRM, "TRM": TRM, "SRM": SRM, "FlatRecurrence": FlatRecurrence, "TRMSingleZ": TRMSingleZ,
+                 "TRMHier6": TRMHier6, "TransformerBaseline": TransformerBaseline}
 
-# The reference's ``name:`` values (module@class) and short names, mapped to fastrecur's classes.
+# Short names (a reference ``module@Class`` resolves through fastrecur.models.reference_model_class).
 _NAME_ALIASES = {
+    "trm_singlez": "TRMSingleZ",
+    "trm_hier6": "TRMHier6",
+    "transformers_baseline": "TransformerBaseline",
     "hierarchicalreasoningmodel_actv1": "HRM",
     "hrm": "HRM",
     "tinyrecursivereasoningmodel_actv1": "TRM",
@@ -123,7 +138,7 @@ class TrainConfig:
             raise ValueError(f"progress must be auto, tqdm, plain or none, got {self.progress!r}")
         if not isinstance(self.arch, Mapping):
             raise TypeError(f"arch must be a dict, got {type(self.arch).__name__}")
-        model_class_name(self.arch)
+        split_arch(self.arch)
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -145,10 +160,12 @@ def model_class_name(arch: Mapping[str, Any]) -> str:
         raise ValueError(f"arch config has no 'name' (one of {sorted(MODEL_CLASSES)} or a reference module@Class)")
     if name in MODEL_CLASSES:
         return name
-    key = str(name).split("@")[-1].lower()
+    if "@" in str(name):
+        return reference_model_class(name).__name__  # ValueError naming it when fastrecur does not implement it
+    key = str(name).lower()
     if key not in _NAME_ALIASES:
-        raise ValueError(f"arch name {name!r} is not a model fastrecur knows; use one of {sorted(MODEL_CLASSES)} or the reference's "
-                         "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1 / recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1")
+        raise ValueError(f"arch name {name!r} is not a model fastrecur knows; use one of {sorted(MODEL_CLASSES)} or a "
+                         "reference module@Class such as recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1")
     return _NAME_ALIASES[key]
 
 
@@ -251,8 +268,18 @@ def split_arch(arch: Mapping[str, Any]) -> Tuple[str, Dict[str, Any], Optional[s
     cls = model_class_name(arch)
     loss = arch.get("loss")
     loss_type = None
-    if isinstance(loss, Mapping):
+    if loss is not None:
+        # The reference's loss block: name (only its ACTLossHead exists) and the head's keyword arguments.
+        if not isinstance(loss, Mapping):
+            raise ValueError(f"arch config: 'loss' must be a mapping with name and loss_type, got {loss!r}")
+        if "name" in loss:
+            reference_loss_class(loss["name"])
+        unknown = sorted(set(loss) - {"name", "loss_type"})
+        if unknown:
+            raise ValueError(f"arch config: unknown loss key(s) {unknown}; ACTLossHead takes loss_type")
         loss_type = loss.get("loss_type")
+        if loss_type is not None and loss_type not in LOSSES:
+            raise ValueError(f"arch config: loss_type must be one of {list(LOSSES)}, got {loss_type!r}")
     model_keys = {k: v for k, v in arch.items() if k not in ("name", "loss") and k not in DATA_KEYS}
     return cls, model_keys, loss_type
 
