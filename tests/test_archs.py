@@ -79,6 +79,16 @@ def test_state_dict_keys_are_the_references(name):
     ]
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_inference_engine_gives_the_references_last_step(name):
+    """``fastrecur.engine.solve`` (what eval, solve and inspect run) with the reference evaluation's halting."""
+    from fastrecur import engine
+
+    case = load_case(name)
+    res = engine.solve(build(case).eval(), case["batch"], halting="max_steps")
+    assert torch.equal(res.logits, case["eval"][-1]["logits"])
+
+
 @pytest.mark.parametrize("name", ["trm_singlez", "trm_hier6", "transformers_baseline"])
 def test_loads_a_reference_training_checkpoint(name, tmp_path):
     """A checkpoint as the reference's pretrain.py writes it (the compiled loss head's state dict, keys
