@@ -12,7 +12,9 @@ q_continue`` for HRM-style halting) and reports the prediction there. Reported o
 - ``halt_step``: mean step at which the Q head would first have halted the row (``q_halt > 0``, or
   ``q_halt > q_continue`` for HRM-style halting; ``halt_max_steps`` if never) -- what ACT would cost;
 - ``exact_accuracy_at_halt``: exact accuracy of the prediction at that step;
-- ``lm_loss``: mean per-puzzle LM loss of the final step.
+- ``lm_loss``: mean per-puzzle LM loss of the final step;
+- on the test split of an ARC dataset (``fastrecur data arc``): ``ARC/pass@K`` by the reference's voting rule
+  (:mod:`fastrecur.train.arc_eval`), and a Kaggle ``submission.json`` (``--submission``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ import torch
 import torch.distributed as dist
 
 from fastrecur import engine
+from fastrecur.cli import InputError, check_dataset_matches_model, positive_int
+from fastrecur.cli import resolve_device as _resolve_device
 from fastrecur.models.loss import IGNORE_LABEL_ID
 
 HALTING = ("max_steps", "q")
@@ -116,29 +120,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="run folder, checkpoint folder, or .safetensors file beside a config.json")
     parser.add_argument("dataset", help="dataset folder (with train/ and test/)")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     parser.add_argument("--backend", default="auto", choices=("auto", "eager", "triton", "cpp"),
                         help="auto (default): the fastest backend here (the C++ loop on the CPU when built)")
     parser.add_argument("--halting", default="max_steps", choices=HALTING,
                         help="max_steps (default, the reference's evaluation): every row runs the steps; q: each row "
                              "stops where its Q head says halt")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)")
     parser.add_argument("--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy")
-    parser.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (quick look)")
+    parser.add_argument("--max-batches", type=positive_int, default=None, help="stop after this many batches (quick look)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--submission", default=None, metavar="DIR",
                         help="ARC datasets: folder for submission.json (default: CHECKPOINT's folder)")
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but no CUDA device is available")
-    return dev
+    """``fastrecur.cli.resolve_device``: an ``InputError`` (a ValueError) for a device this machine lacks."""
+    return _resolve_device(name)
 
 
 def run(args) -> int:
@@ -149,10 +149,11 @@ def run(args) -> int:
     device = resolve_device(args.device)
     try:
         head, info = load_model(args.checkpoint, device, use_ema=not args.no_ema, backend=args.backend)
-    except CheckpointError as e:
-        print(f"fastrecur eval: {e}", file=sys.stderr)
-        return 1
+    except (CheckpointError, ValueError) as e:  # ValueError: a backend that cannot run this model
+        raise InputError(str(e)) from e
     ds = PuzzleDataset(args.dataset, split=args.split)
+    check_dataset_matches_model(head.model.config, ds.metadata, f"{args.dataset} [{args.split}]",
+                                f"the model of {info['weights']}")
     from .arc_eval import evaluator_for
 
     ckpt_dir = args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(os.path.abspath(args.checkpoint))

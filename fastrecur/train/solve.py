@@ -6,17 +6,21 @@ trained on Sudoku; for other datasets give the token ids (``--tokens "1 2 3 ..."
 ``halt_max_steps`` ACT steps, or ``--steps`` (more continue the same recursion; it is never restarted), or with
 ``--halting q`` until the Q head says halt; each step prints the predicted grid, how many cells changed, and
 the Q head's halt logit. The last prediction is the answer; for Sudoku it is checked (valid solution, givens
-kept).
+kept). For a model trained on ARC data (``fastrecur data arc``) give the input grid as JSON (``--grid``, with
+``--puzzle-id`` naming its task's identifier): the grids print as colours 0-9 cropped at their EOS border, and
+``--png`` draws the input, each step's prediction and ``--target`` in the ARC palette.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from typing import List, Optional
 
 import numpy as np
 import torch
 
+from fastrecur.cli import InputError, positive_int
 
 
 def format_grid(cells: List[str], n: int, box: Optional[tuple]) -> str:
@@ -48,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                   "`fastrecur data arc`; its task: --puzzle-id, an index in identifiers.json)")
     parser.add_argument("--target", help="ARC: the expected output grid as JSON (each step marked right or wrong)")
     parser.add_argument("--png", help="ARC: draw the input, the prediction per ACT step and the target to this PNG")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)")
     parser.add_argument("--halting", default="max_steps", choices=("max_steps", "q"),
                         help="max_steps (default): run all the steps; q: stop where the Q head says halt")
@@ -80,9 +84,8 @@ def run(args) -> int:
     try:
         device = resolve_device(args.device)
         head, info = load_model(args.checkpoint, device, use_ema=not args.no_ema, backend=args.backend)
-    except (CheckpointError, ValueError) as e:
-        print(f"fastrecur solve: {e}", file=sys.stderr)
-        return 1
+    except (CheckpointError, ValueError) as e:  # ValueError: a backend that cannot run this model
+        raise InputError(str(e)) from e
     cfg = head.model.config
     meta = info["config"].get("data", {})
     seq_len = cfg.seq_len
@@ -96,6 +99,8 @@ def run(args) -> int:
         if (args.grid or args.target or args.png) and not arc_side:
             raise ValueError("--grid, --target and --png need a model trained on ARC data (vocabulary 12, square "
                              "seq_len)")
+        if args.png and importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--png needs matplotlib: pip install 'fastrecur[plot]'")
         if args.target:
             target = parse_grid_json(args.target, "--target", arc_side)
         if args.grid:
@@ -111,6 +116,9 @@ def run(args) -> int:
             raise ValueError(f"the model takes {seq_len} tokens, the puzzle has {inputs.size}")
         if inputs.min() < 0 or inputs.max() >= cfg.vocab_size:
             raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got [{inputs.min()}, {inputs.max()}]")
+        if args.puzzle_id is not None and not 0 <= args.puzzle_id < cfg.num_puzzle_identifiers:
+            raise ValueError(f"--puzzle-id must be in [0, {cfg.num_puzzle_identifiers}) for this model, "
+                             f"got {args.puzzle_id}")
     except ValueError as e:
         print(f"fastrecur solve: {e}", file=sys.stderr)
         return 2
