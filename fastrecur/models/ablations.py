@@ -23,7 +23,13 @@ from .trm import TRM_KEYS, check_trm_like
 
 class _TRMVariant(ACTModel):
     """TRM's config keys, embeddings, ``L_level`` (``L_layers`` blocks, ``mlp_t`` as TRM) and halting, with
-    another schedule. Subclasses set ``model_name``, ``state_inits`` and :meth:`make_schedule`."""
+    another schedule. Subclasses set ``model_name``, ``state_inits`` and :meth:`make_schedule`.
+
+    Args:
+        config: the reference's config dict (TRM's keys, ``fastrecur.models.trm.TRM_KEYS``); unknown keys,
+            wrong types and out-of-range values raise ``ValueError``/``TypeError`` naming the key.
+        backend: "auto", "eager", "triton" or "cpp" (see ``fastrecur.backends()``).
+    """
 
     model_name = ""
     state_inits: Dict[str, str] = {}
@@ -103,6 +109,11 @@ class TransformerBaseline(ACTModel):
     when ``act_enabled`` (default) and in evaluation when ``act_inference`` (then ``outputs["actual_steps"]``
     holds the steps taken so far); exploration in training only; the bootstrapped ``target_q_continue`` only
     when ``forward(..., compute_target_q=True)``, which the reference's loss head never passes.
+
+    Args:
+        config: the reference's config dict (``BASELINE_KEYS``: HRM's keys without ``L_cycles``/``L_layers``,
+            plus ``act_enabled``, ``act_inference``); unknown keys are an error naming them.
+        backend: "auto", "eager", "triton" or "cpp" ("triton" needs a head_dim its attention kernel takes).
     """
 
     halt_on_q_continue = True
