@@ -197,5 +197,7 @@ def main(argv=None) -> int:
     return run_command(name, module.run, args)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m fastrecur.cli: run the imported module, whose InputError the commands raise
+    from fastrecur.cli import main as _main
+
+    sys.exit(_main())

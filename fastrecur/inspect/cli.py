@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import torch
 
+from fastrecur.cli import check_dataset_matches_model, check_output_dir, positive_int, resolve_device
 from fastrecur.ops.reference import IGNORE_LABEL_ID
 
 from .plots import arc_text_grid, draw_accuracy, draw_arc_steps, draw_bars, draw_residuals, draw_sudoku_steps, text_grid
@@ -28,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", nargs="?", help="dataset folder (reference format); or give --puzzle")
     p.add_argument("--puzzle", help="one Sudoku ('.' or '0' for blanks) or maze (rows of '# SGo' separated by '/')")
     p.add_argument("--split", default="test")
-    p.add_argument("--max-examples", type=int, default=256, help="examples traced from the dataset")
-    p.add_argument("--steps", type=int, default=None, help="ACT steps (default: the model's halt_max_steps)")
+    p.add_argument("--max-examples", type=positive_int, default=256, help="examples traced from the dataset")
+    p.add_argument("--steps", type=positive_int, default=None, help="ACT steps (default: the model's halt_max_steps)")
     p.add_argument("--out", default="inspect-out")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-ema", action="store_true", help="use the live weights even if an EMA copy exists")
@@ -57,12 +58,13 @@ def _puzzle_batch(text: str, cfg) -> dict:
     return {"inputs": t, "labels": torch.full_like(t, IGNORE_LABEL_ID), "puzzle_identifiers": torch.zeros(1, dtype=torch.long)}
 
 
-def _dataset_batch(path: str, split: str, limit: int) -> dict:
+def _dataset_batch(path: str, split: str, limit: int, cfg) -> dict:
     from fastrecur.data import PuzzleDataset
 
     if limit < 1:
         raise ValueError(f"--max-examples must be >= 1, got {limit}")
     ds = PuzzleDataset(path, split=split)
+    check_dataset_matches_model(cfg, ds.metadata, f"{path} [{split}]")
     parts = []
     for batch, n_valid in ds.iter_eval(min(limit, 256)):
         parts.append({k: v[:n_valid] for k, v in batch.items()})
@@ -96,9 +98,12 @@ def run(args) -> int:
         print("fastrecur inspect: give a DATASET folder or --puzzle (one of them)", file=sys.stderr)
         return 2
     try:
+        check_output_dir(args.out)
+        args.device = resolve_device(args.device)
         head, info = load_model(args.checkpoint, args.device, use_ema=not args.no_ema, backend="eager")
         model = head.model
-        batch = _puzzle_batch(args.puzzle, model.config) if args.puzzle else _dataset_batch(args.dataset, args.split, args.max_examples)
+        batch = (_puzzle_batch(args.puzzle, model.config) if args.puzzle
+                 else _dataset_batch(args.dataset, args.split, args.max_examples, model.config))
         batch = {k: v.to(args.device) for k, v in batch.items()}
         tr = trace(model, batch, steps=args.steps, keep_states=True)
     except (CheckpointError, ValueError, TypeError, FileNotFoundError) as e:
