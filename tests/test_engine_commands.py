@@ -13,20 +13,8 @@ from fastrecur.models import HRM, TRM
 from fastrecur.models.loss import IGNORE_LABEL_ID, ACTLossHead
 from fastrecur.train import evaluate
 from fastrecur.train.solve import step_predictions
-from golden import scale_err
+from golden import run_eval
 from test_models import tiny_batch, tiny_config
-
-
-def _eager_model_loop(model, batch, steps):
-    """The reference contract, looped: ``steps`` calls of the ACT model in eval mode (resets at halt_max_steps)."""
-    model.eval()
-    outs = []
-    with torch.no_grad():
-        carry = model.initial_carry(batch)
-        for _ in range(steps):
-            carry, out = model(carry=carry, batch=batch)
-            outs.append(out)
-    return outs
 
 
 def _continued_inner_loop(model, batch, steps):
@@ -66,7 +54,7 @@ def test_steps_past_halt_max_steps_continue_the_recursion(arch):
     got = list(step_predictions(head, batch["inputs"][0].numpy(), int(batch["puzzle_identifiers"][0]), 7,
                                 torch.device("cpu")))
     assert [g[0] for g in got] == list(range(1, 8))
-    ref = _eager_model_loop(model, batch, 3)
+    ref = run_eval(model, batch, 3)
     cont = _continued_inner_loop(model, batch, 7)
     for (step, preds, q_halt), (logits, qh) in zip(got, cont):
         assert np.array_equal(preds, logits.argmax(-1)[0].numpy()), step
@@ -115,7 +103,7 @@ def _metrics_by_model_loop(head, ds, batch_size):
     H = model.config.halt_max_steps
     tot = dict(count=0, exact=0.0, tok=0.0, halt=0.0, exact_halt=0.0)
     for batch, n_valid in ds.iter_eval(batch_size):
-        outs = _eager_model_loop(model, batch, H)
+        outs = run_eval(model, batch, H)
         labels = batch["labels"][:n_valid]
         mask = labels != IGNORE_LABEL_ID
         halt_at = torch.full((n_valid,), H - 1)
