@@ -147,7 +147,7 @@ def make_solve(model, data, steps: int = SOLVE_STEPS, compile_mode: Optional[str
     fwd = torch.compile(model, mode=compile_mode) if compile_mode is not None else model
     cudagraphs = compile_mode == "reduce-overhead"
 
-    def solve():
+    def model_loop():
         with torch.no_grad():
             carry = model.initial_carry(data)
             for _ in range(steps):
@@ -155,7 +155,7 @@ def make_solve(model, data, steps: int = SOLVE_STEPS, compile_mode: Optional[str
                     torch.compiler.cudagraph_mark_step_begin()
                 carry, out = fwd(carry=carry, batch=data)
             return out["logits"].argmax(-1)
-    return solve
+    return model_loop
 
 
 MODEL_VARIANTS = ("eager", "compile", "compile_cg", "triton", "cpp", "engine", "engine_cg")

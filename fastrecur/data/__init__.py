@@ -16,7 +16,7 @@ from .format import (IGNORE_LABEL_ID, DatasetFormatError, DatasetMetadata, Puzzl
                      write_identifiers, write_split)
 from .maze import (MazePuzzle, build_maze_dataset, decode_maze, dihedral, encode_maze, generate_maze, generate_mazes,
                    solve_maze)
-from .sudoku import (SolveResult, SudokuPuzzle, augment_sudoku, build_sudoku_dataset, decode_sudoku, encode_sudoku,
+from .sudoku import (SudokuSearchResult, SudokuPuzzle, augment_sudoku, build_sudoku_dataset, decode_sudoku, encode_sudoku,
                      generate_sudoku, generate_sudokus, is_valid_solution, solve_sudoku)
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "write_identifiers", "write_split",
     "MazePuzzle", "build_maze_dataset", "decode_maze", "dihedral", "encode_maze", "generate_maze", "generate_mazes",
     "solve_maze",
-    "SolveResult", "SudokuPuzzle", "augment_sudoku", "build_sudoku_dataset", "decode_sudoku", "encode_sudoku",
+    "SudokuPuzzle", "SudokuSearchResult", "augment_sudoku", "build_sudoku_dataset", "decode_sudoku", "encode_sudoku",
     "generate_sudoku", "generate_sudokus", "is_valid_solution", "solve_sudoku",
 ]

@@ -58,7 +58,7 @@ def _geometry(n: int) -> _Geometry:
 
 
 @dataclass
-class SolveResult:
+class SudokuSearchResult:
     """Outcome of :func:`solve_sudoku`."""
 
     solution: Optional[np.ndarray]  # the first solution found (n x n digits), None if there is none
@@ -170,7 +170,7 @@ def _as_grid(grid: GridLike, n: Optional[int], name: str) -> np.ndarray:
     return arr.reshape(size, size)
 
 
-def solve_sudoku(puzzle: GridLike, limit: int = 2) -> SolveResult:
+def solve_sudoku(puzzle: GridLike, limit: int = 2) -> SudokuSearchResult:
     """Solve ``puzzle`` (string or grid, 0/'.' blank), counting solutions up to ``limit`` and dead ends.
 
     ``num_solutions == 1`` with the default limit 2 means the solution is unique. Givens that clash with
@@ -182,10 +182,10 @@ def solve_sudoku(puzzle: GridLike, limit: int = 2) -> SolveResult:
     geo = _geometry(grid.shape[0])
     out = _search(grid.reshape(-1).tolist(), geo, int(limit))
     if out is None:
-        return SolveResult(None, 0, 0)
+        return SudokuSearchResult(None, 0, 0)
     count, dead, first = out
     sol = None if first is None else np.array(first, dtype=np.int64).reshape(grid.shape)
-    return SolveResult(sol, count, dead)
+    return SudokuSearchResult(sol, count, dead)
 
 
 def is_valid_solution(grid: GridLike, n: Optional[int] = None) -> bool:
