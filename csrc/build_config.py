@@ -7,7 +7,8 @@ scripts in ``scripts/`` (so every build uses the same flags).
 - The CUDA part (``csrc/kernels.cu``) is added when torch is a CUDA build (``torch.version.cuda``) and nvcc is
   found (``CUDA_HOME``/``CUDA_PATH``/``/usr/local/cuda``); ``FASTRECUR_NO_CUDA=1`` leaves it out.
 - The CPU kernels are compiled for one x86 instruction set, ``FASTRECUR_CPU_ISA`` = ``auto`` (default: the
-  best this machine has, as torch detects it), ``avx512``, ``avx2`` or ``default`` (portable scalar at::vec).
+  best this machine has, as torch detects it), ``avx512_bf16`` (AVX-512 with the BF16 conversions),
+  ``avx512``, ``avx2`` or ``default`` (portable scalar at::vec).
   The choice is written to ``fastrecur/_build_info.py``; ``fastrecur._ext`` reads it before loading the
   library and refuses (with the reason) on a CPU that lacks those instructions, instead of crashing.
 - Any compile or link error fails the build (nothing here catches it): a broken extension must never be
@@ -105,6 +106,10 @@ def want_cuda() -> tuple[bool, str]:
 # at::vec picks its implementation at compile time from these macros: without them it is the scalar DEFAULT
 # one (about 4x slower). The AVX-512 set is ATen's own (its AVX512 kernels are built with the same flags).
 CPU_ISA_FLAGS = {
+    # AVX-512 with the BF16 conversion instructions (Cooper Lake, Sapphire Rapids and later; AMD Zen 4): one
+    # instruction per 16 fp32 -> bf16 roundings in the CPU kernels instead of ten.
+    "avx512_bf16": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-mf16c",
+                    "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
     "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
@@ -112,6 +117,7 @@ CPU_ISA_FLAGS = {
 }
 # CPU features (torch.cpu.get_capabilities() keys) each instruction set needs at run time.
 CPU_ISA_NEEDS = {
+    "avx512_bf16": ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq", "avx512_bf16", "fma3", "f16c"),
     "avx512": ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq", "fma3", "f16c"),
     "avx2": ("avx2", "fma3", "f16c"),
     "default": (),
@@ -141,7 +147,7 @@ def cpu_isa() -> tuple[str, str]:
     if platform.machine() not in ("x86_64", "AMD64"):
         return "default", f"{platform.machine()} is not x86-64"
     caps = cpu_capabilities()
-    for isa in ("avx512", "avx2"):
+    for isa in ("avx512_bf16", "avx512", "avx2"):
         if all(caps.get(f, False) for f in CPU_ISA_NEEDS[isa]):
             return isa, "the best this CPU supports"
     return "default", "this CPU has neither AVX-512 nor AVX2"

@@ -80,8 +80,8 @@ def has_cuda_kernels() -> bool:
 
 
 def cpu_isa() -> str:
-    """The x86 instruction set the loaded extension's CPU kernels were compiled for ("avx512", "avx2" or
-    "default"); "" when the extension is not available."""
+    """The x86 instruction set the loaded extension's CPU kernels were compiled for ("avx512_bf16", "avx512",
+    "avx2" or "default"); "" when the extension is not available."""
     return str(torch.ops.fastrecur_C.cpu_isa()) if available() else ""
 
 

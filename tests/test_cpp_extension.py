@@ -206,6 +206,97 @@ def test_add_rms_norm_dim1(dtype, inplace):
     torch.testing.assert_close(out, ref, **TOL[dtype])
 
 
+# Widths around the vector lengths (8 fp32 lanes with AVX2, 16 with AVX-512) and the token-axis norm's
+# 64-column strips: whole vectors only, a tail only, whole vectors plus a tail.
+WIDTHS = [1, 7, 16, 33, 64, 100]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_vector_tails(dtype, width):
+    """Every kernel at widths that are not multiples of the vector length equals eager; elements past the
+    width (a guard column of the same buffer) are never written."""
+    torch.manual_seed(width)
+    guard = 12345.0
+
+    def padded(*shape):  # [..., width] views of [..., width + 1] buffers whose last column is the guard
+        buf = torch.randn(*shape[:-1], shape[-1] + 1).to(dtype)
+        buf[..., -1] = guard
+        return buf, buf[..., :-1]
+
+    a, b = torch.randn(3, 5, width, dtype=dtype), torch.randn(3, 5, width, dtype=dtype)
+    out = torch.empty_like(a)
+    C().add_rms_norm(a, b, EPS, out)
+    torch.testing.assert_close(out, rms(a + b), **TOL[dtype])
+
+    gu = torch.randn(4, 2 * width, dtype=dtype) * 4
+    act = torch.empty(4, width, dtype=dtype)
+    C().swiglu(gu, act)
+    g, u = gu.float().chunk(2, -1)
+    torch.testing.assert_close(act, (F.silu(g) * u).to(dtype), **TOL[dtype])
+
+    a3 = torch.randn(2, 9, width, dtype=dtype)
+    buf, b3 = padded(2, 9, width)  # strided operand (row stride width + 1)
+    obuf = torch.full((3, 9, width), guard, dtype=dtype)
+    out3 = obuf[:2]  # contiguous; obuf[2] follows its last element
+    C().add_rms_norm_dim1(a3, b3, EPS, out3)
+    torch.testing.assert_close(out3, rms((a3 + b3).transpose(1, 2)).transpose(1, 2), **TOL[dtype])
+    assert (obuf[2] == guard).all() and (buf[..., -1] == guard).all()
+
+    hd = 2 * width
+    x = torch.randn(2, 3, 2, hd, dtype=dtype)
+    cos, sin = rope_tables(3, hd)
+    ref = rope(x, cos, sin)
+    C().rope_(x, cos, sin)
+    torch.testing.assert_close(x, ref, **TOL[dtype])
+
+    t, s0, s1 = (torch.randn(3, width, dtype=dtype) for _ in range(3))
+    ref = t + (s0 + s1)
+    C().inject_add(t, [s0, s1])
+    torch.testing.assert_close(t, ref, rtol=0, atol=0)  # eager's order and rounding: bitwise equal
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_inject_add(dtype):
+    """target += (srcs[0] + srcs[1] + ...), every partial sum rounded like eager's left-to-right sum, bitwise;
+    a source may be the target itself; bad arguments are refused naming them."""
+    torch.manual_seed(0)
+    srcs = [torch.randn(2, 7, 300, dtype=dtype) for _ in range(4)]
+    t = torch.randn(2, 7, 300, dtype=dtype)
+    ref = t + (((srcs[0] + srcs[1]) + srcs[2]) + srcs[3])
+    C().inject_add(t, srcs)
+    torch.testing.assert_close(t, ref, rtol=0, atol=0)
+    ref = t + (t + srcs[0])
+    C().inject_add(t, [t, srcs[0]])
+    torch.testing.assert_close(t, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="srcs must hold 1 to 8"):
+        C().inject_add(t, [])
+    with pytest.raises(ValueError, match=r"srcs\[1\] must have the shape"):
+        C().inject_add(t, [srcs[0], srcs[1][:, :3]])
+    with pytest.raises(TypeError, match=r"srcs\[0\] has dtype"):
+        C().inject_add(t, [srcs[0].double()])
+    with pytest.raises(ValueError, match="partially overlaps"):
+        flat = torch.randn(2 * 7 * 300 + 1, dtype=dtype)
+        C().inject_add(flat[:-1].view(2, 7, 300), [flat[1:].view(2, 7, 300)])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_swiglu_extreme_gates(dtype):
+    """The 16-bit SwiGLU's exp and reciprocal (clamped input, estimate plus a Newton step) hold over the whole
+    range: huge negative gates give 0 (not NaN), huge positive ones the identity silu(x) = x, and NaN
+    propagates."""
+    g = torch.tensor([-1e4, -200.0, -88.5, -30.0, -1e-3, 0.0, 1e-3, 30.0, 88.5, 200.0, 1e4, float("nan")] * 2)
+    u = torch.linspace(-2, 3, g.numel())
+    gu = torch.cat([g, u]).to(dtype)[None]
+    out = torch.empty(1, g.numel(), dtype=dtype)
+    C().swiglu(gu, out)
+    gf, uf = gu.float().chunk(2, -1)
+    ref = (F.silu(gf) * uf).to(dtype)
+    assert torch.isnan(out[0, 11]) and torch.isnan(out[0, 23])
+    keep = ~torch.isnan(ref)
+    torch.testing.assert_close(out[keep], ref[keep], **TOL[dtype])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The recursion vs the eager loop
 # ----------------------------------------------------------------------------------------------------------
@@ -339,10 +430,12 @@ def test_build_cpu_isa_choice(monkeypatch):
         import build_config
     finally:
         sys.path.pop(0)
-    for isa, macro in (("avx2", "-DCPU_CAPABILITY_AVX2"), ("avx512", "-DCPU_CAPABILITY_AVX512")):
+    for isa, macro in (("avx2", "-DCPU_CAPABILITY_AVX2"), ("avx512", "-DCPU_CAPABILITY_AVX512"),
+                       ("avx512_bf16", "-DCPU_CAPABILITY_AVX512")):
         monkeypatch.setenv("FASTRECUR_CPU_ISA", isa)
         cxx = build_config.extension_kwargs(with_cuda=False)["extra_compile_args"]["cxx"]
         assert macro in cxx and f"-DFASTRECUR_CPU_ISA={isa}" in cxx
+        assert ("-mavx512bf16" in cxx) == (isa == "avx512_bf16")  # the BF16 conversions only where asked for
     monkeypatch.setenv("FASTRECUR_CPU_ISA", "sse9")
     with pytest.raises(ValueError, match="FASTRECUR_CPU_ISA"):
         build_config.cpu_isa()
