@@ -4,6 +4,7 @@
 Each row runs ``fastrecur.cli.main(argv)`` in this process (the command's own code path, fast); three of them also
 run as a real ``python -m fastrecur.cli`` process. Datasets and the model are tiny and made in a temporary folder.
 """
+import json
 import os
 import re
 import subprocess
@@ -23,7 +24,9 @@ TINY_ARCH = ["name=TRM", "H_cycles=1", "L_cycles=1", "H_layers=0", "L_layers=1",
 SUDOKU4 = "1..4....2..1.3.."
 
 # (id, argv with {placeholders}, what the one line must contain). Placeholders: s4 / s6 (4x4 / 6x6 Sudoku datasets),
-# mixed (4x4 train split, 6x6 test split), run4 (a model trained on s4), tmp (an empty folder), file (a plain file).
+# mixed (4x4 train split, 6x6 test split), run4 (a model trained on s4), truncated (its checkpoint folder with the
+# weights file cut to 100 bytes), mismatched (with a config.json of another hidden size), tmp (an empty folder),
+# file (a plain file).
 ROWS = [
     # fastrecur itself
     ("unknown-command", ["solv", "{run4}"], "unknown command 'solv'"),
@@ -65,6 +68,8 @@ ROWS = [
     ("eval-no-args", ["eval"], "required: checkpoint, dataset"),
     ("eval-missing-checkpoint", ["eval", "{tmp}/none", "{s4}"], "does not exist"),
     ("eval-dataset-as-checkpoint", ["eval", "{s4}", "{s4}"], "neither a run folder"),
+    ("eval-truncated-checkpoint", ["eval", "{truncated}", "{s4}", "--no-ema", "--device", "cpu"],
+     "not a readable safetensors file"),
     ("eval-6x6-data-4x4-model", ["eval", "{run4}", "{s6}", "--device", "cpu"], "takes sequences of 16 tokens"),
     ("eval-missing-dataset", ["eval", "{run4}", "{tmp}/none", "--device", "cpu"], "dataset.json does not exist"),
     ("eval-unknown-split", ["eval", "{run4}", "{s4}", "--split", "dev", "--device", "cpu"], "dev/dataset.json"),
@@ -74,6 +79,8 @@ ROWS = [
     # solve
     ("solve-no-puzzle", ["solve", "{run4}"], "one of the arguments"),
     ("solve-missing-checkpoint", ["solve", "{tmp}/none", "--puzzle", SUDOKU4], "does not exist"),
+    ("solve-checkpoint-config-mismatch", ["solve", "{mismatched}", "--puzzle", SUDOKU4, "--no-ema"],
+     "does not match its config.json"),
     ("solve-wrong-size", ["solve", "{run4}", "--puzzle", "." * 81], "takes 16 tokens"),
     ("solve-bad-cells", ["solve", "{run4}", "--puzzle", "1..4....2..1.3.9"], "are not digits 1..4"),
     ("solve-tokens-out-of-vocab", ["solve", "{run4}", "--tokens", " ".join(["99"] * 16)], "token ids must be in"),
@@ -122,7 +129,17 @@ def places(tmp_path_factory):
     assert main(["train", "--data", s4, "--out", run4, "--device", "cpu", "--set", *TINY_ARCH, "--global-batch-size",
                  "8", "--max-steps", "1", "--threads", "1", "--progress", "none", "--no-plot"]) == 0
     (root / "file").write_text("not a folder\n")
-    return {"s4": s4, "s6": s6, "mixed": str(mixed), "run4": run4, "file": str(root / "file")}
+    step = os.path.join(run4, "checkpoints", "step_00000001")
+    truncated, mismatched = root / "truncated", root / "mismatched"
+    shutil.copytree(step, truncated)
+    with open(truncated / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    shutil.copytree(step, mismatched)
+    config = json.loads((mismatched / "config.json").read_text())
+    config["model_config"]["hidden_size"] = 32
+    (mismatched / "config.json").write_text(json.dumps(config))
+    return {"s4": s4, "s6": s6, "mixed": str(mixed), "run4": run4, "file": str(root / "file"),
+            "truncated": str(truncated), "mismatched": str(mismatched)}
 
 
 def _argv(argv, places, tmp_path):
