@@ -527,7 +527,7 @@ def run_eval(spec: dict, trainers: Dict[str, Trainer], device: torch.device, opt
         return rows, None, batch
     model = model_of.get("eager") or next(iter(model_of.values()))
     fns["floor_gemms"] = floor_fn(model, batch, device, training=False, steps=opts.eval_steps)
-    timed = round_robin(fns, device, max(opts.min_iters, opts.iters // 2))
+    timed = round_robin(fns, device, opts.eval_iters)
     for v in fns:
         if v == "floor_gemms":
             continue
@@ -755,6 +755,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--triton-cpu", action="store_true", help="time Triton on the CPU through the interpreter")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation pass")
     p.add_argument("--eval-compile", action="store_true", help="time torch.compile in the evaluation pass too")
+    p.add_argument("--eval-iters", type=int, default=None, help="timed rounds of the eval pass (default: --iters / 4)")
     p.add_argument(
         "--eval-steps", type=int, default=EVAL_STEPS, help="ACT steps of the evaluation pass (16 = halt_max_steps)"
     )
@@ -789,7 +790,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = sorted(set(a.variant_list) - set(TRAIN_VARIANTS))
     if bad or not a.variant_list:
         p.error(f"--variants: unknown {bad}; choose from {','.join(TRAIN_VARIANTS)}")
-    for name in ("iters", "min_iters", "eval_batch", "eval_steps", "threads", "max_batch_probes"):
+    for name in ("iters", "min_iters", "eval_batch", "eval_iters", "eval_steps", "threads", "max_batch_probes"):
         v = getattr(a, name)
         if v is not None and v < (0 if name == "max_batch_probes" else 1):
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
@@ -798,6 +799,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--device cuda: no CUDA device here")
     a.iters = a.iters or (20 if cuda else 5)
     a.min_iters = min(a.min_iters, a.iters)
+    a.eval_iters = a.eval_iters or max(a.min_iters, a.iters // 4)
     a.case_time_s = a.case_time_s or (20.0 if cuda else 10.0)
     return a
 
