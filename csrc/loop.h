@@ -6,9 +6,10 @@
 //   attention goes through at::scaled_dot_product_attention, which allocates its output (and, on some
 //   backends, statistics) internally on every attention block -- the only per-step allocations.
 // - Two ways to use the threads (CPU; CUDA always runs the whole batch through each kernel): the whole batch
-//   through each op, the threads splitting the op; or per item, each thread running whole level calls on its
-//   own batch items with single-threaded GEMMs, so a block's intermediates stay in that core's cache. The
-//   per-item mode issues (batch size)x more, smaller native ops. planner.h chooses.
+//   through each op, the threads splitting the op; or per item, each thread running the whole program on its
+//   own chunks of batch items with single-threaded GEMMs and kernels, in one parallel region per call, so a
+//   chunk's states and a block's intermediates stay in that core's cache and threads meet once per call, not
+//   once per step. The per-item mode issues (chunks)x more, smaller native ops. planner.h chooses.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -163,14 +164,54 @@ struct Runner {
     return 4 + mlp(io.h2, v, next_is_mixer ? io.hT3 : at::Tensor());
   }
 
-  // Blocks [first, last) on the chunk at batch item b0, with chunk slot `slot`'s workspace.
-  int64_t level_chunk(const std::vector<Block>& blocks, int64_t kind, int64_t first, int64_t last,
-                      const at::Tensor& target, int64_t b0, size_t slot) {
-    const ChunkIO io = chunk_io(target, b0, kind == kMixer);
+  // Blocks [first, last) on one chunk's target state `io`, with chunk slot `slot`'s workspace.
+  int64_t level_chunk(const std::vector<Block>& blocks, int64_t kind, int64_t first, int64_t last, const ChunkIO& io,
+                      size_t slot) {
     int64_t ops = 0;
     for (int64_t bi = first; bi < last; ++bi) {
       ops += kind == kAttention ? attention_block(io, blocks[bi], views[slot][bi])
                                 : mixer_block(io, blocks[bi], views[slot][bi], bi + 1 < last);
+    }
+    return ops;
+  }
+
+  // The whole program on the chunk of items [b0, b0 + nb), with chunk slot `slot`'s workspace. Items never
+  // interact (every step reads and writes the same items of the states), so a chunk can run every step
+  // before the next chunk starts: in the per-item mode each thread runs whole programs on its chunks, in one
+  // parallel region per call (no barrier per step), and a chunk's states stay in its core's cache across
+  // steps. slot3: x and the states, [B, S, D] each. Returns the native ops issued.
+  int64_t run_program(const int64_t* prog, int64_t n_steps, int64_t width, at::IntArrayRef level_offsets,
+                      const std::vector<Block>& blocks, int64_t kind, const std::vector<at::Tensor>& slot3, int64_t b0,
+                      size_t slot) {
+    // The chunk's views of every slot, made once per chunk (a view costs about a microsecond).
+    std::vector<ChunkIO> io(slot3.size());
+    for (size_t i = 0; i < slot3.size(); ++i) io[i] = chunk_io(slot3[i], b0, kind == kMixer);
+    std::vector<at::Tensor> srcs;
+    const at::Tensor none;
+    int64_t ops = 0;
+    for (int64_t s = 0; s < n_steps; ++s) {
+      const int64_t* r = prog + s * width;
+      const ChunkIO& target = io[r[1]];
+      if (r[0] == kCopy) {
+        if (r[2] != r[1]) {
+          target.h3.copy_(io[r[2]].h3);
+          ops += 1;
+        }
+        continue;
+      }
+      // target = target + (inj_0 + inj_1 + ...), summed in the order given, like the eager loop; one fused
+      // kernel, which also writes the transposed copy a first mixer block reads.
+      const int64_t n_inj = r[3];
+      const int64_t* inj = r + kProgramHeader;
+      const int64_t first = level_offsets[r[2]], last = level_offsets[r[2] + 1];
+      const bool mixer = kind == kMixer && last > first;
+      if (n_inj > 0 || mixer) {
+        srcs.clear();
+        for (int64_t j = 0; j < n_inj; ++j) srcs.push_back(io[inj[j]].h2);
+        k_inject_add(target.h2, srcs, mixer ? target.hT3 : none);
+        ops += 1;
+      }
+      if (last > first) ops += level_chunk(blocks, kind, first, last, target, slot);
     }
     return ops;
   }
@@ -240,43 +281,14 @@ inline void run_steps_op(at::TensorList states, const at::Tensor& x, const at::T
     run.views.push_back(
         run.chunk_views(blocks, block_kind, plan.chunks_off + static_cast<int64_t>(i) * plan.chunk.size, plan.chunk));
   }
-  const int64_t M = B * S;
-  // Slot i as [B, S, D] and as [M, D] (views made once per call).
-  std::vector<at::Tensor> slot3, slot2;
+  std::vector<at::Tensor> slot3;  // slot i as [B, S, D]: x, then the states
   slot3.push_back(x);
   for (const auto& t : states) slot3.push_back(t);
-  for (const auto& t : slot3) slot2.push_back(t.view({M, D}));
-  const at::Tensor none;
-  std::vector<at::Tensor> srcs;
   std::vector<int64_t> slot_ops(n_chunk_slots, 0);
-  const at::ThreadLocalState caller_tls;
-  for (int64_t s = 0; s < n_steps; ++s) {
-    const int64_t* r = prog + s * width;
-    const at::Tensor& target = slot3[r[1]];
-    if (r[0] == kCopy) {
-      if (r[2] != r[1]) {
-        target.copy_(slot3[r[2]]);
-        ops += 1;
-      }
-      continue;
-    }
-    // target = target + (inj_0 + inj_1 + ...), summed in the order given, like the eager loop; one fused
-    // kernel, which also writes the transposed copy a first mixer block reads.
-    const int64_t n_inj = r[3];
-    const int64_t* inj = r + kProgramHeader;
-    const int64_t first = level_offsets[r[2]], last = level_offsets[r[2] + 1];
-    const bool mixer = block_kind == kMixer && last > first;
-    if (n_inj > 0 || mixer) {
-      srcs.clear();
-      for (int64_t j = 0; j < n_inj; ++j) srcs.push_back(slot2[inj[j]]);
-      k_inject_add(slot2[r[1]], srcs, mixer ? run.mixer_in : none);
-      ops += 1;
-    }
-    if (last == first) continue;
-    if (!plan.per_item) {
-      ops += run.level_chunk(blocks, block_kind, first, last, target, 0, 0);
-      continue;
-    }
+  if (!plan.per_item) {
+    slot_ops[0] = run.run_program(prog, n_steps, width, level_offsets, blocks, block_kind, slot3, 0, 0);
+  } else {
+    const at::ThreadLocalState caller_tls;
     at::parallel_for(0, B / run.nb, 1, [&](int64_t c0, int64_t c1) {
       // Worker threads take the caller's thread-local state: grad mode (off: weights may require grad and
       // the _out GEMMs refuse those under autograd) and the profiler, so their ops show in a trace.
@@ -285,7 +297,8 @@ inline void run_steps_op(at::TensorList states, const at::Tensor& x, const at::T
       FR_CHECK_RUN(slot < n_chunk_slots, "thread ", slot, " has no workspace (", n_chunk_slots,
                    " threads when the call started; do not change torch.set_num_threads during a call)");
       for (int64_t c = c0; c < c1; ++c) {
-        slot_ops[slot] += run.level_chunk(blocks, block_kind, first, last, target, c * run.nb, slot);
+        slot_ops[slot] += run.run_program(prog, n_steps, width, level_offsets, blocks, block_kind, slot3, c * run.nb,
+                                          slot);
       }
     });
   }

@@ -24,9 +24,9 @@ inline int64_t token_rows(int64_t L, const at::Tensor& x) {
   return pad ? (L + kTokenPad - 1) / kTokenPad * kTokenPad : L;
 }
 
-// Per-item mode (CPU only): each thread runs whole level calls on its own batch items with single-threaded
+// Per-item mode (CPU only): each thread runs the whole program on its own batch items with single-threaded
 // GEMMs, so a block's intermediates (up to a few MB per item) stay in that core's cache instead of streaming
-// through memory between ops, and threads never wait for each other inside a block. Chosen when there are at
+// through memory between ops, and threads wait for each other once per call (loop.h). Chosen when there are at
 // least as many items as threads; with fewer, the whole batch goes through each op and the threads split
 // the op. Same results either way up to GEMM rounding (the GEMMs see other shapes).
 inline bool use_per_item(const at::Tensor& x, int64_t mode) {
