@@ -392,12 +392,15 @@ def run_case(spec: dict, device: torch.device, opts, roofline: dict, deadline: O
                 False,
                 f"time budget: {_deadline_left(deadline):.0f} s left, compiling needs about {opts.compile_reserve_s} s",
             )
+        if ok and v != "eager" and _deadline_left(deadline) < 30:
+            ok, why = False, f"time budget: {_deadline_left(deadline):.0f} s left"
         if not ok:
             row["train"][v] = {"skipped": why}
             continue
         r = row["train"][v] = {}
         _free_cuda(device)
         before = torch.cuda.memory_allocated(device) if cuda else 0
+        tr = None
         try:
             tr = make_trainer(spec, v, batch, device, dtype, opts.compile_backend)
             torch.manual_seed(1)  # the same exploration draws for every variant's first step
@@ -408,17 +411,18 @@ def run_case(spec: dict, device: torch.device, opts, roofline: dict, deadline: O
             if v == "compile":  # later cases are judged by this compile's time, not the default guess
                 opts.compile_reserve_s = 1.25 * r["first_step_s"] + 2 * opts.case_time_s
             r["first_step_metrics"] = _first_metrics(tr)
-        except Exception as e:  # noqa: BLE001  (one variant's failure is a result, not the end of the run)
+            if cuda:
+                r["persistent_bytes"] = torch.cuda.memory_allocated(device) - before
+            r["fixed_bytes"] = fixed_bytes(tr)
+            t0 = time.perf_counter()
+            tr.train_step(data)  # a warm step: its time sets the number of timed rounds
+            fb._sync(device)
+            r["second_step_s"] = time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001  (one variant's failure, e.g. out of memory, is a result)
             r["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            tr = None
             _free_cuda(device)
             continue
-        if cuda:
-            r["persistent_bytes"] = torch.cuda.memory_allocated(device) - before
-        r["fixed_bytes"] = fixed_bytes(tr)
-        t0 = time.perf_counter()
-        tr.train_step(data)  # a warm step: its time sets the number of timed rounds
-        fb._sync(device)
-        r["second_step_s"] = time.perf_counter() - t0
         trainers[v] = tr
         fns[v] = lambda t=tr: t.train_step(data)
     floor_model = next(iter(trainers.values())).head.model if trainers else None
@@ -439,7 +443,7 @@ def run_case(spec: dict, device: torch.device, opts, roofline: dict, deadline: O
         row["floor"] = _floor_row(timed["floor_gemms_ms"], timed["floor_gemms_ms_min"], ew, roofline, batch)
         _derive(row["train"], row["floor"], "compile")
     # The evaluation pass reuses the variants' models (eval mode, no grad).
-    if not opts.no_eval and _deadline_left(deadline) > 10:
+    if not opts.no_eval and _deadline_left(deadline) > 30:
         row["eval"], row["eval_floor"], row["eval_batch"] = run_eval(spec, trainers, device, opts, roofline)
     if cuda and opts.max_batch != "none":
         row["capacity_bytes"] = _capacity(device)
@@ -529,13 +533,18 @@ def run_eval(spec: dict, trainers: Dict[str, Trainer], device: torch.device, opt
         return rows, None, batch
     model = model_of.get("eager") or next(iter(model_of.values()))
     fns["floor_gemms"] = floor_fn(model, batch, device, training=False, steps=opts.eval_steps)
-    timed = round_robin(fns, device, opts.eval_iters)
+    # Rounds: --eval-iters, cut so that they take about --case-time-s (an eval pass of a 900-position case at
+    # batch 768 takes seconds per variant).
+    first = sum(r.get("first_call_s", 0.0) for r in rows.values())
+    rounds = max(1, min(opts.eval_iters, int(opts.case_time_s / first))) if first > 0 else opts.eval_iters
+    timed = round_robin(fns, device, rounds)
     for v in fns:
         if v == "floor_gemms":
             continue
         rows[v].update(ms=timed[f"{v}_ms"], ms_min=timed[f"{v}_ms_min"], puzzles_per_s=batch / (timed[f"{v}_ms"] / 1e3))
         if device.type == "cuda":
-            rows[v]["peak_extra_bytes"] = fb.peak_memory(fns[v], device)["extra_bytes"]
+            if rows[v]["first_call_s"] < opts.case_time_s / 4:  # one more call: only where it is short
+                rows[v]["peak_extra_bytes"] = fb.peak_memory(fns[v], device)["extra_bytes"]
     floor = _floor_row(
         timed["floor_gemms_ms"],
         timed["floor_gemms_ms_min"],
@@ -648,7 +657,7 @@ def markdown(results: dict) -> str:
     lines = [
         f"# Training step at the papers' shapes ({m['device']})",
         "",
-        f"{m['date']} {m['time']}; torch {m['torch']}, CUDA {m.get('cuda') or 'n/a'}, "
+        f"{m['time']}; torch {m['torch']}, CUDA {m.get('cuda') or 'n/a'}, "
         f"triton {m.get('triton') or 'n/a'}, "
         f"Python {m['python']}, {m['threads']} threads; {m['dtype']}. Roofline measured in this run: copy "
         f"{roof['copy_GBps']:.0f} GB/s, matmul {roof['matmul_TFLOPs']:.1f} TFLOP/s. A step = `Trainer.train_step` "

@@ -91,7 +91,7 @@ for step in $STEPS; do
       # Leave 70 s for the roofline and the act-step floor after it; the benchmark stops 15 s before its limit.
       lim=$(limit 480 70)
       run "$lim" "$PY" benchmarks/train_step.py --device cuda --cases "$TRAIN_CASES" --budget-s $(( lim - 15 )) \
-        --iters 20 --case-time-s 8 --eval-iters 5 --max-batch estimate --out "$WORK" $TRAIN_ARGS > "$log" 2>&1
+        --iters 20 --case-time-s 8 --eval-iters 3 --max-batch estimate --out "$WORK" $TRAIN_ARGS > "$log" 2>&1
       rc=$?; grep -E '^\{|^## |^\| (eager|compile|triton|cpp|cpp_graphs|\*\*floor)|^Fastest|^Floor' "$log" | head -60 ;;
     roofline)
       run "$(limit 40 30)" "$PY" -m fastrecur.bench.roofline --device cuda --dtypes bfloat16 --batches 1,64,768 \
