@@ -12,6 +12,7 @@ Cases (bf16, hidden 512, heads of 64; per-GPU batch of the papers' runs):
 case                  model                        positions   batch
 ====================  ==========================  ==========  =======
 trm_mlp_sudoku        TRM-MLP (token mixing)       81 + 16     768
+trm_mlp_sudoku_128    TRM-MLP, small-GPU recipe    81 + 16     128
 trm_maze              TRM-attention, Maze-Hard     900 + 16    192
 trm_maze_768          TRM-attention, Maze-Hard     900 + 16    768
 hrm_sudoku            HRM                          81 + 1      768
@@ -71,6 +72,10 @@ ARC_PUZZLE_IDS = 960 * 1001 + 1
 CASES: Dict[str, dict] = {
     "trm_mlp_sudoku": dict(
         arch="trm_mlp", label="TRM-MLP Sudoku", seq_len=81, vocab=11, puzzle_ids=1, batch=768, ema=True
+    ),
+    # the small-GPU recipe (issue 15's goal: 3x compile there); not in the default list
+    "trm_mlp_sudoku_128": dict(
+        arch="trm_mlp", label="TRM-MLP Sudoku", seq_len=81, vocab=11, puzzle_ids=1, batch=128, ema=True
     ),
     "trm_maze": dict(arch="trm", label="TRM-att Maze-Hard", seq_len=900, vocab=6, puzzle_ids=1, batch=192, ema=True),
     "trm_maze_768": dict(

@@ -2,7 +2,8 @@
 # Everything that needs a GPU, in ONE call on a lent GPU machine (the device tool's `run`, <= 600 s), from the repo
 # root:
 #   bash scripts/gpu_check.sh                          (results under $OUT, or gpu-out/ when OUT is unset)
-#   GPU_STEPS="train floor" GPU_TRAIN_CASES=trm_maze,trm_arc,trm_maze_768 bash scripts/gpu_check.sh   (2nd call)
+#   GPU_STEPS="train" GPU_TRAIN_CASES=trm_maze,trm_arc,trm_maze_768,trm_mlp_sudoku_128 bash scripts/gpu_check.sh
+#                                                      (a 2nd call: the cases the first did not reach; see train.log)
 #   GPU_DRY_RUN=1 OUT=/tmp/x bash scripts/gpu_check.sh   (on a CPU: prints the commands and their limits only)
 #
 # Steps, in order of importance, each with its own time limit cut to what is left of GPU_BUDGET (default 560 s):

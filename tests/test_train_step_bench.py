@@ -193,7 +193,8 @@ def test_cuda_request_without_cuda_exits_2(capsys):
 
 def test_papers_shapes():
     """The cases at full size are the papers' recipes (positions include the puzzle-embedding prefix)."""
-    expect = {"trm_mlp_sudoku": (81, 768), "trm_maze": (900, 192), "trm_maze_768": (900, 768), "hrm_sudoku": (81, 768),
+    expect = {"trm_mlp_sudoku": (81, 768), "trm_mlp_sudoku_128": (81, 128),
+              "trm_maze": (900, 192), "trm_maze_768": (900, 768), "hrm_sudoku": (81, 768),
               "trm_arc": (900, 192)}
     for name, (seq, batch) in expect.items():
         spec = ts.case_spec(name, small=False)
