@@ -58,6 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from act_step_floor import graphed, round_robin  # noqa: E402  (the eval ACT step's benchmark, same folder)
 
 from fastrecur import bench as fb  # noqa: E402
+from fastrecur.backend.graphs import graphs_for  # noqa: E402
 from fastrecur.bench.models import _schedule_blocks  # noqa: E402
 from fastrecur.checkpoint import atomic_write  # noqa: E402
 from fastrecur.nn.blocks import swiglu_intermediate_size  # noqa: E402
@@ -177,6 +178,9 @@ def make_trainer(
     tr.head.model.check_inputs = False
     if variant == "cpp_graphs":
         tr.head.model.inner.use_cuda_graphs = True
+        # One static batch: a graph of exactly that size (the default rounds up to a power of two, for solves
+        # whose halted rows are compacted; 768 rows would run as 1024, a third more work).
+        graphs_for(tr.head.model.inner).bucket = False
     if variant == "compile":
         tr.head = torch.compile(tr.head, backend=compile_backend)  # the reference: torch.compile(model), default mode
     return tr
