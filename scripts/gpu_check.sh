@@ -99,8 +99,10 @@ for step in $STEPS; do
         --rounds 20 --out "$WORK" > "$log" 2>&1
       rc=$?; grep "^|" "$log" | head -24 ;;
     floor)
+      # The kernel roofline has its own step above: not again here, where act_step_floor.py offers to skip it.
+      extra=""; grep -q -- "--no-roofline" benchmarks/act_step_floor.py && extra="--no-roofline"
       run "$(limit 60)" "$PY" benchmarks/act_step_floor.py --device cuda --archs trm_mlp --dtypes bfloat16 \
-        --batches 1,64 --no-compile --iters 30 --iters-large 20 --out "$WORK" > "$log" 2>&1
+        --batches 1,64 --no-compile --iters 30 --iters-large 20 $extra --out "$WORK" > "$log" 2>&1
       rc=$?; grep "^|" "$log" | head -20 ;;
     kernels)
       run "$(limit 120)" "$PY" -m fastrecur.bench --device cuda --quick --sections kernels --out "$WORK" > "$log" 2>&1
