@@ -13,7 +13,11 @@ into GEMMs, each fused kernel and the rest, so the distance to the floor is expl
 
 Each timing is the median (and minimum) over ``--iters`` steps from a warm carry (a steady-state step of a
 16-step solve), the variants timed in turns.
-Results record the device, CPU model, versions, threads, load average and the extension's instruction set.
+Results record the device, CPU model, versions, threads, load average and the extension's instruction set;
+every table is printed under one line naming the device and, on a CPU, its ISA features (AVX-512,
+AVX512-BF16, AMX). A kernel roofline follows (``fastrecur.bench.roofline``: each fused kernel against a copy
+of the same bytes, at the same dtypes and batches; on a CPU on one thread, the per-item mode's setting and the
+only one a shared machine times reliably); ``--no-roofline`` skips it.
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ from fastrecur import _ext
 from fastrecur import bench as fb
 from fastrecur.checkpoint import atomic_write
 from fastrecur.backend import graphs
+from fastrecur.bench import roofline
 
-# Profiler names of the fused kernels (csrc/bindings.cpp FR_RECORD labels), reported one by one.
+# Profiler names of the fused kernels (csrc/dispatch.h FR_RECORD labels), reported one by one.
 FUSED = ("fastrecur::swiglu", "fastrecur::add_rms_norm", "fastrecur::add_rms_norm_dim1", "fastrecur::inject_add",
          "fastrecur::rope")
 GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
@@ -187,6 +192,7 @@ def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bo
 def markdown(results: dict) -> str:
     m = results["meta"]
     lines = [f"# Sudoku eval ACT step (hidden 512, 97 positions) vs its GEMM floor ({m['device']})", "",
+             m.get("device_line", ""), "",
              f"{m['date']}, torch {m['torch']}, {m['threads']} threads, extension CPU kernels: {m['cpu_isa']}, "
              f"load average at start {m['loadavg_start']}. Median of {m['iters']} steps at batch <= 8, "
              f"{m['iters_large']} at larger batches, the variants timed in turns; ms per ACT step.", "",
@@ -218,6 +224,9 @@ def markdown(results: dict) -> str:
         for r in results["rows"]:
             b = r.get("cpp_breakdown_ms", {})
             lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | " + " | ".join(ms(b.get(k, 0)) for k in keys) + " |")
+    if results.get("roofline"):
+        header = m.get("roofline_device_line", m.get("device_line", m["device"]))
+        lines += ["", roofline.markdown(results["roofline"], header, m["roofline_clock"])]
     return "\n".join(lines) + "\n"
 
 
@@ -230,12 +239,15 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=20, help="steps timed per variant at batch <= 8")
     p.add_argument("--iters-large", type=int, default=5, help="steps timed per variant at batch > 8")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--no-roofline", action="store_true", help="skip the kernel roofline table")
     p.add_argument("--out", default=None, help="write OUT/act-step-floor-<device>-<date>/results.{json,md}")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     if not _ext.available():
         raise SystemExit(_ext.status())
-    meta = dict(fb.environment(device, quick=False), cpu_isa=_ext.cpu_isa(), iters=a.iters, iters_large=a.iters_large)
+    meta = dict(fb.environment(device, quick=False), cpu_isa=_ext.cpu_isa(), iters=a.iters, iters_large=a.iters_large,
+                device_line=roofline.device_line(device), cpu_features=roofline.cpu_features())
+    print(meta["device_line"], flush=True)
     rows = []
     for arch in a.archs.split(","):
         for dtype in a.dtypes.split(","):
@@ -243,8 +255,19 @@ def main(argv=None) -> int:
                 row = run_case(arch, dtype, batch, device, a.iters if batch <= 8 else a.iters_large, not a.no_compile)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    meta["loadavg_end"] = fb._loadavg()
     results = {"meta": meta, "rows": rows}
+    if not a.no_roofline:
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            meta["roofline_clock"] = roofline.clock_name(device)
+            meta["roofline_device_line"] = roofline.device_line(device)
+            results["roofline"] = roofline.kernel_roofline(device, [getattr(torch, d) for d in a.dtypes.split(",")],
+                                                           [int(b) for b in a.batches.split(",")])
+        finally:
+            torch.set_num_threads(threads)
+    meta["loadavg_end"] = fb._loadavg()
     md = markdown(results)
     print(md)
     if a.out:

@@ -32,8 +32,9 @@ if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
             break
     else:
         _nvcc = shutil.which("nvcc")
-        if _nvcc and os.path.exists(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(_nvcc))), "include", "cuda.h")):
-            os.environ["CUDA_HOME"] = os.path.dirname(os.path.dirname(os.path.realpath(_nvcc)))
+        _root = os.path.dirname(os.path.dirname(os.path.realpath(_nvcc))) if _nvcc else None
+        if _root and os.path.exists(os.path.join(_root, "include", "cuda.h")):
+            os.environ["CUDA_HOME"] = _root
 
 CSRC = os.path.dirname(os.path.abspath(__file__))
 CPP_SOURCES = ["bindings.cpp"]
@@ -173,7 +174,8 @@ def extension_kwargs(with_cuda: bool, rel_to: str | None = None) -> dict:
     if rel_to is not None:
         paths = [os.path.relpath(p, rel_to) for p in paths]
     isa = cpu_isa()[0]
-    cxx = list(CXX_FLAGS) + CPU_ISA_FLAGS[isa] + [f"-DFASTRECUR_CPU_ISA={isa}"]  # a bare token: quotes do not survive every build tool
+    # FASTRECUR_CPU_ISA as a bare token: quotes do not survive every build tool.
+    cxx = list(CXX_FLAGS) + CPU_ISA_FLAGS[isa] + [f"-DFASTRECUR_CPU_ISA={isa}"]
     link = []
     if not _truthy("FASTRECUR_NO_OPENMP"):
         cxx += OPENMP_FLAGS

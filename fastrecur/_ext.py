@@ -66,7 +66,8 @@ def _fake_writes_in_place(*args, **kwargs) -> None:
 
 if _C is not None:
     for _name in TENSOR_OPS:
-        torch.library.register_fake(f"fastrecur_C::{_name}")(_fake_writes_in_place)
+        if hasattr(torch.ops.fastrecur_C, _name):  # an older library (FASTRECUR_EXT_LIBRARY) may lack an op
+            torch.library.register_fake(f"fastrecur_C::{_name}")(_fake_writes_in_place)
 
 
 def available() -> bool:

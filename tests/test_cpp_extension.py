@@ -82,7 +82,8 @@ def eager_loop(steps, states, x, levels, cos, sin, num_heads):
         if inj is not None:
             h = h + inj
         for w in levels[step.level]:
-            h = attention_block(h, w, num_heads, cos, sin) if isinstance(w, AttentionBlockWeights) else mixer_block(h, w)
+            attention = isinstance(w, AttentionBlockWeights)
+            h = attention_block(h, w, num_heads, cos, sin) if attention else mixer_block(h, w)
         st[step.target] = h
     return st
 
@@ -500,3 +501,28 @@ def test_bad_raw_op_inputs():
         C().add_rms_norm(a[:3], a[1:], EPS, a[1:])
     with pytest.raises(TypeError, match="dtype"):
         C().swiglu(torch.randn(3, 8), torch.empty(3, 4, dtype=torch.float64))
+
+
+def test_kernel_roofline_rows():
+    """fastrecur.bench.roofline: the bytes each kernel must move (hand-counted at one Sudoku item: 97 rows of
+    512, SwiGLU width 1536, 16 RoPE heads of 64 plus the fp32 tables), timings that are positive, the ratio
+    to the copy, and a table headed by the CPU's ISA features."""
+    from fastrecur.bench import roofline
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = roofline.kernel_roofline(torch.device("cpu"), [torch.bfloat16], [1], rounds=1)
+    finally:
+        torch.set_num_threads(old)
+    want = {"add_rms_norm": 3 * 97 * 512 * 2, "add_rms_norm_dim1": 3 * 97 * 512 * 2, "swiglu": 3 * 97 * 1536 * 2,
+            "rope": 2 * 97 * 16 * 64 * 2 + 2 * 97 * 64 * 4, "inject_add": 4 * 97 * 512 * 2}
+    assert {r["kernel"]: r["bytes"] for r in rows} == want
+    for r in rows:
+        assert r["kernel_us"] > 0 and r["copy_us"] > 0
+        assert r["fraction_of_copy"] == pytest.approx(r["copy_us"] / r["kernel_us"])
+    line = roofline.device_line(torch.device("cpu"))
+    assert "AVX512-BF16" in line and "AMX" in line and _ext.cpu_isa() in line
+    assert roofline.markdown(rows, line, "wall time").startswith(f"Kernel roofline: {line}")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        roofline.kernel_case("softmax", 1, torch.float32, torch.device("cpu"))

@@ -58,7 +58,7 @@ def device_line(device: torch.device) -> str:
         return f"{device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
     feats = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu_features().items())
     isa = _ext.cpu_isa() or "none (extension not built)"
-    return (f"{device_name(device)}; {feats}; {torch.get_num_threads()} threads; extension CPU kernels: {isa}; "
+    return (f"{device_name(device)}; {feats}; threads: {torch.get_num_threads()}; extension CPU kernels: {isa}; "
             f"torch {torch.__version__}")
 
 
@@ -109,6 +109,11 @@ def copy_case(nbytes: int, device: torch.device) -> Callable[[], None]:
     return lambda: dst.copy_(src)
 
 
+def clock_name(device: torch.device) -> str:
+    """What :func:`time_in_turns` measures with on ``device`` (printed with every table)."""
+    return _timer(device)[1]
+
+
 def _timer(device: torch.device) -> Tuple[Callable[[], float], str]:
     """The clock: on a CPU with one thread, the thread's CPU time (a shared machine's other processes then
     cost only cache, not the time slices they take); otherwise wall time."""
@@ -147,7 +152,8 @@ def time_in_turns(fns: Dict[str, Callable[[], None]], device: torch.device, roun
 def kernel_roofline(device: torch.device, dtypes: List[torch.dtype], batches: List[int],
                     kernels: Optional[List[str]] = None, rounds: int = 15) -> List[dict]:
     """One row per (kernel, dtype, batch): bytes moved, µs per call, GB/s, the copy's GB/s on the same bytes
-    and the ratio, from the fastest round of each (and the ratio of the medians). Needs the extension (``fastrecur._ext``); on CUDA, its CUDA kernels."""
+    and the ratio, from the fastest round of each (and the ratio of the medians). Needs the extension
+    (``fastrecur._ext``); on CUDA, its CUDA kernels."""
     from fastrecur import _ext
 
     _ext.ops()  # RuntimeError with the reason when the extension is not built
@@ -175,8 +181,8 @@ def markdown(rows: List[dict], header: str, clock: str) -> str:
              "**kernel / copy** | medians: kernel / copy |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['kernel']} | {r['dtype']} | {r['batch']} | {r['bytes'] / 1e6:.2f} MB | {r['kernel_us']:.1f} | "
-                     f"{r['kernel_GBps']:.1f} | {r['copy_GBps']:.1f} | **{100 * r['fraction_of_copy']:.0f} %** | "
+        lines.append(f"| {r['kernel']} | {r['dtype']} | {r['batch']} | {r['bytes'] / 1e6:.2f} MB | "
+                     f"{r['kernel_us']:.1f} | {r['kernel_GBps']:.1f} | {r['copy_GBps']:.1f} | **{100 * r['fraction_of_copy']:.0f} %** | "
                      f"{100 * r['fraction_of_copy_median']:.0f} % |")
     return "\n".join(lines) + "\n"
 
@@ -215,7 +221,7 @@ def main(argv=None) -> int:
         return fail(str(e))
     meta = dict(environment(device, quick=False), device_line=device_line(device), cpu_features=cpu_features(),
                 loadavg_end=_loadavg())
-    meta["clock"] = _timer(device)[1]
+    meta["clock"] = clock_name(device)
     md = markdown(rows, meta["device_line"] + f", {meta['date']}, load average {meta['loadavg_start']}", meta["clock"])
     print(md)
     if a.out:
