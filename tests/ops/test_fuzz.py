@@ -307,9 +307,12 @@ def measure(c: Case) -> Dict[str, Dict[str, float]]:
 
 
 def run_cases(op: str, indices) -> Tuple[Dict[str, Dict[str, Any]], List[str]]:
-    """Measure the cases; return the worst error per (dtype, quantity) -- with the case it came from -- and the
-    descriptions of the cases over their bound."""
+    """Measure the cases; return per (dtype, quantity) the case nearest its bound (largest error / bound, with the
+    case it came from), the largest error among the well-conditioned cases (kappa <= 2) and how many cases had
+    kappa > 2; and the descriptions of the cases over their bound."""
     worst: Dict[str, Dict[str, Any]] = {}
+    plain: Dict[str, Dict[str, Any]] = {}
+    ill: Dict[str, int] = {}
     failures = []
     for i in indices:
         c = case(op, i)
@@ -318,9 +321,14 @@ def run_cases(op: str, indices) -> Tuple[Dict[str, Dict[str, Any]], List[str]]:
             ratio = m["err"] / m["bound"]
             if key not in worst or ratio > worst[key]["ratio"]:
                 worst[key] = dict(m, ratio=ratio, case=i, desc=c.desc)
+            ill[key] = ill.get(key, 0) + (m["kappa"] > 2)
+            if m["kappa"] <= 2 and (key not in plain or m["err"] > plain[key]["err"]):
+                plain[key] = {"err": m["err"], "eager_err": m["eager_err"], "case": i}
             if not m["err"] <= m["bound"]:
                 failures.append(f"case({op!r}, {i}) [{DTYPE_NAMES[c.dtype]}] {q}: error {m['err']:.3g} > bound "
                                 f"{m['bound']:.3g} (eager {m['eager_err']:.3g}); {c.desc}")
+    for key, w in worst.items():
+        w["worst_well_conditioned"], w["ill_conditioned_cases"] = plain.get(key), ill[key]
     return worst, failures
 
 
@@ -330,6 +338,10 @@ def _summary(op: str, worst: Dict[str, Dict[str, Any]]) -> str:
         w = worst[key]
         lines.append(f"  {key:24s} {w['err']:.3g} (eager {w['eager_err']:.3g}, bound {w['bound']:.3g}, "
                      f"{w['ratio']:.2f}, kappa {w['kappa']:.3g}) case {w['case']}")
+        p = w["worst_well_conditioned"]
+        if p:
+            lines.append(f"  {'':24s} kappa <= 2: {p['err']:.3g} (eager {p['eager_err']:.3g}) case {p['case']}; "
+                         f"{w['ill_conditioned_cases']} case(s) with kappa > 2")
     return "\n".join(lines)
 
 
