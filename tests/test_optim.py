@@ -181,3 +181,16 @@ def test_build_optimizers_as_reference():
         freeze_weights=True,
     )
     assert [type(o) for o in opts] == [SparseEmbeddingSignSGD]
+
+
+def test_sparse_sign_sgd_many_duplicate_ids_equals_a_per_id_loop():
+    """The static-shape update (sort, runs of equal ids) against the update written per unique id, in fp64."""
+    g = torch.Generator().manual_seed(3)
+    weights = torch.randn(50, 8, dtype=torch.float64, generator=g)
+    ids = torch.randint(0, 12, (64,), generator=g)
+    grad = torch.randn(64, 8, dtype=torch.float64, generator=g)
+    want = weights.clone()
+    for i in ids.unique().tolist():
+        want[i] = want[i] * (1 - 0.1 * 0.5) - 0.1 * torch.sign(grad[ids == i].sum(0))
+    sparse_sign_sgd_(weights, grad, ids, lr=0.1, weight_decay=0.5)
+    assert torch.equal(weights, want)

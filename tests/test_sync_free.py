@@ -18,13 +18,8 @@ What the CPU cannot see: work inside the C++ extension's ops (their ATen calls h
 mode), and device-to-host copies (``.cpu()`` / ``.tolist()`` are no-ops on a CPU tensor). The CUDA test at
 the end covers both with ``torch.cuda.set_sync_debug_mode("error")``.
 
-Found on 2026-11-29 (reported, not fixed here: the files belong to others):
+The one sync left by design:
 
-- ``fastrecur/train/optim.py`` ``sparse_sign_sgd_``: ``ids.unique(return_inverse=True)`` (``aten._unique2``,
-  dynamic output shape) syncs once per step whenever the model has a puzzle embedding. A sync-free form
-  with static shapes: per batch row, the sum of the gradient rows with the same id as ``(ids[:, None] ==
-  ids[None, :]) @ grad`` (B x B x D, negligible), then ``weights[ids] = rows * (1 - lr wd) - lr sign(sum)``
-  (duplicate ids write the same value).
 - ``fastrecur/models/act.py`` ``ACTModel.check_batch``: ``int(inputs.min())`` etc. when ``check_inputs``
   is on and the batch is new (the trainer turns it off on CUDA after its first step).
 """
@@ -179,17 +174,9 @@ def test_training_step_without_puzzle_embedding_is_sync_free(arch, backend):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_training_step_syncs_only_in_the_sparse_sign_sgd(arch):
-    """With a puzzle embedding the one sync is the puzzle-embedding optimizer's ``unique``, once per step."""
-    records = _steady_state_syncs(_trainer(arch, "eager", puzzle_emb=True), steps=2)
-    assert [(op, w.rsplit(":", 1)[0]) for op, w in records] == \
-        [("aten._unique2", "fastrecur/train/optim.py:sparse_sign_sgd_")] * 2, records
-
-
-@pytest.mark.xfail(strict=True, reason="fastrecur/train/optim.py sparse_sign_sgd_ calls unique() (a sync); "
-                   "see the module docstring for a static-shape form")
-def test_training_step_with_puzzle_embedding_is_sync_free():
-    assert _steady_state_syncs(_trainer("trm", "eager", puzzle_emb=True)) == []
+def test_training_step_with_puzzle_embedding_is_sync_free(arch):
+    """The puzzle-embedding optimizer (sparse sign-SGD) included: its per-id sums have static shapes."""
+    assert _steady_state_syncs(_trainer(arch, "eager", puzzle_emb=True), steps=2) == []
 
 
 def test_input_check_syncs_until_turned_off():
@@ -220,7 +207,6 @@ def test_cuda_training_step_without_puzzle_embedding_does_not_sync(arch, backend
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.set_sync_debug_mode)")
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="sparse_sign_sgd_'s unique() syncs (module docstring)")
 def test_cuda_training_step_with_puzzle_embedding_does_not_sync():
     _cuda_steps_without_sync(_trainer("trm", "eager", puzzle_emb=True, device="cuda", dtype="bfloat16"))
 

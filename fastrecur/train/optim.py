@@ -186,13 +186,25 @@ def sparse_sign_sgd_(
     if world_size > 1:
         all_grad = _all_gather_rows(local_grad, world_size)
         all_ids = _all_gather_rows(local_ids, world_size)
-    ids, inverse = all_ids.unique(return_inverse=True)
-    summed = torch.zeros((ids.shape[0], all_grad.shape[1]), dtype=all_grad.dtype, device=all_grad.device)
-    summed.index_add_(0, inverse, all_grad)
-    ids = ids.long()
+    # Static shapes, no host sync (``unique`` would wait for the device to learn how many ids there are): sort
+    # the ids (stable, so each id's rows are summed in batch order, as unique + index_add_ does), number the
+    # runs of equal ids, sum each run's gradient rows into its slot. Slots past the last run repeat the last
+    # run's id and new row, so the one write below stores identical values wherever an id appears twice.
+    n = all_ids.shape[0]
+    if n == 0:
+        return
+    sorted_ids, order = torch.sort(all_ids.long(), stable=True)
+    starts = torch.ones_like(sorted_ids, dtype=torch.bool)
+    starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    run = torch.cumsum(starts, 0) - 1  # [n] run index of each sorted row
+    summed = torch.zeros((n, all_grad.shape[1]), dtype=all_grad.dtype, device=all_grad.device)
+    summed.index_add_(0, run, all_grad.index_select(0, order))
+    run_ids = torch.zeros_like(sorted_ids).index_copy_(0, run, sorted_ids)  # id of each run (rows of one run agree)
+    slot = torch.minimum(torch.arange(n, device=run.device), run[-1])
+    ids, summed = run_ids[slot], summed[slot]
     rows = weights[ids]
     rows.mul_(1.0 - lr * weight_decay).add_(torch.sign(summed).to(rows.dtype), alpha=-lr)
-    weights[ids] = rows
+    weights.index_copy_(0, ids, rows)
 
 
 def _all_gather_rows(t: torch.Tensor, world_size: int) -> torch.Tensor:
