@@ -27,7 +27,8 @@ inline void check_act(const at::Tensor& t, const std::string& name) {
   FR_CHECK(t.device().is_cpu() || t.device().is_cuda(), name, " must be on CPU or CUDA, got ", t.device());
 }
 
-inline void check_like(const at::Tensor& t, const at::Tensor& ref, const std::string& name, const std::string& ref_name) {
+inline void check_like(const at::Tensor& t, const at::Tensor& ref, const std::string& name,
+                       const std::string& ref_name) {
   FR_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name, " has ",
            ref.scalar_type());
   FR_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device());
@@ -49,7 +50,8 @@ inline void check_alias_ok(const at::Tensor& out, const at::Tensor& in, const st
   FR_CHECK(exact, out_name, " partially overlaps ", in_name, "; it must be the same tensor or not overlap it");
 }
 
-inline void check_disjoint(const at::Tensor& a, const at::Tensor& b, const std::string& a_name, const std::string& b_name) {
+inline void check_disjoint(const at::Tensor& a, const at::Tensor& b, const std::string& a_name,
+                           const std::string& b_name) {
   FR_CHECK(!a.storage().is_alias_of(b.storage()) || at::get_overlap_status(a, b) == at::MemOverlapStatus::No,
            a_name, " and ", b_name,
            " share memory; they must be distinct, non-overlapping tensors");
