@@ -9,8 +9,13 @@ import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_threads():
+    """Every test starts from seed 0 and the process's thread count, whatever the one before set (a Trainer
+    sets its --threads; GEMM and SDPA reductions, hence the last bits, depend on the thread count)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_report_header(config):
