@@ -212,18 +212,18 @@ def _norm_conditioning(x, r, dy, eps, weight=None) -> Tuple[float, float]:
 
     kappa_out: cancellation in the sum, max over rows of ``max|x| + |r|`` over ``max|x + r|`` -- every
     implementation rounds the summands, so its error relative to the output scales with it. kappa_grad: kappa_out
-    times the cancellation in the norm's backward, ``rstd * max|dy|`` (the gradient's size before the projection
-    that removes the output's direction) over ``max|ds|`` -- a backward computed from the rounded output (the
-    fused ops save y) carries the output's roundoff relative to that natural size; every input gradient is a
-    linear map of ds. A norm over one element is the extreme: ds is suppressed by eps, kappa_grad ~ x^2 / eps."""
+    times the cancellation in the norm's backward, max over rows of ``rstd * max|dy|`` (the gradient's size before
+    the projection that removes the output's direction) over ``max|ds|`` -- a backward computed from the rounded
+    output (the fused ops save y) carries the output's roundoff relative to that natural size; every input gradient
+    is a linear map of ds. A norm over one element is the extreme: ds is suppressed by eps, kappa_grad ~ x^2 / eps."""
     s = (x + r).detach().requires_grad_()
     (ds,) = torch.autograd.grad(R.rms_norm(s, eps, weight), s, dy)
     tiny = torch.finfo(torch.float64).tiny
     kappa_out = float(((x.abs() + r.abs()).amax(-1) / s.detach().abs().amax(-1).clamp_min(tiny)).max())
     rstd = torch.rsqrt(s.detach().square().mean(-1) + eps)
     upstream = (dy * weight).abs() if weight is not None else dy.abs()
-    natural = float((rstd * upstream.amax(-1)).max())
-    return max(1.0, kappa_out), max(1.0, kappa_out * natural / max(float(ds.abs().max()), tiny))
+    projection = float((rstd * upstream.amax(-1) / ds.abs().amax(-1).clamp_min(tiny)).max())  # worst row
+    return max(1.0, kappa_out), max(1.0, kappa_out * projection)
 
 
 def _swiglu_conditioning(h, w_gate_up, w_down, dy, eps):
