@@ -13,7 +13,7 @@
 // innermost axis must be contiguous (stride 1).
 //
 // Memory traffic: each kernel reads its inputs and writes its outputs once from memory; the two-pass norms
-// re-read a row (or a 64-column strip) they have just written, from L1/L2. fastrecur.bench.roofline
+// re-read a row's fp32 buffer or a 64-column strip they have just written, from L1/L2. fastrecur.bench.roofline
 // measures each kernel against a copy of the same bytes.
 #pragma once
 
@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 namespace fastrecur::cpu {
 
@@ -284,13 +285,16 @@ struct RowCopy {
 
 // out[r, :] = rms_norm(a[r, :] + b[r, :]); out may be a or b (each element is read before it is written).
 // With copy.ptr set, each finished row is also written there.
-// Pass 1 stores the sum rounded to T into out (exactly what eager holds after `a + b` in dtype T, which the
-// norm must see) and accumulates its squares lane-wise; pass 2 scales the row it re-reads from L1.
+// Pass 1 keeps the sum rounded to T (exactly what eager holds after `a + b` in dtype T, which the norm must
+// see) as fp32 in a row buffer (L1) and accumulates its squares lane-wise; pass 2 scales the buffer into out
+// (fp32 at batch 8 on the EPYC: 15 % faster than storing in pass 1 and re-reading out).
 template <typename T>
 void add_rms_norm_rows(T* out, int64_t os, const T* a, int64_t as, const T* b, int64_t bs, int64_t rows,
                        int64_t cols, float eps, RowCopy<T> copy = {}) {
   const int64_t full = cols - cols % kV, tail = cols - full;
   at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
+    std::vector<float> sums(static_cast<size_t>(cols));  // the row's rounded sums, for pass 2 (L1)
+    float* sb = sums.data();
     for (int64_t r = r0; r < r1; ++r) {
       T* o = out + r * os;
       const T* pa = a + r * as;
@@ -298,21 +302,23 @@ void add_rms_norm_rows(T* out, int64_t os, const T* a, int64_t as, const T* b, i
       T* o2 = copy.row(r);
       fVec acc(0.f);
       for (int64_t c = 0; c < full; c += kV) {
-        const fVec s = vstore_round(o + c, vload(pa + c) + vload(pb + c));
+        const fVec s = round_to<T>(vload(pa + c) + vload(pb + c));
+        s.store(sb + c);
         acc = at::vec::fmadd(s, s, acc);
       }
       if (tail) {
-        const fVec s = vstore_round(o + full, vload(pa + full, tail) + vload(pb + full, tail), tail);
+        const fVec s = round_to<T>(vload(pa + full, tail) + vload(pb + full, tail));
+        s.store(sb + full, static_cast<int>(tail));
         acc = at::vec::fmadd(s, s, acc);
       }
       const fVec scale(1.f / std::sqrt(lane_sum(acc) / static_cast<float>(cols) + eps));
       for (int64_t c = 0; c < full; c += kV) {
-        const fVec y = vload(o + c) * scale;
+        const fVec y = fVec::loadu(sb + c) * scale;
         vstore(o + c, y);
         if (o2) vstore(o2 + c, y);
       }
       if (tail) {
-        const fVec y = vload(o + full, tail) * scale;
+        const fVec y = fVec::loadu(sb + full, static_cast<int>(tail)) * scale;
         vstore(o + full, y, tail);
         if (o2) vstore(o2 + full, y, tail);
       }
