@@ -43,6 +43,13 @@ def check_against_reference(name, backend, eval_steps=3, rtol_last_eval=1e-4):
         assert_close(grads[k], want, f"{name} {backend} grad {k}")
 
 
+@pytest.fixture(autouse=True)
+def _golden_threads():
+    """The thread count the golden cases were made with (2): CPU attention for head_dim 10 rounds by it. The
+    conftest fixture restores the process's count afterwards."""
+    torch.set_num_threads(2)
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_eager_matches_reference(name):
     check_against_reference(name, "eager")
@@ -50,10 +57,8 @@ def test_eager_matches_reference(name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_eager_is_the_reference_bit_for_bit(name):
-    """The eager loop adds in the reference's order (hier6's six-state sums included): equal to the last bit, at
-    the thread count the cases were made with (2; CPU attention's reductions for head_dim 10 follow it)."""
+    """The eager loop adds in the reference's order (hier6's six-state sums included): equal to the last bit."""
     case = load_case(name)
-    torch.set_num_threads(2)  # restored by the conftest fixture
     outs = run_eval(build(case), case["batch"])
     for got, want in zip(outs, case["eval"]):
         for k in want:
