@@ -46,6 +46,7 @@ dev:
 
 lint:
 	$(DEV_VENV)/bin/ruff check .
+	$(DEV_VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	cd / && $(abspath $(PY)) -m fastrecur.bench --quick --device cpu --out $(CURDIR)/bench-out

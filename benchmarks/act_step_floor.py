@@ -19,6 +19,7 @@ AVX512-BF16, AMX). A kernel roofline follows (``fastrecur.bench.roofline``: each
 of the same bytes, at the same dtypes and batches; on a CPU on one thread, the per-item mode's setting and the
 only one a shared machine times reliably); ``--no-roofline`` skips it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,13 +34,18 @@ import torch
 
 from fastrecur import _ext
 from fastrecur import bench as fb
-from fastrecur.checkpoint import atomic_write
 from fastrecur.backend import graphs
 from fastrecur.bench import roofline
+from fastrecur.checkpoint import atomic_write
 
 # Profiler names of the fused kernels (csrc/dispatch.h FR_RECORD labels), reported one by one.
-FUSED = ("fastrecur::swiglu", "fastrecur::add_rms_norm", "fastrecur::add_rms_norm_dim1", "fastrecur::inject_add",
-         "fastrecur::rope")
+FUSED = (
+    "fastrecur::swiglu",
+    "fastrecur::add_rms_norm",
+    "fastrecur::add_rms_norm_dim1",
+    "fastrecur::inject_add",
+    "fastrecur::rope",
+)
 GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
 
 
@@ -191,31 +197,51 @@ def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bo
 
 def markdown(results: dict) -> str:
     m = results["meta"]
-    lines = [f"# Sudoku eval ACT step (hidden 512, 97 positions) vs its GEMM floor ({m['device']})", "",
-             m.get("device_line", ""), "",
-             f"{m['date']}, torch {m['torch']}, {m['threads']} threads, extension CPU kernels: {m['cpu_isa']}, "
-             f"load average at start {m['loadavg_start']}. Median of {m['iters']} steps at batch <= 8, "
-             f"{m['iters_large']} at larger batches, the variants timed in turns; ms per ACT step.", "",
-             "| model | dtype | batch | eager | torch.compile | cpp | GEMM floor | **cpp / floor** | fastest runs: cpp / floor | eager / cpp | compile / cpp | cpp mode |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    ms = (lambda v: f"{v:.1f}" if v >= 10 else f"{v:.3f}")  # noqa: E731  (GPU steps take about a millisecond)
+    lines = [
+        f"# Sudoku eval ACT step (hidden 512, 97 positions) vs its GEMM floor ({m['device']})",
+        "",
+        m.get("device_line", ""),
+        "",
+        f"{m['date']}, torch {m['torch']}, {m['threads']} threads, extension CPU kernels: {m['cpu_isa']}, "
+        f"load average at start {m['loadavg_start']}. Median of {m['iters']} steps at batch <= 8, "
+        f"{m['iters_large']} at larger batches, the variants timed in turns; ms per ACT step.",
+        "",
+        "| model | dtype | batch | eager | torch.compile | cpp | GEMM floor | **cpp / floor** | fastest runs: cpp / "
+        "floor | eager / cpp | compile / cpp | cpp mode |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    ms = lambda v: f"{v:.1f}" if v >= 10 else f"{v:.3f}"  # noqa: E731  (GPU steps take about a millisecond)
     for r in results["rows"]:
         comp = ms(r["compile_ms"]) if "compile_ms" in r else "n/a"
         cx = f"{r['compile_x_cpp']:.2f}x" if "compile_x_cpp" in r else "n/a"
-        lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | {ms(r['eager_ms'])} | {comp} | {ms(r['cpp_ms'])} | "
-                     f"{ms(r['gemm_floor_ms'])} | **{r['cpp_x_floor']:.3f}** | {r['cpp_x_floor_min']:.3f} | {r['eager_x_cpp']:.2f}x | {cx} | {r['cpp_mode']} |")
+        lines.append(
+            f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | {ms(r['eager_ms'])} | "
+            f"{comp} | {ms(r['cpp_ms'])} | "
+            f"{ms(r['gemm_floor_ms'])} | **{r['cpp_x_floor']:.3f}** | {r['cpp_x_floor_min']:.3f} | "
+            f"{r['eager_x_cpp']:.2f}x | {cx} | {r['cpp_mode']} |"
+        )
     if any("cpp_graphs_ms" in r for r in results["rows"]):
-        lines += ["", "With CUDA graphs (`inner.use_cuda_graphs = True`: the no-grad recursion is one graph replay "
-                  "per ACT step); the GEMM floor above is itself replayed from a CUDA graph:", "",
-                  "| model | dtype | batch | cpp + graphs | **cpp + graphs / floor** | eager / (cpp + graphs) |",
-                  "|---|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "With CUDA graphs (`inner.use_cuda_graphs = True`: the no-grad recursion is one graph replay "
+            "per ACT step); the GEMM floor above is itself replayed from a CUDA graph:",
+            "",
+            "| model | dtype | batch | cpp + graphs | **cpp + graphs / floor** | eager / (cpp + graphs) |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for r in results["rows"]:
             if "cpp_graphs_ms" in r:
-                lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | {ms(r['cpp_graphs_ms'])} | "
-                             f"**{r['cpp_graphs_x_floor']:.3f}** | {r['eager_x_cpp_graphs']:.2f}x |")
+                lines.append(
+                    f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | "
+                    f"{ms(r['cpp_graphs_ms'])} | "
+                    f"**{r['cpp_graphs_x_floor']:.3f}** | {r['eager_x_cpp_graphs']:.2f}x |"
+                )
     if any("cpp_breakdown_ms" in r for r in results["rows"]):
-        what = ("device time of the plain cpp step's kernels, by kind" if results["meta"].get("device_type") == "cuda"
-                else "profiler self time of every thread's ops, as shares of the step")
+        what = (
+            "device time of the plain cpp step's kernels, by kind"
+            if results["meta"].get("device_type") == "cuda"
+            else "profiler self time of every thread's ops, as shares of the step"
+        )
         lines += ["", f"Where the cpp step's time goes ({what}; ms per ACT step):", ""]
         keys = []
         for r in results["rows"]:
@@ -223,7 +249,11 @@ def markdown(results: dict) -> str:
         lines += ["| model | dtype | batch | " + " | ".join(keys) + " |", "|---|---|---:|" + "---:|" * len(keys)]
         for r in results["rows"]:
             b = r.get("cpp_breakdown_ms", {})
-            lines.append(f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | " + " | ".join(ms(b.get(k, 0)) for k in keys) + " |")
+            lines.append(
+                f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | "
+                + " | ".join(ms(b.get(k, 0)) for k in keys)
+                + " |"
+            )
     if results.get("roofline"):
         header = m.get("roofline_device_line", m.get("device_line", m["device"]))
         lines += ["", roofline.markdown(results["roofline"], header, m["roofline_clock"])]
@@ -245,8 +275,14 @@ def main(argv=None) -> int:
     device = torch.device(a.device)
     if not _ext.available():
         raise SystemExit(_ext.status())
-    meta = dict(fb.environment(device, quick=False), cpu_isa=_ext.cpu_isa(), iters=a.iters, iters_large=a.iters_large,
-                device_line=roofline.device_line(device), cpu_features=roofline.cpu_features())
+    meta = dict(
+        fb.environment(device, quick=False),
+        cpu_isa=_ext.cpu_isa(),
+        iters=a.iters,
+        iters_large=a.iters_large,
+        device_line=roofline.device_line(device),
+        cpu_features=roofline.cpu_features(),
+    )
     print(meta["device_line"], flush=True)
     rows = []
     for arch in a.archs.split(","):
@@ -263,8 +299,9 @@ def main(argv=None) -> int:
         try:
             meta["roofline_clock"] = roofline.clock_name(device)
             meta["roofline_device_line"] = roofline.device_line(device)
-            results["roofline"] = roofline.kernel_roofline(device, [getattr(torch, d) for d in a.dtypes.split(",")],
-                                                           [int(b) for b in a.batches.split(",")])
+            results["roofline"] = roofline.kernel_roofline(
+                device, [getattr(torch, d) for d in a.dtypes.split(",")], [int(b) for b in a.batches.split(",")]
+            )
         finally:
             torch.set_num_threads(threads)
     meta["loadavg_end"] = fb._loadavg()

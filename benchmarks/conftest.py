@@ -18,6 +18,7 @@ Each case's ``extra_info`` (in ``--benchmark-json``) holds the bytes and FLOPs t
 GB/s and TFLOP/s, the fraction of the roofline measured at session start and, on CUDA, the device-event
 median (``triton.testing.do_bench``) and peak memory.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,12 +29,18 @@ import torch
 
 def pytest_addoption(parser):
     g = parser.getgroup("fastrecur benchmarks")
-    g.addoption("--bench-device", default=os.environ.get("FASTRECUR_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"),
-                choices=["cpu", "cuda"])
+    g.addoption(
+        "--bench-device",
+        default=os.environ.get("FASTRECUR_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"),
+        choices=["cpu", "cuda"],
+    )
     g.addoption("--bench-scale", default=os.environ.get("FASTRECUR_BENCH_SCALE"), choices=["full", "quick", "tiny"])
     g.addoption("--bench-dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    g.addoption("--bench-triton-cpu", action="store_true",
-                default=os.environ.get("FASTRECUR_BENCH_TRITON_CPU", "0") not in ("", "0"))
+    g.addoption(
+        "--bench-triton-cpu",
+        action="store_true",
+        default=os.environ.get("FASTRECUR_BENCH_TRITON_CPU", "0") not in ("", "0"),
+    )
 
 
 def _scale(config) -> str:
@@ -56,8 +63,10 @@ def pytest_report_header(config):
     from fastrecur.bench import environment
 
     meta = environment(torch.device(config.getoption("--bench-device")), quick=_scale(config) != "full")
-    return (f"fastrecur benchmarks: {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, "
-            f"threads {meta['threads']}, scale {_scale(config)}, date {meta['date']}")
+    return (
+        f"fastrecur benchmarks: {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, "
+        f"threads {meta['threads']}, scale {_scale(config)}, date {meta['date']}"
+    )
 
 
 @pytest.fixture(scope="session")

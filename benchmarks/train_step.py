@@ -677,8 +677,7 @@ def markdown(results: dict) -> str:
     for row in results["cases"]:
         lines += [
             f"## {row['label']}: batch {row['batch']}, {row['seq_len']} positions + puzzle prefix, "
-            f"hidden {row['hidden']}"
-            + ("" if row["ema"] else " (no EMA, as the reference)"),
+            f"hidden {row['hidden']}" + ("" if row["ema"] else " (no EMA, as the reference)"),
             "",
         ]
         if "skipped" in row:

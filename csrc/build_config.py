@@ -15,6 +15,7 @@ scripts in ``scripts/`` (so every build uses the same flags).
   installed silently. Without torch importable in the build environment the build stops with a message
   (install with ``pip install --no-build-isolation`` or set ``FASTRECUR_NO_EXT=1``).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,18 @@ if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
 CSRC = os.path.dirname(os.path.abspath(__file__))
 CPP_SOURCES = ["bindings.cpp"]
 # Headers compiled into bindings.cpp (setuptools' `depends`: rebuilt when one changes, shipped in an sdist).
-HEADERS = ["checks.h", "cpu_kernels.h", "cuda_api.h", "dispatch.h", "elementwise_ops.h", "isa_info.h", "loop.h",
-           "planner.h", "program.h", "workspace.h"]
+HEADERS = [
+    "checks.h",
+    "cpu_kernels.h",
+    "cuda_api.h",
+    "dispatch.h",
+    "elementwise_ops.h",
+    "isa_info.h",
+    "loop.h",
+    "planner.h",
+    "program.h",
+    "workspace.h",
+]
 CUDA_SOURCES = ["kernels.cu"]
 # Ampere and Hopper SASS, plus Hopper PTX so newer GPUs can JIT the kernels.
 CUDA_ARCHS = [("80", "sm_80"), ("90", "sm_90")]
@@ -109,10 +120,27 @@ def want_cuda() -> tuple[bool, str]:
 CPU_ISA_FLAGS = {
     # AVX-512 with the BF16 conversion instructions (Cooper Lake, Sapphire Rapids and later; AMD Zen 4): one
     # instruction per 16 fp32 -> bf16 roundings in the CPU kernels instead of ten.
-    "avx512_bf16": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-mf16c",
-                    "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
-    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
-               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "avx512_bf16": [
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mavx512bf16",
+        "-mfma",
+        "-mf16c",
+        "-DCPU_CAPABILITY=AVX512",
+        "-DCPU_CAPABILITY_AVX512",
+    ],
+    "avx512": [
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mfma",
+        "-mf16c",
+        "-DCPU_CAPABILITY=AVX512",
+        "-DCPU_CAPABILITY_AVX512",
+    ],
     "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
     "default": [],
 }
@@ -157,8 +185,10 @@ def cpu_isa() -> tuple[str, str]:
 def write_build_info(package_dir: str, isa: str) -> None:
     """Record the build's CPU instruction set where ``fastrecur._ext`` reads it before loading the library."""
     path = os.path.join(package_dir, "_build_info.py")
-    text = ('"""Written by csrc/build_config.py when fastrecur._C is built; read by fastrecur._ext."""\n'
-            f"CPU_ISA = {isa!r}\nCPU_ISA_NEEDS = {CPU_ISA_NEEDS[isa]!r}\n")
+    text = (
+        '"""Written by csrc/build_config.py when fastrecur._C is built; read by fastrecur._ext."""\n'
+        f"CPU_ISA = {isa!r}\nCPU_ISA_NEEDS = {CPU_ISA_NEEDS[isa]!r}\n"
+    )
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -183,8 +213,13 @@ def extension_kwargs(with_cuda: bool, rel_to: str | None = None) -> dict:
     depends = [os.path.join(CSRC, h) for h in HEADERS]
     if rel_to is not None:
         depends = [os.path.relpath(p, rel_to) for p in depends]
-    kwargs = {"sources": paths, "extra_compile_args": {"cxx": cxx}, "include_dirs": [CSRC], "extra_link_args": link,
-              "depends": depends}
+    kwargs = {
+        "sources": paths,
+        "extra_compile_args": {"cxx": cxx},
+        "include_dirs": [CSRC],
+        "extra_link_args": link,
+        "depends": depends,
+    }
     if with_cuda:
         kwargs["extra_compile_args"]["cxx"].append("-DFASTRECUR_WITH_CUDA")
         kwargs["extra_compile_args"]["nvcc"] = nvcc_flags()
@@ -207,8 +242,10 @@ def get_extensions(setup_dir: str):
     os.environ.setdefault("MAX_JOBS", "2")
     with_cuda, why = want_cuda()
     isa, isa_why = cpu_isa()
-    print(f"fastrecur: building fastrecur._C (CPU{' + CUDA' if with_cuda else ''}; CUDA: {why}; "
-          f"CPU kernels for {isa}: {isa_why})")
+    print(
+        f"fastrecur: building fastrecur._C (CPU{' + CUDA' if with_cuda else ''}; CUDA: {why}; "
+        f"CPU kernels for {isa}: {isa_why})"
+    )
     write_build_info(os.path.join(setup_dir, "fastrecur"), isa)
     kwargs = extension_kwargs(with_cuda, rel_to=setup_dir)
     ext = (CUDAExtension if with_cuda else CppExtension)("fastrecur._C", **kwargs)

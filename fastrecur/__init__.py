@@ -9,6 +9,7 @@ Quick start::
 
 ``fastrecur.backends()`` says which execution backends work here and why the others do not.
 """
+
 __version__ = "0.1.0"
 __all__ = ["backends", "load_checkpoint", "save_checkpoint", "__version__"]
 

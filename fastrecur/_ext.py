@@ -4,6 +4,7 @@ Importing ``fastrecur._C`` registers the ops under ``torch.ops.fastrecur_C``. Th
 the package works without it (``FASTRECUR_NO_EXT=1`` at install time, or no compiler), and
 :func:`status` says why it is missing or what it contains.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,11 @@ def _cpu_isa_mismatch() -> str | None:
     missing = [f for f in _build_info.CPU_ISA_NEEDS if not caps.get(f, False)]
     if not missing:
         return None
-    return (f"fastrecur._C was built for {_build_info.CPU_ISA} CPUs, but this CPU lacks {', '.join(missing)}; "
-            "rebuild it here (pip install --no-build-isolation .), or build a portable library with "
-            "FASTRECUR_CPU_ISA=avx2 or FASTRECUR_CPU_ISA=default")
+    return (
+        f"fastrecur._C was built for {_build_info.CPU_ISA} CPUs, but this CPU lacks {', '.join(missing)}; "
+        "rebuild it here (pip install --no-build-isolation .), or build a portable library with "
+        "FASTRECUR_CPU_ISA=avx2 or FASTRECUR_CPU_ISA=default"
+    )
 
 
 # FASTRECUR_EXT_LIBRARY=/path/to/lib.so loads that build of the ops instead of fastrecur._C (used by
@@ -93,11 +96,7 @@ def status() -> str:
             f"fastrecur._C is not available ({_IMPORT_ERROR}); build it with "
             "`pip install --no-build-isolation -e .` (unset FASTRECUR_NO_EXT)"
         )
-    cuda = (
-        "with CUDA kernels"
-        if has_cuda_kernels()
-        else "CPU only (built without nvcc or a CUDA build of torch)"
-    )
+    cuda = "with CUDA kernels" if has_cuda_kernels() else "CPU only (built without nvcc or a CUDA build of torch)"
     return f"fastrecur._C loaded from {_C.__file__}, {cuda}, CPU kernels for {cpu_isa()}"
 
 
@@ -116,8 +115,13 @@ def workspace_info() -> dict:
     the cache), ``last_call_ops`` (native ops -- ATen calls and fused kernels -- the last ``run_steps``
     issued) and ``last_call_per_item`` (whether that call ran in the CPU per-item mode)."""
     allocs, entries, nbytes, last_ops, per_item = ops().workspace_info()
-    return {"allocations": allocs, "entries": entries, "bytes": nbytes, "last_call_ops": last_ops,
-            "last_call_per_item": bool(per_item)}
+    return {
+        "allocations": allocs,
+        "entries": entries,
+        "bytes": nbytes,
+        "last_call_ops": last_ops,
+        "last_call_per_item": bool(per_item),
+    }
 
 
 def clear_workspaces() -> None:

@@ -12,6 +12,7 @@ commands and by the checks below, where the inputs are first seen), ``Checkpoint
 cannot be used) and ``DatasetFormatError`` (a dataset folder that is not in the reference format), plus every
 argparse error (:class:`CommandParser`). Anything else is a bug in fastrecur and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,9 @@ def run_command(command: str, run: Callable[[argparse.Namespace], Optional[int]]
     warnings (``warnings.warn``, e.g. a checkpoint's puzzle embeddings reset) as one line
     ``fastrecur COMMAND: warning: ...`` on stderr."""
     with warnings.catch_warnings():  # restores warnings.showwarning afterwards
-        warnings.showwarning = lambda message, *_, **__: print(f"fastrecur {command}: warning: {message}",
-                                                              file=sys.stderr)
+        warnings.showwarning = lambda message, *_, **__: print(
+            f"fastrecur {command}: warning: {message}", file=sys.stderr
+        )
         try:
             return int(run(args) or 0)
         except Exception as e:  # noqa: BLE001 -- re-raised unless it is an input error
@@ -120,8 +122,10 @@ def resolve_device(name: str):
         if not torch.cuda.is_available():
             raise InputError(f"--device {name}: this machine has no usable CUDA device; use --device cpu (or auto)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+            raise InputError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
     elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise InputError(f"--device {name}: MPS is not available on this machine; use --device cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
@@ -150,8 +154,9 @@ def _get(obj: Any, key: str):
     return obj[key] if isinstance(obj, Mapping) else getattr(obj, key)
 
 
-def check_dataset_matches_model(model_config: Any, metadata: Any, dataset: str = "the dataset",
-                                model: str = "the model") -> None:
+def check_dataset_matches_model(
+    model_config: Any, metadata: Any, dataset: str = "the dataset", model: str = "the model"
+) -> None:
     """Raise :class:`InputError` unless a dataset (its ``dataset.json`` metadata: ``seq_len``, ``vocab_size``,
     ``num_puzzle_identifiers``) can be fed to a model built for another (its config: the same keys and
     ``puzzle_emb_ndim``), naming both values and what to do.
@@ -166,12 +171,18 @@ def check_dataset_matches_model(model_config: Any, metadata: Any, dataset: str =
     m_voc, d_voc = int(_get(model_config, "vocab_size")), int(_get(metadata, "vocab_size"))
     if m_voc != d_voc:
         raise InputError(f"{model} has a vocabulary of {m_voc} tokens but {dataset} has {d_voc}: {advice}")
-    ndim = _get(model_config, "puzzle_emb_ndim") if hasattr(model_config, "puzzle_emb_ndim") or (
-        isinstance(model_config, Mapping) and "puzzle_emb_ndim" in model_config) else 0
+    ndim = (
+        _get(model_config, "puzzle_emb_ndim")
+        if hasattr(model_config, "puzzle_emb_ndim")
+        or (isinstance(model_config, Mapping) and "puzzle_emb_ndim" in model_config)
+        else 0
+    )
     m_ids, d_ids = int(_get(model_config, "num_puzzle_identifiers")), int(_get(metadata, "num_puzzle_identifiers"))
     if int(ndim or 0) > 0 and d_ids > m_ids:
-        raise InputError(f"{model} embeds {m_ids} puzzle identifiers but {dataset} has {d_ids}: {advice} "
-                         "(for new puzzles, fine-tune its embeddings with fastrecur train --freeze-weights)")
+        raise InputError(
+            f"{model} embeds {m_ids} puzzle identifiers but {dataset} has {d_ids}: {advice} "
+            "(for new puzzles, fine-tune its embeddings with fastrecur train --freeze-weights)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ what can be asked:
 
 - the input embeddings are computed once per solve, not once per ACT step (the data of a row never changes
   during its solve);
-- on the C++ backend the weights are cast to the activation dtype once (cached until a parameter changes), not once per level call (the eager stepper casts per call, as the model does);
+- on the C++ backend the weights are cast to the activation dtype once (cached until a parameter changes),
+  not once per level call (the eager stepper casts per call, as the model does);
 - with ``halting="q"`` (or ``"q_continue"``), rows that halt are **compacted out**: their outputs are stored
   and the remaining rows of the states and of the embeddings are gathered (``index_select``) into a smaller
   batch, so each ACT step costs what the rows still running cost;
@@ -30,6 +31,7 @@ Halting modes (a row halts after the ACT step at which its condition holds, and 
 Early halting needs one host synchronisation per ACT step (the number of rows left decides the next
 step's shape).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -88,7 +90,9 @@ def check_model(model):
     """TypeError unless ``model`` is an ACT model on the recursion core (duck-typed)."""
     inner = getattr(model, "inner", None)
     if not (isinstance(model, torch.nn.Module) and hasattr(model, "check_batch") and hasattr(inner, "schedule")):
-        raise TypeError(f"model must be a fastrecur ACT model (HRM, TRM, SRM, FlatRecurrence), got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a fastrecur ACT model (HRM, TRM, SRM, FlatRecurrence), got {type(model).__name__}"
+        )
 
 
 def make_stepper(inner, backend, cuda_graphs: bool = False) -> Stepper:
@@ -212,8 +216,18 @@ def solve(
             x = x.index_select(0, keep)
             states = {k: v.index_select(0, keep) for k, v in states.items() if k in inner.state_inits}
 
-    return SolveResult(final_logits, final_logits.argmax(-1), steps_taken, final_qh, final_qc, step_preds, max_steps,
-                       step_qh, step_qc, runner.name)
+    return SolveResult(
+        final_logits,
+        final_logits.argmax(-1),
+        steps_taken,
+        final_qh,
+        final_qc,
+        step_preds,
+        max_steps,
+        step_qh,
+        step_qc,
+        runner.name,
+    )
 
 
 __all__ = ["HALTING", "SolveResult", "initial_states", "make_stepper", "solve"]

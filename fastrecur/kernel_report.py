@@ -9,6 +9,7 @@ shapes, the bytes each fused op must move and its FLOPs against the eager sequen
 
 Must run with ``TRITON_INTERPRET`` unset (the interpreter replaces kernels by Python functions).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,14 @@ def cubin_facts(cubin: bytes) -> Dict[str, object]:
     plain = re.search(r"LDG\.E(?:\.(?:U|S)(?:8|16)|\.(?:EL|LTC\d+B|CONSTANT|STRONG\.\w+))*\s", sass)
     widest = max(widths) if widths else (4 if plain or "LDG" in sass else 0)
     tc = "HGMMA" if "HGMMA" in sass else ("HMMA" if "HMMA" in sass else "none")
-    return {"registers": num("REG"), "shared_bytes": num("SHARED"), "spill_bytes": num("LOCAL"),
-            "stack_bytes": num("STACK"),
-            "widest_load_bytes": widest // 8 if widest >= 32 else widest, "tensor_core": tc}
+    return {
+        "registers": num("REG"),
+        "shared_bytes": num("SHARED"),
+        "spill_bytes": num("LOCAL"),
+        "stack_bytes": num("STACK"),
+        "widest_load_bytes": widest // 8 if widest >= 32 else widest,
+        "tensor_core": tc,
+    }
 
 
 def _compile_targets(mod, target) -> List[dict]:
@@ -93,8 +99,25 @@ class _CountBytes:
     GPU eager SDPA would take a flash kernel and move less: the attention row is an upper bound there.
     """
 
-    _FREE = {"view", "_unsafe_view", "t", "transpose", "slice", "expand", "unsqueeze", "permute", "split",
-             "detach", "select", "chunk", "split_with_sizes", "alias", "squeeze", "reshape", "as_strided"}
+    _FREE = {
+        "view",
+        "_unsafe_view",
+        "t",
+        "transpose",
+        "slice",
+        "expand",
+        "unsqueeze",
+        "permute",
+        "split",
+        "detach",
+        "select",
+        "chunk",
+        "split_with_sizes",
+        "alias",
+        "squeeze",
+        "reshape",
+        "as_strided",
+    }
 
     def __init__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -108,8 +131,11 @@ class _CountBytes:
 
                 out = func(*args, **(kwargs or {}))
                 if func._overloadpacket.__name__ not in counter._FREE:
-                    counter.bytes += sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
-                                         if isinstance(t, torch.Tensor))
+                    counter.bytes += sum(
+                        t.numel() * t.element_size()
+                        for t in tree_flatten((args, kwargs, out))[0]
+                        if isinstance(t, torch.Tensor)
+                    )
                     counter.ops += 1
                 return out
 
@@ -143,14 +169,30 @@ def traffic_rows() -> List[dict]:
         stats = meta(M, dt=f32)
         cases = [
             ("add_rms_norm", lambda: R.add_rms_norm(h, r, 1e-5), 4 * M * D, _nbytes(h, r, h, stats)),
-            ("swiglu_mlp_block", lambda: R.swiglu_mlp_block(h, wgu, wd, 1e-5), 6 * M * D * I,
-             _nbytes(h, wgu, wd, h, stats) + 2 * M * I * 2),  # act written once and read once
-            ("token_mix_block", lambda: R.token_mix_block(h, wtgu, wtd, 1e-5),
-             6 * B * S * D * It, _nbytes(h, wtgu, wtd, h) + 2 * B * It * D * 2 + B * D * 4),
-            ("rotary_attention", lambda: R.rotary_attention(qkv, cos, sin, H), 4 * B * H * S * S * hd,
-             _nbytes(qkv, cos, sin, h, meta(B * H * S, dt=f32))),
-            ("stablemax_cross_entropy", lambda: R.stablemax_cross_entropy(logits, labels), 8 * M * V,
-             _nbytes(logits, labels, meta(M, dt=torch.float64))),
+            (
+                "swiglu_mlp_block",
+                lambda: R.swiglu_mlp_block(h, wgu, wd, 1e-5),
+                6 * M * D * I,
+                _nbytes(h, wgu, wd, h, stats) + 2 * M * I * 2,
+            ),  # act written once and read once
+            (
+                "token_mix_block",
+                lambda: R.token_mix_block(h, wtgu, wtd, 1e-5),
+                6 * B * S * D * It,
+                _nbytes(h, wtgu, wtd, h) + 2 * B * It * D * 2 + B * D * 4,
+            ),
+            (
+                "rotary_attention",
+                lambda: R.rotary_attention(qkv, cos, sin, H),
+                4 * B * H * S * S * hd,
+                _nbytes(qkv, cos, sin, h, meta(B * H * S, dt=f32)),
+            ),
+            (
+                "stablemax_cross_entropy",
+                lambda: R.stablemax_cross_entropy(logits, labels),
+                8 * M * V,
+                _nbytes(logits, labels, meta(M, dt=torch.float64)),
+            ),
         ]
         for op, fn, flops, fused in cases:
             if op == "token_mix_block" and S > 97:
@@ -158,7 +200,16 @@ def traffic_rows() -> List[dict]:
             c = _CountBytes()
             with c.mode:
                 fn()
-            rows.append({"shape": shape, "op": op, "flops": flops, "eager_ops": c.ops, "eager_bytes": c.bytes, "fused_bytes": fused})
+            rows.append(
+                {
+                    "shape": shape,
+                    "op": op,
+                    "flops": flops,
+                    "eager_ops": c.ops,
+                    "eager_bytes": c.bytes,
+                    "fused_bytes": fused,
+                }
+            )
     return rows
 
 
@@ -179,13 +230,19 @@ def main(argv=None):
         if "error" in r:
             print(f"{name:45s} {r.get('target', ''):7s} ERROR {r['error']}")
         else:
-            print(f"{name:45s} {r['target']:7s} {r['registers']:5d} {r['shared_bytes']:7d} {r['spill_bytes']:6d} "
-                  f"{r['stack_bytes']:6d} {r['widest_load_bytes']:4d} {r['tensor_core']:>6s}")
-    print("\nForward traffic, bf16 (eager: counted op by op on meta tensors; fused: inputs + weights + outputs + stats)")
+            print(
+                f"{name:45s} {r['target']:7s} {r['registers']:5d} {r['shared_bytes']:7d} {r['spill_bytes']:6d} "
+                f"{r['stack_bytes']:6d} {r['widest_load_bytes']:4d} {r['tensor_core']:>6s}"
+            )
+    print(
+        "\nForward traffic, bf16 (eager: counted op by op on meta tensors; fused: inputs + weights + outputs + stats)"
+    )
     print(f"{'shape':11s} {'op':24s} {'GFLOP':>8s} {'eager ops':>9s} {'eager MB':>9s} {'fused MB':>9s} {'ratio':>6s}")
     for t in traffic:
-        print(f"{t['shape']:11s} {t['op']:24s} {t['flops'] / 1e9:8.1f} {t['eager_ops']:9d} {t['eager_bytes'] / 1e6:9.1f} "
-              f"{t['fused_bytes'] / 1e6:9.1f} {t['eager_bytes'] / t['fused_bytes']:5.1f}x")
+        print(
+            f"{t['shape']:11s} {t['op']:24s} {t['flops'] / 1e9:8.1f} {t['eager_ops']:9d} {t['eager_bytes'] / 1e6:9.1f} "
+            f"{t['fused_bytes'] / 1e6:9.1f} {t['eager_bytes'] / t['fused_bytes']:5.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ specialise to 1), ``divisible_by_16`` (the pointer/integer arguments the JIT wou
 the compiled code cannot vectorise its loads) and the launch options, either ``options`` (a dict) or
 ``num_warps``/``num_stages``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -126,7 +127,8 @@ def compile_spec(spec: dict, target=("cuda", 90, 32)):
     for name in spec["constexprs"]:
         signature[name] = "constexpr"
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.get("divisible_by_16", ())}
-    options = dict(spec.get("options") or {"num_warps": spec.get("num_warps", 4),
-                                            "num_stages": spec.get("num_stages", 3)})
+    options = dict(
+        spec.get("options") or {"num_warps": spec.get("num_warps", 4), "num_stages": spec.get("num_stages", 3)}
+    )
     src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec["constexprs"]), attrs=attrs)
     return triton.compile(src, target=GPUTarget(*target), options=options)

@@ -11,6 +11,7 @@ Backward, with n = s * rstd (the normalised row, fp32) and dn = dy [* weight]:
 Without a weight, n is the output itself (up to its rounding), so the backward needs only y and rstd:
 nothing of size [M, N] is saved that the caller does not already hold.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,9 +28,18 @@ __all__ = ["add_rms_norm_fwd", "rms_norm_bwd", "compile_targets"]
 # --------------------------------------------------------------------------------------------------------
 @triton.jit
 def add_rms_norm_fwd_kernel(
-    X, R, W, Y, RSTD,
-    n_rows, n_cols,
-    stride_xm, stride_xn, stride_rm, stride_rn, stride_ym,
+    X,
+    R,
+    W,
+    Y,
+    RSTD,
+    n_rows,
+    n_cols,
+    stride_xm,
+    stride_xn,
+    stride_rm,
+    stride_rn,
+    stride_ym,
     eps,
     HAS_WEIGHT: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -77,11 +87,23 @@ def add_rms_norm_fwd(x2: torch.Tensor, r2: torch.Tensor, weight, eps: float, y=N
         weight = weight.contiguous()  # [N]: the kernel reads it with unit stride
     block_m, block_n, num_warps = _row_block(n_cols)
     add_rms_norm_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
-        x2, r2, weight if weight is not None else x2, y, rstd,
-        n_rows, n_cols,
-        x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), y.stride(0),
+        x2,
+        r2,
+        weight if weight is not None else x2,
+        y,
+        rstd,
+        n_rows,
+        n_cols,
+        x2.stride(0),
+        x2.stride(1),
+        r2.stride(0),
+        r2.stride(1),
+        y.stride(0),
         eps,
-        HAS_WEIGHT=weight is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+        HAS_WEIGHT=weight is not None,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        num_warps=num_warps,
     )
     return y, rstd
 
@@ -93,13 +115,32 @@ def add_rms_norm_fwd(x2: torch.Tensor, r2: torch.Tensor, weight, eps: float, y=N
 # --------------------------------------------------------------------------------------------------------
 @triton.jit
 def rms_norm_bwd_kernel(
-    DY, Y, X, R, W, RSTD, DS, DW,
-    n_batch, n_rows, n_cols,
-    s_dy_b, s_dy_r, s_dy_c,
-    s_y_b, s_y_r, s_y_c,
-    s_x_b, s_x_r, s_x_c,
-    s_r_b, s_r_r, s_r_c,
-    s_ds_b, s_ds_r, s_ds_c,
+    DY,
+    Y,
+    X,
+    R,
+    W,
+    RSTD,
+    DS,
+    DW,
+    n_batch,
+    n_rows,
+    n_cols,
+    s_dy_b,
+    s_dy_r,
+    s_dy_c,
+    s_y_b,
+    s_y_r,
+    s_y_c,
+    s_x_b,
+    s_x_r,
+    s_x_c,
+    s_r_b,
+    s_r_r,
+    s_r_c,
+    s_ds_b,
+    s_ds_r,
+    s_ds_c,
     FROM_Y: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -167,18 +208,30 @@ def rms_norm_bwd(dy3, rstd, *, y3=None, x3=None, r3=None, weight=None, ds3=None,
     # With a weight each program keeps one fp32 partial row of dweight: cap the programs so the partials
     # stay small (and the final torch sum cheap) while still filling a GPU.
     n_progs = max(1, min(n_blocks, max_programs) if weight is not None else n_blocks)
-    dw_partial = (
-        torch.empty((n_progs, n_cols), dtype=torch.float32, device=dy3.device) if weight is not None else None
-    )
+    dw_partial = torch.empty((n_progs, n_cols), dtype=torch.float32, device=dy3.device) if weight is not None else None
     if n_blocks > 0:
         dummy = dy3
         rms_norm_bwd_kernel[(n_progs,)](
-            dy3, y3 if from_y else dummy, x3 if x3 is not None else dummy, r3 if r3 is not None else dummy,
-            weight if weight is not None else dummy, rstd, ds3,
+            dy3,
+            y3 if from_y else dummy,
+            x3 if x3 is not None else dummy,
+            r3 if r3 is not None else dummy,
+            weight if weight is not None else dummy,
+            rstd,
+            ds3,
             dw_partial if dw_partial is not None else rstd,
-            n_batch, n_rows, n_cols,
-            *strides3(dy3), *strides3(y3), *strides3(x3), *strides3(r3), *strides3(ds3),
-            FROM_Y=from_y, HAS_WEIGHT=weight is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+            n_batch,
+            n_rows,
+            n_cols,
+            *strides3(dy3),
+            *strides3(y3),
+            *strides3(x3),
+            *strides3(r3),
+            *strides3(ds3),
+            FROM_Y=from_y,
+            HAS_WEIGHT=weight is not None,
+            BLOCK_R=block_r,
+            BLOCK_C=block_c,
             num_warps=num_warps,
         )
     dweight = None
@@ -202,8 +255,13 @@ def compile_targets(dtype: torch.dtype = torch.bfloat16, n_rows: int = 97 * 768,
         "name": "add_rms_norm_fwd_kernel",
         "fn": add_rms_norm_fwd_kernel,
         "signature": {
-            **_ptr_args(["X", "R", "W", "Y"], dtype), "RSTD": "*fp32",
-            "n_rows": "i32", "n_cols": "i32", "stride_xm": "i32", "stride_rm": "i32", "stride_ym": "i32",
+            **_ptr_args(["X", "R", "W", "Y"], dtype),
+            "RSTD": "*fp32",
+            "n_rows": "i32",
+            "n_cols": "i32",
+            "stride_xm": "i32",
+            "stride_rm": "i32",
+            "stride_ym": "i32",
             "eps": "fp32",
         },
         "constexprs": {"stride_xn": 1, "stride_rn": 1, "HAS_WEIGHT": False, "BLOCK_M": block_m, "BLOCK_N": block_n},
@@ -211,8 +269,12 @@ def compile_targets(dtype: torch.dtype = torch.bfloat16, n_rows: int = 97 * 768,
         "num_warps": num_warps,
     }
     bwd_sig = {
-        **_ptr_args(["DY", "Y", "X", "R", "W", "DS"], dtype), "RSTD": "*fp32", "DW": "*fp32",
-        "n_batch": "i32", "n_rows": "i32", "n_cols": "i32",
+        **_ptr_args(["DY", "Y", "X", "R", "W", "DS"], dtype),
+        "RSTD": "*fp32",
+        "DW": "*fp32",
+        "n_batch": "i32",
+        "n_rows": "i32",
+        "n_cols": "i32",
     }
     strides = [f"s_{t}_{a}" for t in ("dy", "y", "x", "r", "ds") for a in ("b", "r", "c")]
     # [1, M, D] rows: column strides 1, row strides D (aligned), batch strides unused.
@@ -220,8 +282,13 @@ def compile_targets(dtype: torch.dtype = torch.bfloat16, n_rows: int = 97 * 768,
         "name": "rms_norm_bwd_kernel[rows]",
         "fn": rms_norm_bwd_kernel,
         "signature": {**bwd_sig, **{s: "i32" for s in strides if not s.endswith("_c")}},
-        "constexprs": {**{s: 1 for s in strides if s.endswith("_c")}, "FROM_Y": True, "HAS_WEIGHT": False,
-                       "BLOCK_R": block_m, "BLOCK_C": block_n},
+        "constexprs": {
+            **{s: 1 for s in strides if s.endswith("_c")},
+            "FROM_Y": True,
+            "HAS_WEIGHT": False,
+            "BLOCK_R": block_m,
+            "BLOCK_C": block_n,
+        },
         "divisible_by_16": ["DY", "Y", "DS", "RSTD", "n_cols"] + [s for s in strides if not s.endswith("_c")],
         "num_warps": num_warps,
     }

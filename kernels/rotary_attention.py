@@ -37,6 +37,7 @@ which gives the same products as a 16-bit tensor-core dot with fp32 accumulation
 (the interpreter's own conversion truncates). fp32 inputs use ``DOT_PRECISION`` = 3xTF32 on the GPU so they are
 not silently rounded to tf32.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,8 +68,18 @@ def _load_rows(base, rows, stride_s, S, HD: tl.constexpr):
 
 
 @triton.jit
-def _load_rope_rows(base, rows, stride_s, cos_ptr, sin_ptr, stride_cs, S, HD: tl.constexpr, HAS_ROPE: tl.constexpr,
-                    INTERPRET: tl.constexpr):
+def _load_rope_rows(
+    base,
+    rows,
+    stride_s,
+    cos_ptr,
+    sin_ptr,
+    stride_cs,
+    S,
+    HD: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """``[R, HD]`` tile of q or k, rotated in fp32 and rounded to the storage dtype (the reference's cast), as fp32.
 
     The rotate_half partner of column d is column (d + HD/2) % HD, read again from memory (an L1 hit) rather
@@ -101,8 +112,19 @@ def _head(qkv_ptr, stride_qb, H: tl.constexpr, HD: tl.constexpr):
 
 
 @triton.jit
-def _load_key_tile(k_base, v_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD: tl.constexpr,
-                   HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr):
+def _load_key_tile(
+    k_base,
+    v_base,
+    offs_n,
+    stride_qs,
+    cos_ptr,
+    sin_ptr,
+    stride_cs,
+    S,
+    HD: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """Rows ``offs_n`` of one head's rotated k and of its v, as dot operands."""
     DTYPE: tl.constexpr = k_base.dtype.element_ty
     k = _load_rope_rows(k_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
@@ -112,8 +134,22 @@ def _load_key_tile(k_base, v_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_c
 
 
 @triton.jit
-def _load_query_tile(q_base, do_base, lse_base, delta_base, offs_m, stride_qs, stride_ds, cos_ptr, sin_ptr,
-                     stride_cs, S, HD: tl.constexpr, HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr):
+def _load_query_tile(
+    q_base,
+    do_base,
+    lse_base,
+    delta_base,
+    offs_m,
+    stride_qs,
+    stride_ds,
+    cos_ptr,
+    sin_ptr,
+    stride_cs,
+    S,
+    HD: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """What the backward needs of query rows ``offs_m``: rotated q and dO as dot operands, lse in log2 units and
     delta. Padded rows get lse = +inf, hence p = 0: they add nothing to dK, dV."""
     DTYPE: tl.constexpr = q_base.dtype.element_ty
@@ -127,8 +163,19 @@ def _load_query_tile(q_base, do_base, lse_base, delta_base, offs_m, stride_qs, s
 
 
 @triton.jit
-def _store_grad_rope(base, g, rows, stride_s, cos_ptr, sin_ptr, stride_cs, S, HD: tl.constexpr,
-                     HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr):
+def _store_grad_rope(
+    base,
+    g,
+    rows,
+    stride_s,
+    cos_ptr,
+    sin_ptr,
+    stride_cs,
+    S,
+    HD: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """Store the gradient of a q or k tile ``g`` [R, HD] (w.r.t. the rotated, rounded copy) as the gradient of
     the un-rotated input: round to the storage dtype (the reference's cast), apply the transpose of the rotation
     in fp32 (``dx1 = g1*c1 + g2*s2``, ``dx2 = g2*c2 - g1*s1``), round again."""
@@ -153,18 +200,33 @@ def _store_grad_rope(base, g, rows, stride_s, cos_ptr, sin_ptr, stride_cs, S, HD
         tl.store(base + out_off + HALF, round_rne(d2, DTYPE, INTERPRET), mask=mask)
     else:
         cols = tl.arange(0, HD)
-        tl.store(base + rows[:, None] * stride_s + cols[None, :], round_rne(g, DTYPE, INTERPRET),
-                 mask=rows[:, None] < S)
+        tl.store(
+            base + rows[:, None] * stride_s + cols[None, :], round_rne(g, DTYPE, INTERPRET), mask=rows[:, None] < S
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ kernels
 @triton.jit
 def _attn_fwd_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, out_ptr, lse_ptr,
-    S, stride_qb, stride_qs, stride_cs, stride_ob, stride_os,
+    qkv_ptr,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    lse_ptr,
+    S,
+    stride_qb,
+    stride_qs,
+    stride_cs,
+    stride_ob,
+    stride_os,
     qk_scale,
-    H: tl.constexpr, HD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    H: tl.constexpr,
+    HD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
+    INTERPRET: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Forward: out = softmax(rope(q) rope(k)^T * scale) v for one query tile of one (batch, head)."""
     bh, b, h, q_base, k_base, v_base = _head(qkv_ptr, stride_qb, H, HD)
@@ -181,8 +243,9 @@ def _attn_fwd_kernel(
     acc = tl.zeros([BLOCK_M, HD], tl.float32)
     for start_n in range(0, S, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k, v = _load_key_tile(k_base, v_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE,
-                              INTERPRET)
+        k, v = _load_key_tile(
+            k_base, v_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET
+        )
         # Scores in log2 units: exp2 is the native instruction.
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         qk = tl.where(offs_n[None, :] < S, qk, float("-inf"))
@@ -196,17 +259,28 @@ def _attn_fwd_kernel(
     acc = acc / l_i[:, None]
     row_mask = offs_m < S
     out_base = out_ptr + b * stride_ob + h * HD
-    tl.store(out_base + offs_m[:, None] * stride_os + offs_d[None, :],
-             round_rne(acc, out_ptr.dtype.element_ty, INTERPRET), mask=row_mask[:, None])
+    tl.store(
+        out_base + offs_m[:, None] * stride_os + offs_d[None, :],
+        round_rne(acc, out_ptr.dtype.element_ty, INTERPRET),
+        mask=row_mask[:, None],
+    )
     # Natural-log logsumexp of the scaled scores (m_i, l_i are in log2 units).
     tl.store(lse_ptr + bh.to(tl.int64) * S + offs_m, (m_i + tl.math.log2(l_i)) * _LN2, mask=row_mask)
 
 
 @triton.jit
 def _attn_bwd_preprocess_kernel(
-    out_ptr, do_ptr, delta_ptr,
-    S, stride_ob, stride_os, stride_db, stride_ds,
-    H: tl.constexpr, HD: tl.constexpr, BLOCK_M: tl.constexpr,
+    out_ptr,
+    do_ptr,
+    delta_ptr,
+    S,
+    stride_ob,
+    stride_os,
+    stride_db,
+    stride_ds,
+    H: tl.constexpr,
+    HD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """delta[b, h, s] = sum_d dO * O (fp32), the softmax-backward row term."""
     bh = tl.program_id(0)
@@ -221,11 +295,30 @@ def _attn_bwd_preprocess_kernel(
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr,
-    S, stride_qb, stride_qs, stride_cs, stride_db, stride_ds, stride_gb, stride_gs,
-    qk_scale, sm_scale,
-    H: tl.constexpr, HD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    qkv_ptr,
+    cos_ptr,
+    sin_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dqkv_ptr,
+    S,
+    stride_qb,
+    stride_qs,
+    stride_cs,
+    stride_db,
+    stride_ds,
+    stride_gb,
+    stride_gs,
+    qk_scale,
+    sm_scale,
+    H: tl.constexpr,
+    HD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
+    INTERPRET: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """dK, dV for one key tile of one (batch, head), looping over all query tiles (transposed scores)."""
     bh, b, h, q_base, k_base, v_base = _head(qkv_ptr, stride_qb, H, HD)
@@ -241,8 +334,22 @@ def _attn_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, HD], tl.float32)
     for start_m in range(0, S, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q, do, lse, delta = _load_query_tile(q_base, do_base, lse_base, delta_base, offs_m, stride_qs, stride_ds,
-                                             cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
+        q, do, lse, delta = _load_query_tile(
+            q_base,
+            do_base,
+            lse_base,
+            delta_base,
+            offs_m,
+            stride_qs,
+            stride_ds,
+            cos_ptr,
+            sin_ptr,
+            stride_cs,
+            S,
+            HD,
+            HAS_ROPE,
+            INTERPRET,
+        )
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
         pT = tl.math.exp2(qkT - lse[None, :])
         dv += tl.dot(dot_operand(pT, DTYPE, INTERPRET), do, input_precision=DOT_PRECISION)
@@ -251,33 +358,66 @@ def _attn_bwd_dkdv_kernel(
         dk += tl.dot(dot_operand(dsT, DTYPE, INTERPRET), q, input_precision=DOT_PRECISION)
 
     g_base = dqkv_ptr + b * stride_gb + h * HD
-    _store_grad_rope(g_base + H * HD, dk * sm_scale, offs_n, stride_gs, cos_ptr, sin_ptr, stride_cs, S, HD,
-                     HAS_ROPE, INTERPRET)
-    _store_grad_rope(g_base + 2 * H * HD, dv, offs_n, stride_gs, cos_ptr, sin_ptr, stride_cs, S, HD, False,
-                     INTERPRET)
+    _store_grad_rope(
+        g_base + H * HD, dk * sm_scale, offs_n, stride_gs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET
+    )
+    _store_grad_rope(g_base + 2 * H * HD, dv, offs_n, stride_gs, cos_ptr, sin_ptr, stride_cs, S, HD, False, INTERPRET)
 
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr,
-    S, stride_qb, stride_qs, stride_cs, stride_db, stride_ds, stride_gb, stride_gs,
-    qk_scale, sm_scale,
-    H: tl.constexpr, HD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ROPE: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    qkv_ptr,
+    cos_ptr,
+    sin_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dqkv_ptr,
+    S,
+    stride_qb,
+    stride_qs,
+    stride_cs,
+    stride_db,
+    stride_ds,
+    stride_gb,
+    stride_gs,
+    qk_scale,
+    sm_scale,
+    H: tl.constexpr,
+    HD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
+    INTERPRET: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """dQ for one query tile of one (batch, head), looping over all key tiles."""
     bh, b, h, q_base, k_base, v_base = _head(qkv_ptr, stride_qb, H, HD)
     pid_m = tl.program_id(1)
     DTYPE: tl.constexpr = qkv_ptr.dtype.element_ty
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    q, do, lse, delta = _load_query_tile(q_base, do_ptr + b * stride_db + h * HD, lse_ptr + bh.to(tl.int64) * S,
-                                         delta_ptr + bh.to(tl.int64) * S, offs_m, stride_qs, stride_ds, cos_ptr,
-                                         sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET)
+    q, do, lse, delta = _load_query_tile(
+        q_base,
+        do_ptr + b * stride_db + h * HD,
+        lse_ptr + bh.to(tl.int64) * S,
+        delta_ptr + bh.to(tl.int64) * S,
+        offs_m,
+        stride_qs,
+        stride_ds,
+        cos_ptr,
+        sin_ptr,
+        stride_cs,
+        S,
+        HD,
+        HAS_ROPE,
+        INTERPRET,
+    )
     dq = tl.zeros([BLOCK_M, HD], tl.float32)
     for start_n in range(0, S, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k, v = _load_key_tile(k_base, v_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE,
-                              INTERPRET)
+        k, v = _load_key_tile(
+            k_base, v_base, offs_n, stride_qs, cos_ptr, sin_ptr, stride_cs, S, HD, HAS_ROPE, INTERPRET
+        )
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         # Padded keys must get p = 0 (their zero k would otherwise score 0, not -inf).
         p = tl.where(offs_n[None, :] < S, tl.math.exp2(qk - lse[:, None]), 0.0)
@@ -285,8 +425,19 @@ def _attn_bwd_dq_kernel(
         ds = p * (dp - delta[:, None])
         dq += tl.dot(dot_operand(ds, DTYPE, INTERPRET), k, input_precision=DOT_PRECISION)
 
-    _store_grad_rope(dqkv_ptr + b * stride_gb + h * HD, dq * sm_scale, offs_m, stride_gs, cos_ptr, sin_ptr,
-                     stride_cs, S, HD, HAS_ROPE, INTERPRET)
+    _store_grad_rope(
+        dqkv_ptr + b * stride_gb + h * HD,
+        dq * sm_scale,
+        offs_m,
+        stride_gs,
+        cos_ptr,
+        sin_ptr,
+        stride_cs,
+        S,
+        HD,
+        HAS_ROPE,
+        INTERPRET,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- launchers
@@ -298,8 +449,12 @@ def fwd_config(seq_len: int, head_dim: int, dtype: torch.dtype) -> dict:
     """Tile sizes and launch options for the forward kernel (not autotuned: one point per head_dim and dtype,
     chosen so that the sm_90 build has no spills; see ``compile_targets``)."""
     block_m = 64 if head_dim >= 128 or dtype == torch.float32 else 128
-    return dict(BLOCK_M=min(block_m, _pow2_at_least_16(seq_len)), BLOCK_N=min(64, _pow2_at_least_16(seq_len)),
-                num_warps=8 if head_dim >= 64 else 4, num_stages=2)
+    return dict(
+        BLOCK_M=min(block_m, _pow2_at_least_16(seq_len)),
+        BLOCK_N=min(64, _pow2_at_least_16(seq_len)),
+        num_warps=8 if head_dim >= 64 else 4,
+        num_stages=2,
+    )
 
 
 def bwd_config(seq_len: int, head_dim: int, dtype: torch.dtype, capability: tuple[int, int] = (9, 0)) -> dict:
@@ -332,8 +487,13 @@ def _launch_opts(cfg: dict) -> dict:
     return {k: cfg[k] for k in ("num_warps", "num_stages")}
 
 
-def rotary_attention_fwd(qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
-                         num_heads: int, config: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_attention_fwd(
+    qkv: torch.Tensor,
+    cos: Optional[torch.Tensor],
+    sin: Optional[torch.Tensor],
+    num_heads: int,
+    config: Optional[dict] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel. Returns ``(out [B, S, H*hd] in qkv.dtype, lse [B, H, S] fp32)``.
 
     ``config`` overrides the tile sizes (tests use it to exercise several tiles on small inputs).
@@ -350,18 +510,40 @@ def rotary_attention_fwd(qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Op
     cos_a, sin_a, stride_cs, has_rope = _cos_sin_args(qkv, cos, sin)
     grid = (B * H, triton.cdiv(S, cfg["BLOCK_M"]))
     _attn_fwd_kernel[grid](
-        qkv, cos_a, sin_a, out, lse,
-        S, qkv.stride(0), qkv.stride(1), stride_cs, out.stride(0), out.stride(1),
+        qkv,
+        cos_a,
+        sin_a,
+        out,
+        lse,
+        S,
+        qkv.stride(0),
+        qkv.stride(1),
+        stride_cs,
+        out.stride(0),
+        out.stride(1),
         LOG2E / math.sqrt(hd),
-        H=H, HD=hd, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        HAS_ROPE=has_rope, INTERPRET=interpreting(), DOT_PRECISION=dot_precision(qkv.dtype), **_launch_opts(cfg),
+        H=H,
+        HD=hd,
+        BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=cfg["BLOCK_N"],
+        HAS_ROPE=has_rope,
+        INTERPRET=interpreting(),
+        DOT_PRECISION=dot_precision(qkv.dtype),
+        **_launch_opts(cfg),
     )
     return out, lse
 
 
-def rotary_attention_bwd(grad_out: torch.Tensor, qkv: torch.Tensor, cos: Optional[torch.Tensor],
-                         sin: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor, num_heads: int,
-                         config: Optional[dict] = None) -> torch.Tensor:
+def rotary_attention_bwd(
+    grad_out: torch.Tensor,
+    qkv: torch.Tensor,
+    cos: Optional[torch.Tensor],
+    sin: Optional[torch.Tensor],
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    num_heads: int,
+    config: Optional[dict] = None,
+) -> torch.Tensor:
     """Launch the backward kernels. Returns ``dqkv`` shaped and typed like ``qkv`` (contiguous).
 
     ``grad_out`` must have a contiguous last dimension (the op makes sure of it).
@@ -377,51 +559,143 @@ def rotary_attention_bwd(grad_out: torch.Tensor, qkv: torch.Tensor, cos: Optiona
     delta = torch.empty((B, H, S), device=qkv.device, dtype=torch.float32)
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     _attn_bwd_preprocess_kernel[(B * H, triton.cdiv(S, bm))](
-        out, grad_out, delta, S, out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1),
-        H=H, HD=hd, BLOCK_M=bm, **_PREPROCESS_OPTS,
+        out,
+        grad_out,
+        delta,
+        S,
+        out.stride(0),
+        out.stride(1),
+        grad_out.stride(0),
+        grad_out.stride(1),
+        H=H,
+        HD=hd,
+        BLOCK_M=bm,
+        **_PREPROCESS_OPTS,
     )
-    common = (qkv, cos_a, sin_a, grad_out, lse, delta, dqkv,
-              S, qkv.stride(0), qkv.stride(1), stride_cs, grad_out.stride(0), grad_out.stride(1),
-              dqkv.stride(0), dqkv.stride(1), LOG2E / math.sqrt(hd), 1.0 / math.sqrt(hd))
-    meta = dict(H=H, HD=hd, BLOCK_M=bm, BLOCK_N=bn, HAS_ROPE=has_rope, INTERPRET=interpreting(),
-                DOT_PRECISION=dot_precision(qkv.dtype), **_launch_opts(cfg))
+    common = (
+        qkv,
+        cos_a,
+        sin_a,
+        grad_out,
+        lse,
+        delta,
+        dqkv,
+        S,
+        qkv.stride(0),
+        qkv.stride(1),
+        stride_cs,
+        grad_out.stride(0),
+        grad_out.stride(1),
+        dqkv.stride(0),
+        dqkv.stride(1),
+        LOG2E / math.sqrt(hd),
+        1.0 / math.sqrt(hd),
+    )
+    meta = dict(
+        H=H,
+        HD=hd,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        HAS_ROPE=has_rope,
+        INTERPRET=interpreting(),
+        DOT_PRECISION=dot_precision(qkv.dtype),
+        **_launch_opts(cfg),
+    )
     _attn_bwd_dkdv_kernel[(B * H, triton.cdiv(S, bn))](*common, **meta)
     _attn_bwd_dq_kernel[(B * H, triton.cdiv(S, bm))](*common, **meta)
     return dqkv
 
 
 # ------------------------------------------------------------------------------------------- compile metadata
-def compile_targets(seq_len: int = 916, head_dim: int = 64, num_heads: int = 8, dtype: str = "bf16",
-                    rope: bool = True, capability: tuple[int, int] = (9, 0)) -> list[dict]:
+def compile_targets(
+    seq_len: int = 916,
+    head_dim: int = 64,
+    num_heads: int = 8,
+    dtype: str = "bf16",
+    rope: bool = True,
+    capability: tuple[int, int] = (9, 0),
+) -> list[dict]:
     """Representative launches of this file's kernels (entry format: see ``_common``). Default: the Maze shape
     (916 positions), Hopper tile sizes (``capability`` picks another architecture's backward tiles)."""
     ptr, f32p = f"*{dtype}", "*fp32"
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     fwd = fwd_config(seq_len, head_dim, torch_dtype)
     bwd = bwd_config(seq_len, head_dim, torch_dtype, capability)
-    rope_meta = dict(H=num_heads, HD=head_dim, HAS_ROPE=rope, INTERPRET=False,
-                     DOT_PRECISION=dot_precision(torch_dtype, interpret=False))
-    bwd_sig = dict(qkv_ptr=ptr, cos_ptr=f32p, sin_ptr=f32p, do_ptr=ptr, lse_ptr=f32p, delta_ptr=f32p,
-                   dqkv_ptr=ptr, S="i32", stride_qb="i32", stride_qs="i32", stride_cs="i32", stride_db="i32",
-                   stride_ds="i32", stride_gb="i32", stride_gs="i32", qk_scale="fp32", sm_scale="fp32")
+    rope_meta = dict(
+        H=num_heads,
+        HD=head_dim,
+        HAS_ROPE=rope,
+        INTERPRET=False,
+        DOT_PRECISION=dot_precision(torch_dtype, interpret=False),
+    )
+    bwd_sig = dict(
+        qkv_ptr=ptr,
+        cos_ptr=f32p,
+        sin_ptr=f32p,
+        do_ptr=ptr,
+        lse_ptr=f32p,
+        delta_ptr=f32p,
+        dqkv_ptr=ptr,
+        S="i32",
+        stride_qb="i32",
+        stride_qs="i32",
+        stride_cs="i32",
+        stride_db="i32",
+        stride_ds="i32",
+        stride_gb="i32",
+        stride_gs="i32",
+        qk_scale="fp32",
+        sm_scale="fp32",
+    )
     bwd_cx = dict(rope_meta, BLOCK_M=bwd["BLOCK_M"], BLOCK_N=bwd["BLOCK_N"])
     bwd_opts = _launch_opts(bwd)
     targets = [
-        dict(name="_attn_fwd_kernel", fn=_attn_fwd_kernel,
-             signature=dict(qkv_ptr=ptr, cos_ptr=f32p, sin_ptr=f32p, out_ptr=ptr, lse_ptr=f32p, S="i32",
-                            stride_qb="i32", stride_qs="i32", stride_cs="i32", stride_ob="i32", stride_os="i32",
-                            qk_scale="fp32"),
-             constexprs=dict(rope_meta, BLOCK_M=fwd["BLOCK_M"], BLOCK_N=fwd["BLOCK_N"]),
-             options=_launch_opts(fwd)),
-        dict(name="_attn_bwd_preprocess_kernel", fn=_attn_bwd_preprocess_kernel,
-             signature=dict(out_ptr=ptr, do_ptr=ptr, delta_ptr=f32p, S="i32", stride_ob="i32", stride_os="i32",
-                            stride_db="i32", stride_ds="i32"),
-             constexprs=dict(H=num_heads, HD=head_dim, BLOCK_M=bwd["BLOCK_M"]),
-             options=dict(_PREPROCESS_OPTS)),
-        dict(name="_attn_bwd_dkdv_kernel", fn=_attn_bwd_dkdv_kernel, signature=bwd_sig, constexprs=bwd_cx,
-             options=bwd_opts),
-        dict(name="_attn_bwd_dq_kernel", fn=_attn_bwd_dq_kernel, signature=bwd_sig, constexprs=bwd_cx,
-             options=bwd_opts),
+        dict(
+            name="_attn_fwd_kernel",
+            fn=_attn_fwd_kernel,
+            signature=dict(
+                qkv_ptr=ptr,
+                cos_ptr=f32p,
+                sin_ptr=f32p,
+                out_ptr=ptr,
+                lse_ptr=f32p,
+                S="i32",
+                stride_qb="i32",
+                stride_qs="i32",
+                stride_cs="i32",
+                stride_ob="i32",
+                stride_os="i32",
+                qk_scale="fp32",
+            ),
+            constexprs=dict(rope_meta, BLOCK_M=fwd["BLOCK_M"], BLOCK_N=fwd["BLOCK_N"]),
+            options=_launch_opts(fwd),
+        ),
+        dict(
+            name="_attn_bwd_preprocess_kernel",
+            fn=_attn_bwd_preprocess_kernel,
+            signature=dict(
+                out_ptr=ptr,
+                do_ptr=ptr,
+                delta_ptr=f32p,
+                S="i32",
+                stride_ob="i32",
+                stride_os="i32",
+                stride_db="i32",
+                stride_ds="i32",
+            ),
+            constexprs=dict(H=num_heads, HD=head_dim, BLOCK_M=bwd["BLOCK_M"]),
+            options=dict(_PREPROCESS_OPTS),
+        ),
+        dict(
+            name="_attn_bwd_dkdv_kernel",
+            fn=_attn_bwd_dkdv_kernel,
+            signature=bwd_sig,
+            constexprs=bwd_cx,
+            options=bwd_opts,
+        ),
+        dict(
+            name="_attn_bwd_dq_kernel", fn=_attn_bwd_dq_kernel, signature=bwd_sig, constexprs=bwd_cx, options=bwd_opts
+        ),
     ]
     # All strides are multiples of 16 elements for hd >= 16 (so are batch strides, S * row stride); S (and with
     # it the lse/delta row offsets) usually is not.

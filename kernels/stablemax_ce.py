@@ -20,6 +20,7 @@ rows share a program), looping over the vocabulary in ``BLOCK_V`` chunks when it
 Labels outside ``[0, V)`` (other than ``ignore_index``) give a NaN loss and NaN gradient row: the kernel cannot
 raise, and a host-side check would need a device sync (the reference's gather would fail instead).
 """
+
 from __future__ import annotations
 
 import torch
@@ -55,10 +56,21 @@ def _stablemax_s(x):
 
 @triton.jit
 def _stablemax_ce_fwd_kernel(
-    logits_ptr, labels_ptr, loss_ptr, rowsum_ptr,
-    N, S, V, stride_xb, stride_xs, stride_xv, stride_yb, stride_ys,
+    logits_ptr,
+    labels_ptr,
+    loss_ptr,
+    rowsum_ptr,
+    N,
+    S,
+    V,
+    stride_xb,
+    stride_xs,
+    stride_xv,
+    stride_yb,
+    stride_ys,
     ignore_index,
-    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     """loss[row] = -log(s(x[label]) / sum_v s(x[v])) in fp64; rowsum[row] = sum_v s(x[v])."""
     pid = tl.program_id(0)
@@ -85,10 +97,25 @@ def _stablemax_ce_fwd_kernel(
 
 @triton.jit
 def _stablemax_ce_bwd_kernel(
-    grad_ptr, logits_ptr, labels_ptr, rowsum_ptr, dlogits_ptr,
-    N, S, V, stride_gb, stride_gs, stride_xb, stride_xs, stride_xv, stride_yb, stride_ys,
+    grad_ptr,
+    logits_ptr,
+    labels_ptr,
+    rowsum_ptr,
+    dlogits_ptr,
+    N,
+    S,
+    V,
+    stride_gb,
+    stride_gs,
+    stride_xb,
+    stride_xs,
+    stride_xv,
+    stride_yb,
+    stride_ys,
     ignore_index,
-    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """dlogits[row, v] = g * s'(x_v) * (1/sum(s) - [v == label]/s(x_label)), 0 on ignored rows; fp64 math.
 
@@ -130,8 +157,9 @@ def _tile(V: int) -> tuple[int, int]:
     return max(1, _TILE_ELEMS // block_v), block_v
 
 
-def stablemax_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def stablemax_ce_fwd(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel on validated ``logits [B, S, V]`` (any strides) and ``labels [B, S]``.
 
     Returns ``(loss [B, S] float64, rowsum [B, S] float64)``.
@@ -144,15 +172,29 @@ def stablemax_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, ignore_index: i
         return loss, rowsum
     block_r, block_v = _tile(V)
     _stablemax_ce_fwd_kernel[(triton.cdiv(N, block_r),)](
-        logits, labels, loss, rowsum,
-        N, S, V, logits.stride(0), logits.stride(1), logits.stride(2), labels.stride(0), labels.stride(1),
-        ignore_index, BLOCK_R=block_r, BLOCK_V=block_v, **_LAUNCH_OPTS,
+        logits,
+        labels,
+        loss,
+        rowsum,
+        N,
+        S,
+        V,
+        logits.stride(0),
+        logits.stride(1),
+        logits.stride(2),
+        labels.stride(0),
+        labels.stride(1),
+        ignore_index,
+        BLOCK_R=block_r,
+        BLOCK_V=block_v,
+        **_LAUNCH_OPTS,
     )
     return loss, rowsum
 
 
-def stablemax_ce_bwd(grad: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, rowsum: torch.Tensor,
-                     ignore_index: int) -> torch.Tensor:
+def stablemax_ce_bwd(
+    grad: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, rowsum: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
     """Launch the backward kernel; ``grad [B, S]`` float64 (any strides). Returns contiguous ``dlogits`` in the
     logits' dtype."""
     B, S, V = logits.shape
@@ -162,10 +204,26 @@ def stablemax_ce_bwd(grad: torch.Tensor, logits: torch.Tensor, labels: torch.Ten
         return dlogits
     block_r, block_v = _tile(V)
     _stablemax_ce_bwd_kernel[(triton.cdiv(N, block_r),)](
-        grad, logits, labels, rowsum, dlogits,
-        N, S, V, grad.stride(0), grad.stride(1), logits.stride(0), logits.stride(1), logits.stride(2),
-        labels.stride(0), labels.stride(1),
-        ignore_index, BLOCK_R=block_r, BLOCK_V=block_v, INTERPRET=interpreting(), **_LAUNCH_OPTS,
+        grad,
+        logits,
+        labels,
+        rowsum,
+        dlogits,
+        N,
+        S,
+        V,
+        grad.stride(0),
+        grad.stride(1),
+        logits.stride(0),
+        logits.stride(1),
+        logits.stride(2),
+        labels.stride(0),
+        labels.stride(1),
+        ignore_index,
+        BLOCK_R=block_r,
+        BLOCK_V=block_v,
+        INTERPRET=interpreting(),
+        **_LAUNCH_OPTS,
     )
     return dlogits
 
@@ -179,16 +237,48 @@ def compile_targets(vocab_size: int = 12, dtype: str = "bf16", label_dtype: str 
     # The JIT specialises integer arguments equal to 1 as constants: the class stride of contiguous logits.
     cx = dict(BLOCK_R=block_r, BLOCK_V=block_v, stride_xv=1)
     opts = dict(_LAUNCH_OPTS)
-    fwd_sig = dict(logits_ptr=ptr, labels_ptr=yptr, loss_ptr="*fp64", rowsum_ptr="*fp64", N="i32", S="i32",
-                   V="i32", stride_xb="i32", stride_xs="i32", stride_yb="i32", stride_ys="i32", ignore_index="i32")
-    bwd_sig = dict(grad_ptr="*fp64", logits_ptr=ptr, labels_ptr=yptr, rowsum_ptr="*fp64", dlogits_ptr=ptr,
-                   N="i32", S="i32", V="i32", stride_gb="i32", stride_gs="i32", stride_xb="i32", stride_xs="i32",
-                   stride_yb="i32", stride_ys="i32", ignore_index="i32")
+    fwd_sig = dict(
+        logits_ptr=ptr,
+        labels_ptr=yptr,
+        loss_ptr="*fp64",
+        rowsum_ptr="*fp64",
+        N="i32",
+        S="i32",
+        V="i32",
+        stride_xb="i32",
+        stride_xs="i32",
+        stride_yb="i32",
+        stride_ys="i32",
+        ignore_index="i32",
+    )
+    bwd_sig = dict(
+        grad_ptr="*fp64",
+        logits_ptr=ptr,
+        labels_ptr=yptr,
+        rowsum_ptr="*fp64",
+        dlogits_ptr=ptr,
+        N="i32",
+        S="i32",
+        V="i32",
+        stride_gb="i32",
+        stride_gs="i32",
+        stride_xb="i32",
+        stride_xs="i32",
+        stride_yb="i32",
+        stride_ys="i32",
+        ignore_index="i32",
+    )
     targets = [
-        dict(name="_stablemax_ce_fwd_kernel", fn=_stablemax_ce_fwd_kernel, signature=fwd_sig, constexprs=cx,
-             options=opts),
-        dict(name="_stablemax_ce_bwd_kernel", fn=_stablemax_ce_bwd_kernel, signature=bwd_sig,
-             constexprs=dict(cx, INTERPRET=False), options=opts),
+        dict(
+            name="_stablemax_ce_fwd_kernel", fn=_stablemax_ce_fwd_kernel, signature=fwd_sig, constexprs=cx, options=opts
+        ),
+        dict(
+            name="_stablemax_ce_bwd_kernel",
+            fn=_stablemax_ce_bwd_kernel,
+            signature=bwd_sig,
+            constexprs=dict(cx, INTERPRET=False),
+            options=opts,
+        ),
     ]
     # Small vocabularies make every stride but the class stride (1) unaligned; only pointers are 16-aligned.
     for t in targets:

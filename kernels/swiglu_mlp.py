@@ -13,6 +13,7 @@ on the transposed view of h without materialising it):
 All accumulate in fp32 (``tl.dot``) and reproduce eager's rounding of the intermediates (gate, up, silu,
 the down projection and the residual sum are rounded to the activation dtype where eager rounds them).
 """
+
 from __future__ import annotations
 
 import torch
@@ -76,13 +77,26 @@ def _swiglu(g, u, DTYPE: tl.constexpr):
 
 @triton.jit
 def swiglu_gate_up_kernel(
-    X, W, ACT,
-    M, N, K,
-    s_xb, s_xm, s_xk,
-    s_wn, s_wk,
-    s_ab, s_am, s_an,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    UPCAST: tl.constexpr, IN_PREC: tl.constexpr,
+    X,
+    W,
+    ACT,
+    M,
+    N,
+    K,
+    s_xb,
+    s_xm,
+    s_xk,
+    s_wn,
+    s_wk,
+    s_ab,
+    s_am,
+    s_an,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IN_PREC: tl.constexpr,
 ):
     """act[b, m, n] = silu(sum_k X[b,m,k] W[n,k]) * sum_k X[b,m,k] W[N+n,k]   (W is [2N, K]).
 
@@ -116,16 +130,33 @@ def swiglu_gate_up_kernel(
 
 @triton.jit
 def matmul_residual_norm_kernel(
-    A, W, H, Y, RSTD,
-    M, N, K,
-    s_ab, s_am, s_ak,
-    s_wn, s_wk,
-    s_hb, s_hm, s_hn,
-    s_yb, s_ym, s_yn,
+    A,
+    W,
+    H,
+    Y,
+    RSTD,
+    M,
+    N,
+    K,
+    s_ab,
+    s_am,
+    s_ak,
+    s_wn,
+    s_wk,
+    s_hb,
+    s_hm,
+    s_hn,
+    s_yb,
+    s_ym,
+    s_yn,
     eps,
-    NORM: tl.constexpr, ROUND: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, IN_PREC: tl.constexpr,
+    NORM: tl.constexpr,
+    ROUND: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IN_PREC: tl.constexpr,
 ):
     """y[b, m, :] = rms_norm(H[b, m, :] + A[b, m, :] @ W.T) over the N axis (W is [N, K]); rstd[b, m] saved.
 
@@ -162,16 +193,37 @@ def matmul_residual_norm_kernel(
 
 @triton.jit
 def swiglu_mlp_bwd_kernel(
-    X, DS, WGU, WD, ACT, DGU,
-    M, N, K,
-    s_xb, s_xm, s_xk,
-    s_db, s_dm, s_dk,
-    s_gn, s_gk,
-    s_wk, s_wn,
-    s_ab, s_am, s_an,
-    s_ob, s_om, s_on,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    UPCAST: tl.constexpr, IN_PREC: tl.constexpr,
+    X,
+    DS,
+    WGU,
+    WD,
+    ACT,
+    DGU,
+    M,
+    N,
+    K,
+    s_xb,
+    s_xm,
+    s_xk,
+    s_db,
+    s_dm,
+    s_dk,
+    s_gn,
+    s_gk,
+    s_wk,
+    s_wn,
+    s_ab,
+    s_am,
+    s_an,
+    s_ob,
+    s_om,
+    s_on,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IN_PREC: tl.constexpr,
 ):
     """Given dS (gradient of the residual sum), in one K loop (K = the model dim, the same for all three):
         dact = dS[b] @ WD          (WD = W_down [K, N])
@@ -241,8 +293,7 @@ def _norm_config(m: int, n: int, k: int):
     block_n = max(16, triton.next_power_of_2(n))
     block_m = max(16, min(64, 16384 // block_n, triton.next_power_of_2(m)))
     block_k = 32 if block_n <= 512 else 16
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if block_n >= 256 else 4,
-                num_stages=2)
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if block_n >= 256 else 4, num_stages=2)
 
 
 def swiglu_gate_up(x3, w_gate_up, act3):
@@ -252,8 +303,18 @@ def swiglu_gate_up(x3, w_gate_up, act3):
     cfg = _tile_config(m, n, k, n_acc=2)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), n_batch)
     swiglu_gate_up_kernel[grid](
-        x3, w_gate_up, act3, m, n, k, *strides3(x3), w_gate_up.stride(0), w_gate_up.stride(1), *strides3(act3),
-        **cfg, **dot_options(x3.dtype),
+        x3,
+        w_gate_up,
+        act3,
+        m,
+        n,
+        k,
+        *strides3(x3),
+        w_gate_up.stride(0),
+        w_gate_up.stride(1),
+        *strides3(act3),
+        **cfg,
+        **dot_options(x3.dtype),
     )
     return act3
 
@@ -270,9 +331,24 @@ def matmul_residual_norm(a3, w, h3, y3, rstd, eps: float, norm: bool = True):
     cfg = _norm_config(m, n, k)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]), n_batch)
     matmul_residual_norm_kernel[grid](
-        a3, w, h3, y3, rstd if rstd is not None else y3, m, n, k,
-        *strides3(a3), w.stride(0), w.stride(1), *strides3(h3), *strides3(y3), eps,
-        NORM=norm, ROUND=norm, **cfg, **dot_options(a3.dtype),
+        a3,
+        w,
+        h3,
+        y3,
+        rstd if rstd is not None else y3,
+        m,
+        n,
+        k,
+        *strides3(a3),
+        w.stride(0),
+        w.stride(1),
+        *strides3(h3),
+        *strides3(y3),
+        eps,
+        NORM=norm,
+        ROUND=norm,
+        **cfg,
+        **dot_options(a3.dtype),
     )
     return y3
 
@@ -287,10 +363,25 @@ def swiglu_mlp_bwd_tiles(x3, ds3, w_gate_up, w_down, act3, dgu3):
     cfg = _tile_config(m, n, k, n_acc=3)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), n_batch)
     swiglu_mlp_bwd_kernel[grid](
-        x3, ds3, w_gate_up, w_down, act3, dgu3, m, n, k,
-        *strides3(x3), *strides3(ds3), w_gate_up.stride(0), w_gate_up.stride(1), w_down.stride(0), w_down.stride(1),
-        *strides3(act3), *strides3(dgu3),
-        **cfg, **dot_options(x3.dtype),
+        x3,
+        ds3,
+        w_gate_up,
+        w_down,
+        act3,
+        dgu3,
+        m,
+        n,
+        k,
+        *strides3(x3),
+        *strides3(ds3),
+        w_gate_up.stride(0),
+        w_gate_up.stride(1),
+        w_down.stride(0),
+        w_down.stride(1),
+        *strides3(act3),
+        *strides3(dgu3),
+        **cfg,
+        **dot_options(x3.dtype),
     )
     return act3, dgu3
 
@@ -357,13 +448,27 @@ def block_compile_targets(dtype: torch.dtype, rows: int, n: int, i: int, layout:
         name, ptrs = _KERNEL_PTRS[key]
         unit, unaligned = layout[key]
         launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
-        consts = {**{s: 1 for s in unit}, **{k: v for k, v in cfg.items() if k not in launch},
-                  **dot_options(dtype, interpret=False)}
-        sig = {a: ("*fp32" if a == "RSTD" else TL_PTR[dtype]) if a in ptrs else ("fp32" if a == "eps" else "i32")
-               for a in fn.arg_names if a not in consts}
+        consts = {
+            **{s: 1 for s in unit},
+            **{k: v for k, v in cfg.items() if k not in launch},
+            **dot_options(dtype, interpret=False),
+        }
+        sig = {
+            a: ("*fp32" if a == "RSTD" else TL_PTR[dtype]) if a in ptrs else ("fp32" if a == "eps" else "i32")
+            for a in fn.arg_names
+            if a not in consts
+        }
         aligned = [a for a, ty in sig.items() if ty.startswith("*") or (ty == "i32" and a not in unaligned)]
-        specs.append({"name": name + suffix, "fn": fn, "signature": sig, "constexprs": consts,
-                      "divisible_by_16": aligned, **launch})
+        specs.append(
+            {
+                "name": name + suffix,
+                "fn": fn,
+                "signature": sig,
+                "constexprs": consts,
+                "divisible_by_16": aligned,
+                **launch,
+            }
+        )
     return specs
 
 
@@ -371,8 +476,14 @@ def compile_targets(dtype: torch.dtype = torch.bfloat16, m: int = 97 * 256, d: i
     """Representative launches (HRM/TRM channel MLP: D=512, I=1536, row-major h and weights). Unit strides are
     constexpr 1 and the rest marked 16-aligned, as the JIT specialises them for contiguous tensors (batch strides
     of the [1, M, D] views are M*D, aligned too); the row count M is not assumed aligned."""
-    return block_compile_targets(dtype, m, d, i, layout={
-        "gate_up": (["s_xk", "s_wk", "s_an"], ["M"]),
-        "norm": (["s_ak", "s_wk", "s_hn", "s_yn"], ["M"]),
-        "bwd": (["s_xk", "s_dk", "s_gk", "s_wn", "s_an", "s_on"], ["M"]),
-    })
+    return block_compile_targets(
+        dtype,
+        m,
+        d,
+        i,
+        layout={
+            "gate_up": (["s_xk", "s_wk", "s_an"], ["M"]),
+            "norm": (["s_ak", "s_wk", "s_hn", "s_yn"], ["M"]),
+            "bwd": (["s_xk", "s_dk", "s_gk", "s_wn", "s_an", "s_on"], ["M"]),
+        },
+    )

@@ -12,6 +12,7 @@ This is the channel SwiGLU block of ``swiglu_mlp.py`` applied to the strided vie
 Intermediates are laid out so the two weight gradients are single cuBLAS GEMMs with K = B*D:
 ds as [L, B, D], act as [I, B, D], d(gate, up) as [2I, B, D].
 """
+
 from __future__ import annotations
 
 import torch
@@ -77,13 +78,19 @@ def token_mix_bwd(dy, h, y, rstd, w_gate_up_t, w_down_t):
     return dh, dw_gate_up_t, dw_down_t
 
 
-def compile_targets(dtype: torch.dtype = torch.bfloat16, batch: int = 256, n_tok: int = 97, d: int = 512,
-                    i: int = 512):
+def compile_targets(dtype: torch.dtype = torch.bfloat16, batch: int = 256, n_tok: int = 97, d: int = 512, i: int = 512):
     """Representative launches for TRM Sudoku mlp_t (L=97, I=512, D=512): the channel kernels with the
     token-mix strides (m = channel, stride 1; k = token, stride D). L = 97 leaves the arguments equal to it
     unaligned (K or N, and the weights' row stride)."""
-    return block_compile_targets(dtype, d, n_tok, i, suffix="[token_mix]", layout={
-        "gate_up": (["s_xm", "s_wk", "s_am"], ["K", "s_wn"]),
-        "norm": (["s_am", "s_wk", "s_hm", "s_ym"], ["N"]),
-        "bwd": (["s_xm", "s_dm", "s_gk", "s_wn", "s_am", "s_om"], ["K", "s_gn"]),
-    })
+    return block_compile_targets(
+        dtype,
+        d,
+        n_tok,
+        i,
+        suffix="[token_mix]",
+        layout={
+            "gate_up": (["s_xm", "s_wk", "s_am"], ["K", "s_wn"]),
+            "norm": (["s_am", "s_wk", "s_hm", "s_ym"], ["N"]),
+            "bwd": (["s_xm", "s_dm", "s_gk", "s_wn", "s_am", "s_om"], ["K", "s_gn"]),
+        },
+    )

@@ -6,6 +6,7 @@ includes no torch headers, so this takes seconds.
 Usage: python scripts/cuda_resource_usage.py [extra nvcc flags...]   (CUDA_HOME defaults to /usr/local/cuda)
 Exit status: 0, 1 if nvcc fails, 2 if any kernel spills.
 """
+
 import os
 import re
 import shutil
@@ -56,9 +57,22 @@ def main(extra):
     spills = False
     with tempfile.TemporaryDirectory() as tmp:
         for sm in ARCHS:
-            cmd = [nvcc, "-O3", "-std=c++17", "-cubin", "-gencode", f"arch=compute_{sm},code=sm_{sm}",
-                   "-Xptxas", "-v", *extra, "-I", os.path.join(ROOT, "csrc"),
-                   os.path.join(ROOT, "csrc", "kernels.cu"), "-o", os.path.join(tmp, f"kernels_sm{sm}.cubin")]
+            cmd = [
+                nvcc,
+                "-O3",
+                "-std=c++17",
+                "-cubin",
+                "-gencode",
+                f"arch=compute_{sm},code=sm_{sm}",
+                "-Xptxas",
+                "-v",
+                *extra,
+                "-I",
+                os.path.join(ROOT, "csrc"),
+                os.path.join(ROOT, "csrc", "kernels.cu"),
+                "-o",
+                os.path.join(tmp, f"kernels_sm{sm}.cubin"),
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 print(res.stdout + res.stderr, file=sys.stderr)
@@ -67,8 +81,10 @@ def main(extra):
             names = demangle([n for n, _ in rows])
             print(f"== sm_{sm}: {len(rows)} kernels ==")
             for pretty, (_, i) in sorted(zip(names, rows)):
-                print(f"  regs={i['regs']:3d} spill_st={i['spill_stores']}B spill_ld={i['spill_loads']}B "
-                      f"stack={i['stack']}B smem={i['smem']}B  {pretty}")
+                print(
+                    f"  regs={i['regs']:3d} spill_st={i['spill_stores']}B spill_ld={i['spill_loads']}B "
+                    f"stack={i['stack']}B smem={i['smem']}B  {pretty}"
+                )
                 spills |= i["spill_stores"] > 0 or i["spill_loads"] > 0
     if spills:
         print("WARNING: some kernels spill registers")

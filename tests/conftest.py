@@ -1,5 +1,6 @@
 """Test-wide setup. The Triton interpreter must be on before any @triton.jit kernel is defined, so that the
 kernel tests run the kernels themselves on CPU tensors (there is no GPU in CI)."""
+
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")

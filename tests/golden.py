@@ -1,4 +1,5 @@
 """Helpers to run a fastrecur model on a golden case from the public reference code (tests/fixtures/golden)."""
+
 import os
 
 import torch
@@ -14,8 +15,12 @@ def load_case(name):
 def build(case, backend="eager"):
     from fastrecur.models import HRM, TRM, TransformerBaseline, TRMHier6, TRMSingleZ
 
-    classes = {"trm_singlez": TRMSingleZ, "trm_hier6": TRMHier6, "transformers_baseline": TransformerBaseline,
-               "transformers_baseline_6heads": TransformerBaseline}
+    classes = {
+        "trm_singlez": TRMSingleZ,
+        "trm_hier6": TRMHier6,
+        "transformers_baseline": TransformerBaseline,
+        "transformers_baseline_6heads": TransformerBaseline,
+    }
     hrm = case["variant"].startswith("hrm") or "puzzle_emb_len" not in case["config"]
     cls = classes.get(case["variant"]) or (HRM if hrm else TRM)
     model = cls(case["config"], backend=backend)

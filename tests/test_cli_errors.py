@@ -4,6 +4,7 @@
 Each row runs ``fastrecur.cli.main(argv)`` in this process (the command's own code path, fast); three of them also
 run as a real ``python -m fastrecur.cli`` process. Datasets and the model are tiny and made in a temporary folder.
 """
+
 import json
 import os
 import re
@@ -19,8 +20,20 @@ from fastrecur.cli import InputError, check_dataset_matches_model, check_output_
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastrecur.__file__)))
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-TINY_ARCH = ["name=TRM", "H_cycles=1", "L_cycles=1", "H_layers=0", "L_layers=1", "hidden_size=16", "num_heads=1",
-             "expansion=2", "puzzle_emb_ndim=16", "puzzle_emb_len=1", "forward_dtype=float32", "halt_max_steps=2"]
+TINY_ARCH = [
+    "name=TRM",
+    "H_cycles=1",
+    "L_cycles=1",
+    "H_layers=0",
+    "L_layers=1",
+    "hidden_size=16",
+    "num_heads=1",
+    "expansion=2",
+    "puzzle_emb_ndim=16",
+    "puzzle_emb_len=1",
+    "forward_dtype=float32",
+    "halt_max_steps=2",
+]
 SUDOKU4 = "1..4....2..1.3.."
 
 # (id, argv with {placeholders}, what the one line must contain). Placeholders: s4 / s6 (4x4 / 6x6 Sudoku datasets),
@@ -42,34 +55,107 @@ ROWS = [
     ("data-maze-size", ["data", "maze", "--out", "{tmp}/m", "--size", "1"], "size must be"),
     ("data-maze-loop-frac", ["data", "maze", "--out", "{tmp}/m", "--size", "5", "--loop-frac", "2"], "loop_frac"),
     ("data-maze-aug", ["data", "maze", "--out", "{tmp}/m", "--aug", "9"], "invalid choice: 9"),
-    ("data-maze-impossible-path", ["data", "maze", "--out", "{tmp}/m", "--size", "5", "--min-path", "1000",
-                                   "--train", "1", "--test", "1"], "lower min_path_len"),
+    (
+        "data-maze-impossible-path",
+        ["data", "maze", "--out", "{tmp}/m", "--size", "5", "--min-path", "1000", "--train", "1", "--test", "1"],
+        "lower min_path_len",
+    ),
     # train
     ("train-no-data", ["train", "--out", "{tmp}/r"], "--data is required"),
-    ("train-missing-data", ["train", "--data", "{tmp}/none", "--out", "{tmp}/r", "--device", "cpu"],
-     "has no train/dataset.json"),
+    (
+        "train-missing-data",
+        ["train", "--data", "{tmp}/none", "--out", "{tmp}/r", "--device", "cpu"],
+        "has no train/dataset.json",
+    ),
     ("train-device-name", ["train", "--data", "{s4}", "--device", "gpu"], "device must be"),
     ("train-bad-override", ["train", "--data", "{s4}", "--set", "hidden_size"], "must be KEY=VALUE"),
-    ("train-model-config", ["train", "--data", "{s4}", "--out", "{tmp}/r", "--device", "cpu", "--set", *TINY_ARCH,
-                            "hidden_size=33", "num_heads=2", "--global-batch-size", "8"], "not divisible by num_heads"),
+    (
+        "train-model-config",
+        [
+            "train",
+            "--data",
+            "{s4}",
+            "--out",
+            "{tmp}/r",
+            "--device",
+            "cpu",
+            "--set",
+            *TINY_ARCH,
+            "hidden_size=33",
+            "num_heads=2",
+            "--global-batch-size",
+            "8",
+        ],
+        "not divisible by num_heads",
+    ),
     ("train-arch-and-config", ["train", "--data", "{s4}", "--arch", "trm", "--arch-config", "x.yaml"], "not both"),
     ("train-arch-config-missing", ["train", "--data", "{s4}", "--arch-config", "{tmp}/none.yaml"], "does not exist"),
     ("train-max-steps-0", ["train", "--data", "{s4}", "--max-steps", "0"], "max_steps must be"),
     ("train-lr-negative", ["train", "--data", "{s4}", "--lr", "-1"], "lr must be"),
     ("train-not-int", ["train", "--data", "{s4}", "--global-batch-size", "abc"], "invalid int value: 'abc'"),
-    ("train-batch-over-dataset", ["train", "--data", "{s4}", "--out", "{tmp}/r", "--device", "cpu", "--set", *TINY_ARCH,
-                                  "--global-batch-size", "64"], "too few for one batch"),
+    (
+        "train-batch-over-dataset",
+        [
+            "train",
+            "--data",
+            "{s4}",
+            "--out",
+            "{tmp}/r",
+            "--device",
+            "cpu",
+            "--set",
+            *TINY_ARCH,
+            "--global-batch-size",
+            "64",
+        ],
+        "too few for one batch",
+    ),
     ("train-out-is-file", ["train", "--data", "{s4}", "--out", "{file}", "--device", "cpu"], "cannot be written"),
-    ("train-resume-missing", ["train", "--data", "{s4}", "--out", "{tmp}/r", "--device", "cpu", "--set", *TINY_ARCH,
-                              "--global-batch-size", "8", "--resume", "{tmp}/none"], "does not exist"),
-    ("train-test-split-mismatch", ["train", "--data", "{mixed}", "--out", "{tmp}/r", "--device", "cpu", "--set",
-                                   *TINY_ARCH, "--global-batch-size", "8"], "has seq_len 36"),
+    (
+        "train-resume-missing",
+        [
+            "train",
+            "--data",
+            "{s4}",
+            "--out",
+            "{tmp}/r",
+            "--device",
+            "cpu",
+            "--set",
+            *TINY_ARCH,
+            "--global-batch-size",
+            "8",
+            "--resume",
+            "{tmp}/none",
+        ],
+        "does not exist",
+    ),
+    (
+        "train-test-split-mismatch",
+        [
+            "train",
+            "--data",
+            "{mixed}",
+            "--out",
+            "{tmp}/r",
+            "--device",
+            "cpu",
+            "--set",
+            *TINY_ARCH,
+            "--global-batch-size",
+            "8",
+        ],
+        "has seq_len 36",
+    ),
     # eval
     ("eval-no-args", ["eval"], "required: checkpoint, dataset"),
     ("eval-missing-checkpoint", ["eval", "{tmp}/none", "{s4}"], "does not exist"),
     ("eval-dataset-as-checkpoint", ["eval", "{s4}", "{s4}"], "neither a run folder"),
-    ("eval-truncated-checkpoint", ["eval", "{truncated}", "{s4}", "--no-ema", "--device", "cpu"],
-     "not a readable safetensors file"),
+    (
+        "eval-truncated-checkpoint",
+        ["eval", "{truncated}", "{s4}", "--no-ema", "--device", "cpu"],
+        "not a readable safetensors file",
+    ),
     ("eval-6x6-data-4x4-model", ["eval", "{run4}", "{s6}", "--device", "cpu"], "takes sequences of 16 tokens"),
     ("eval-missing-dataset", ["eval", "{run4}", "{tmp}/none", "--device", "cpu"], "dataset.json does not exist"),
     ("eval-unknown-split", ["eval", "{run4}", "{s4}", "--split", "dev", "--device", "cpu"], "dev/dataset.json"),
@@ -79,8 +165,11 @@ ROWS = [
     # solve
     ("solve-no-puzzle", ["solve", "{run4}"], "one of the arguments"),
     ("solve-missing-checkpoint", ["solve", "{tmp}/none", "--puzzle", SUDOKU4], "does not exist"),
-    ("solve-checkpoint-config-mismatch", ["solve", "{mismatched}", "--puzzle", SUDOKU4, "--no-ema"],
-     "does not match its config.json"),
+    (
+        "solve-checkpoint-config-mismatch",
+        ["solve", "{mismatched}", "--puzzle", SUDOKU4, "--no-ema"],
+        "does not match its config.json",
+    ),
     ("solve-wrong-size", ["solve", "{run4}", "--puzzle", "." * 81], "takes 16 tokens"),
     ("solve-bad-cells", ["solve", "{run4}", "--puzzle", "1..4....2..1.3.9"], "are not digits 1..4"),
     ("solve-tokens-out-of-vocab", ["solve", "{run4}", "--tokens", " ".join(["99"] * 16)], "token ids must be in"),
@@ -126,8 +215,31 @@ def places(tmp_path_factory):
     shutil.copytree(os.path.join(s4, "train"), mixed / "train")
     shutil.copytree(os.path.join(s6, "test"), mixed / "test")
     run4 = str(root / "run4")
-    assert main(["train", "--data", s4, "--out", run4, "--device", "cpu", "--set", *TINY_ARCH, "--global-batch-size",
-                 "8", "--max-steps", "1", "--threads", "1", "--progress", "none", "--no-plot"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                s4,
+                "--out",
+                run4,
+                "--device",
+                "cpu",
+                "--set",
+                *TINY_ARCH,
+                "--global-batch-size",
+                "8",
+                "--max-steps",
+                "1",
+                "--threads",
+                "1",
+                "--progress",
+                "none",
+                "--no-plot",
+            ]
+        )
+        == 0
+    )
     (root / "file").write_text("not a folder\n")
     step = os.path.join(run4, "checkpoints", "step_00000001")
     truncated, mismatched = root / "truncated", root / "mismatched"
@@ -138,8 +250,15 @@ def places(tmp_path_factory):
     config = json.loads((mismatched / "config.json").read_text())
     config["model_config"]["hidden_size"] = 32
     (mismatched / "config.json").write_text(json.dumps(config))
-    return {"s4": s4, "s6": s6, "mixed": str(mixed), "run4": run4, "file": str(root / "file"),
-            "truncated": str(truncated), "mismatched": str(mismatched)}
+    return {
+        "s4": s4,
+        "s6": s6,
+        "mixed": str(mixed),
+        "run4": run4,
+        "file": str(root / "file"),
+        "truncated": str(truncated),
+        "mismatched": str(mismatched),
+    }
 
 
 def _argv(argv, places, tmp_path):
@@ -164,8 +283,10 @@ def _command(argv):
     return f"fastrecur {argv[0]}"
 
 
-@pytest.mark.parametrize("argv,says", [pytest.param(a, s, id=i) for i, a, s in ROWS]
-                         + [pytest.param(a, s, id=i, marks=NO_CUDA) for i, a, s in CUDA_ROWS])
+@pytest.mark.parametrize(
+    "argv,says",
+    [pytest.param(a, s, id=i) for i, a, s in ROWS] + [pytest.param(a, s, id=i, marks=NO_CUDA) for i, a, s in CUDA_ROWS],
+)
 def test_bad_input_is_one_line_and_status_2(argv, says, places, tmp_path, capsys):
     argv = _argv(argv, places, tmp_path)
     status, err = _one_line(argv, capsys)
@@ -180,18 +301,26 @@ def test_catalogue_lists_every_row():
     with open(os.path.join(REPO, "docs", "bad-inputs.md")) as f:
         text = f.read()
     listed = set(re.findall(r"^\| `([a-z0-9-]+)` \|", text, flags=re.M))
-    assert listed == {r[0] for r in ROWS + CUDA_ROWS}, (listed ^ {r[0] for r in ROWS + CUDA_ROWS})
+    assert listed == {r[0] for r in ROWS + CUDA_ROWS}, listed ^ {r[0] for r in ROWS + CUDA_ROWS}
 
 
-@pytest.mark.parametrize("argv,says", [
-    (["eval", "{run4}", "{s6}", "--device", "cpu"], "fastrecur eval: the model of "),
-    (["data", "sudoku", "--out", "{tmp}/d", "--size", "5"], "fastrecur data sudoku: argument --size"),
-    (["bench", "--archs", "gpt", "--out", "{tmp}/b"], "fastrecur bench: --archs"),
-])
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["eval", "{run4}", "{s6}", "--device", "cpu"], "fastrecur eval: the model of "),
+        (["data", "sudoku", "--out", "{tmp}/d", "--size", "5"], "fastrecur data sudoku: argument --size"),
+        (["bench", "--archs", "gpt", "--out", "{tmp}/b"], "fastrecur bench: --archs"),
+    ],
+)
 def test_a_real_process_prints_one_line_and_exits_2(argv, says, places, tmp_path):
     env = dict(os.environ, PYTHONPATH=PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "fastrecur.cli", *_argv(argv, places, tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastrecur.cli", *_argv(argv, places, tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     err = [line for line in proc.stderr.splitlines() if "Warning" not in line and line.strip()]
     assert proc.returncode == 2 and len(err) == 1 and err[0].startswith(says), proc.stderr
     assert "Traceback" not in proc.stderr
@@ -201,9 +330,11 @@ def test_a_real_process_prints_one_line_and_exits_2(argv, says, places, tmp_path
 def test_a_bug_keeps_its_traceback():
     """Only the input-error kinds become one line: a plain ValueError or KeyError raised by a command is a bug in
     fastrecur and propagates."""
+
     def buggy(exc):
         def run(args):
             raise exc
+
         return run
 
     with pytest.raises(ValueError, match="internal"):
@@ -219,9 +350,15 @@ def test_input_error_is_a_value_error_on_one_line(capsys):
     assert capsys.readouterr().err == "fastrecur solve: two lines\n"
 
 
-@pytest.mark.parametrize("name,says", [("gpu", "not a device name"), ("xla", "fastrecur runs on cpu or cuda"),
-                                       pytest.param("cuda", "no usable CUDA device", marks=NO_CUDA),
-                                       pytest.param("cuda:3", "no usable CUDA device", marks=NO_CUDA)])
+@pytest.mark.parametrize(
+    "name,says",
+    [
+        ("gpu", "not a device name"),
+        ("xla", "fastrecur runs on cpu or cuda"),
+        pytest.param("cuda", "no usable CUDA device", marks=NO_CUDA),
+        pytest.param("cuda:3", "no usable CUDA device", marks=NO_CUDA),
+    ],
+)
 def test_resolve_device_refuses_devices_this_machine_lacks(name, says):
     with pytest.raises(InputError, match=says):
         resolve_device(name)
@@ -242,22 +379,38 @@ def test_check_output_dir(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("model,data,says", [
-    (dict(seq_len=16, vocab_size=6, num_puzzle_identifiers=1), dict(seq_len=36, vocab_size=8,
-                                                                     num_puzzle_identifiers=1), "seq_len 36"),
-    (dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1), dict(seq_len=81, vocab_size=12,
-                                                                      num_puzzle_identifiers=1), "vocabulary of 11"),
-    (dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=10, puzzle_emb_ndim=8),
-     dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=20), "embeds 10 puzzle identifiers but"),
-])
+@pytest.mark.parametrize(
+    "model,data,says",
+    [
+        (
+            dict(seq_len=16, vocab_size=6, num_puzzle_identifiers=1),
+            dict(seq_len=36, vocab_size=8, num_puzzle_identifiers=1),
+            "seq_len 36",
+        ),
+        (
+            dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1),
+            dict(seq_len=81, vocab_size=12, num_puzzle_identifiers=1),
+            "vocabulary of 11",
+        ),
+        (
+            dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=10, puzzle_emb_ndim=8),
+            dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=20),
+            "embeds 10 puzzle identifiers but",
+        ),
+    ],
+)
 def test_dataset_model_mismatch(model, data, says):
     with pytest.raises(InputError, match=says):
         check_dataset_matches_model(model, data)
 
 
 def test_dataset_model_match():
-    check_dataset_matches_model(dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=10, puzzle_emb_ndim=8),
-                                dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=3))
+    check_dataset_matches_model(
+        dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=10, puzzle_emb_ndim=8),
+        dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=3),
+    )
     # without puzzle embeddings the identifiers are not looked up
-    check_dataset_matches_model(dict(seq_len=16, vocab_size=6, num_puzzle_identifiers=1, puzzle_emb_ndim=0),
-                                dict(seq_len=16, vocab_size=6, num_puzzle_identifiers=5))
+    check_dataset_matches_model(
+        dict(seq_len=16, vocab_size=6, num_puzzle_identifiers=1, puzzle_emb_ndim=0),
+        dict(seq_len=16, vocab_size=6, num_puzzle_identifiers=5),
+    )

@@ -3,6 +3,7 @@ native recursion (run_steps_cpp) against a plain Python loop of the block math w
 
 Skipped when the extension is not built, unless FASTRECUR_REQUIRE_EXT=1 (then they fail).
 """
+
 import os
 
 import pytest
@@ -100,13 +101,17 @@ def rand_w(rows, cols):
 
 
 def attention_weights(n):
-    return [AttentionBlockWeights(rand_w(3 * H * HD, D), rand_w(D, H * HD), rand_w(2 * INTER, D), rand_w(D, INTER))
-            for _ in range(n)]
+    return [
+        AttentionBlockWeights(rand_w(3 * H * HD, D), rand_w(D, H * HD), rand_w(2 * INTER, D), rand_w(D, INTER))
+        for _ in range(n)
+    ]
 
 
 def mixer_weights(n, seq=S):
-    return [MixerBlockWeights(rand_w(2 * INTER_T, seq), rand_w(seq, INTER_T), rand_w(2 * INTER, D), rand_w(D, INTER))
-            for _ in range(n)]
+    return [
+        MixerBlockWeights(rand_w(2 * INTER_T, seq), rand_w(seq, INTER_T), rand_w(2 * INTER, D), rand_w(D, INTER))
+        for _ in range(n)
+    ]
 
 
 def rope_tables(seq=S, hd=HD):
@@ -124,7 +129,7 @@ def trm_steps(h_cycles=2, l_cycles=2):
 
 
 HRM_STEPS = [Update("z_L", "L", ("z_H", "x"))] * 2 + [Update("z_H", "H", ("z_L",))] + [Update("z_L", "L", ("z_H", "x"))]
-SRM_STEPS = ([Copy("a", "z")] + [Update("z", "L", ("a", "x"))] * 2 + [Copy("a", "z"), Update("z", "L", ("a", "x"))])
+SRM_STEPS = [Copy("a", "z")] + [Update("z", "L", ("a", "x"))] * 2 + [Copy("a", "z"), Update("z", "L", ("a", "x"))]
 
 
 def make_case(name, batch=B):
@@ -132,14 +137,29 @@ def make_case(name, batch=B):
     seq = S
     x = torch.randn(batch, seq, D)
     if name == "trm":
-        return trm_steps(), {"z_H": torch.randn(batch, seq, D), "z_L": torch.randn(batch, seq, D)}, x, \
-            {"L": attention_weights(2)}, rope_tables()
+        return (
+            trm_steps(),
+            {"z_H": torch.randn(batch, seq, D), "z_L": torch.randn(batch, seq, D)},
+            x,
+            {"L": attention_weights(2)},
+            rope_tables(),
+        )
     if name == "trm_mlp_t":
-        return trm_steps(), {"z_H": torch.randn(batch, seq, D), "z_L": torch.randn(batch, seq, D)}, x, \
-            {"L": mixer_weights(2)}, (None, None)
+        return (
+            trm_steps(),
+            {"z_H": torch.randn(batch, seq, D), "z_L": torch.randn(batch, seq, D)},
+            x,
+            {"L": mixer_weights(2)},
+            (None, None),
+        )
     if name == "hrm":
-        return HRM_STEPS, {"z_H": torch.randn(batch, seq, D), "z_L": torch.randn(batch, seq, D)}, x, \
-            {"H": attention_weights(2), "L": attention_weights(2)}, rope_tables()
+        return (
+            HRM_STEPS,
+            {"z_H": torch.randn(batch, seq, D), "z_L": torch.randn(batch, seq, D)},
+            x,
+            {"H": attention_weights(2), "L": attention_weights(2)},
+            rope_tables(),
+        )
     if name == "srm":
         return SRM_STEPS, {"z": torch.randn(batch, seq, D)}, x, {"L": attention_weights(1)}, (None, None)
     raise KeyError(name)
@@ -163,8 +183,11 @@ def run_both(case, **kwargs):
 # Fused elementwise ops vs eager
 # ----------------------------------------------------------------------------------------------------------
 
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-3, atol=1e-3),
-       torch.bfloat16: dict(rtol=8e-3, atol=8e-3)}  # about one ulp of the output dtype
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float16: dict(rtol=1e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
+}  # about one ulp of the output dtype
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -333,8 +356,12 @@ def test_run_steps_transposed_weight_layout():
     """Right-multiplied weights given as Wt.t() (Wt contiguous, the layout the models cache on CPU) give the
     same result as nn.Linear's contiguous layout; other strides are refused."""
     steps, states, x, levels, (cos, sin) = make_case("trm")
-    flip = {"L": [w._replace(**{f: getattr(w, f).t().contiguous().t() for f in ("qkv", "o", "gate_up", "down")})
-                  for w in levels["L"]]}
+    flip = {
+        "L": [
+            w._replace(**{f: getattr(w, f).t().contiguous().t() for f in ("qkv", "o", "gate_up", "down")})
+            for w in levels["L"]
+        ]
+    }
     assert not flip["L"][0].gate_up.is_contiguous()
     ref = run_steps_cpp(steps, {k: v.clone() for k, v in states.items()}, x, levels, cos, sin, H, EPS)
     got = run_steps_cpp(steps, {k: v.clone() for k, v in states.items()}, x, flip, cos, sin, H, EPS)
@@ -431,8 +458,11 @@ def test_build_cpu_isa_choice(monkeypatch):
         import build_config
     finally:
         sys.path.pop(0)
-    for isa, macro in (("avx2", "-DCPU_CAPABILITY_AVX2"), ("avx512", "-DCPU_CAPABILITY_AVX512"),
-                       ("avx512_bf16", "-DCPU_CAPABILITY_AVX512")):
+    for isa, macro in (
+        ("avx2", "-DCPU_CAPABILITY_AVX2"),
+        ("avx512", "-DCPU_CAPABILITY_AVX512"),
+        ("avx512_bf16", "-DCPU_CAPABILITY_AVX512"),
+    ):
         monkeypatch.setenv("FASTRECUR_CPU_ISA", isa)
         cxx = build_config.extension_kwargs(with_cuda=False)["extra_compile_args"]["cxx"]
         assert macro in cxx and f"-DFASTRECUR_CPU_ISA={isa}" in cxx
@@ -515,8 +545,13 @@ def test_kernel_roofline_rows():
         rows = roofline.kernel_roofline(torch.device("cpu"), [torch.bfloat16], [1], rounds=1)
     finally:
         torch.set_num_threads(old)
-    want = {"add_rms_norm": 3 * 97 * 512 * 2, "add_rms_norm_dim1": 3 * 97 * 512 * 2, "swiglu": 3 * 97 * 1536 * 2,
-            "rope": 2 * 97 * 16 * 64 * 2 + 2 * 97 * 64 * 4, "inject_add": 4 * 97 * 512 * 2}
+    want = {
+        "add_rms_norm": 3 * 97 * 512 * 2,
+        "add_rms_norm_dim1": 3 * 97 * 512 * 2,
+        "swiglu": 3 * 97 * 1536 * 2,
+        "rope": 2 * 97 * 16 * 64 * 2 + 2 * 97 * 64 * 4,
+        "inject_add": 4 * 97 * 512 * 2,
+    }
     assert {r["kernel"]: r["bytes"] for r in rows} == want
     for r in rows:
         assert r["kernel_us"] > 0 and r["copy_us"] > 0

@@ -1,5 +1,6 @@
 """Whole models with backend="cpp" (the no-grad recursion in the C++ loop, the grad tail in autograd) held to
 the reference golden cases and to the eager backend, for every model on the recursion core."""
+
 import copy
 import dataclasses
 import os
@@ -9,8 +10,8 @@ import torch
 
 import fastrecur
 from golden import CASES, assert_close, build, load_case, run_eval, run_train, scale_err
-from test_variants import KINDS, make
 from test_models import tiny_batch
+from test_variants import KINDS, make
 
 _ok, _why = fastrecur.backends()["cpp"]
 pytestmark = pytest.mark.skipif(not _ok and os.environ.get("FASTRECUR_REQUIRE_EXT") != "1", reason=_why)
@@ -98,8 +99,10 @@ def test_cpp_equals_eager_fp32(kind):
             d_carry, d_out = fp64_model(carry=_as_fp64(carry), batch=batch)
             carry, e_out = eager_model(carry=carry, batch=batch)
             pairs = [(k, c_out[k], e_out[k], d_out[k]) for k in ("logits", "q_halt_logits", "q_continue_logits")]
-            pairs += [(f"state {k}", getattr(c_carry.inner_carry, k), v, getattr(d_carry.inner_carry, k))
-                      for k, v in carry.inner_carry.as_dict().items()]
+            pairs += [
+                (f"state {k}", getattr(c_carry.inner_carry, k), v, getattr(d_carry.inner_carry, k))
+                for k, v in carry.inner_carry.as_dict().items()
+            ]
             for name, c, e, d in pairs:
                 bound = max(1e-5, 4 * scale_err(e, d))
                 assert scale_err(c, e) <= bound, f"{kind} step {step} {name}: {scale_err(c, e):.2e} > {bound:.2e}"
@@ -125,7 +128,9 @@ def train_step_from_same_carry(models, batch):
         _, out = model(carry=carry, batch=batch)
         weight = torch.randn_like(out["logits"].float())
         ((out["logits"].float() * weight).sum() + out["q_halt_logits"].sum()).backward()
-        results.append((out["logits"].float().detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+        results.append(
+            (out["logits"].float().detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        )
     return results
 
 

@@ -1,5 +1,6 @@
 """fastrecur.data: puzzle generators checked against independent brute force / BFS, the reference dataset layout,
 and the reader's sampling (determinism, resume, sharding, eval padding)."""
+
 import argparse
 import itertools
 import json
@@ -10,9 +11,24 @@ import numpy as np
 import pytest
 import torch
 
-from fastrecur.data import (DatasetFormatError, PuzzleDataset, augment_sudoku, build_maze_dataset, build_sudoku_dataset,
-                            decode_maze, decode_sudoku, dihedral, encode_maze, encode_sudoku, generate_maze,
-                            generate_mazes, generate_sudoku, generate_sudokus, solve_sudoku, write_split)
+from fastrecur.data import (
+    DatasetFormatError,
+    PuzzleDataset,
+    augment_sudoku,
+    build_maze_dataset,
+    build_sudoku_dataset,
+    decode_maze,
+    decode_sudoku,
+    dihedral,
+    encode_maze,
+    encode_sudoku,
+    generate_maze,
+    generate_mazes,
+    generate_sudoku,
+    generate_sudokus,
+    solve_sudoku,
+    write_split,
+)
 from fastrecur.data import cli as data_cli
 
 BOXES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
@@ -29,7 +45,7 @@ def valid_full_grid(g):
     br, bc = BOXES[n]
     want = set(range(1, n + 1))
     units = [list(g[r]) for r in range(n)] + [list(g[:, c]) for c in range(n)]
-    units += [list(g[r:r + br, c:c + bc].reshape(-1)) for r in range(0, n, br) for c in range(0, n, bc)]
+    units += [list(g[r : r + br, c : c + bc].reshape(-1)) for r in range(0, n, br) for c in range(0, n, bc)]
     return all(set(int(x) for x in u) == want and len(u) == n for u in units)
 
 
@@ -45,11 +61,11 @@ def all_4x4_grids():
         for p in perms:
             cand = rows + [p]
             g = np.zeros((4, 4), int)
-            g[:len(cand)] = cand
-            ok = all(len(set(g[:len(cand), c])) == len(cand) for c in range(4))
+            g[: len(cand)] = cand
+            ok = all(len(set(g[: len(cand), c])) == len(cand) for c in range(4))
             if ok and len(cand) % 2 == 0:
                 r0 = len(cand) - 2
-                ok = all(len(set(g[r0:r0 + 2, c0:c0 + 2].reshape(-1))) == 4 for c0 in (0, 2))
+                ok = all(len(set(g[r0 : r0 + 2, c0 : c0 + 2].reshape(-1))) == 4 for c0 in (0, 2))
             if ok:
                 rec(cand)
 
@@ -115,8 +131,11 @@ def count_shortest_paths(inp):
     ways = {s: 1}
     for cell in sorted(dist, key=dist.get)[1:]:
         r, c = cell
-        ways[cell] = sum(ways.get(x, 0) for x in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1))
-                         if dist.get(x, -9) == dist[cell] - 1)
+        ways[cell] = sum(
+            ways.get(x, 0)
+            for x in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1))
+            if dist.get(x, -9) == dist[cell] - 1
+        )
     return ways[g]
 
 
@@ -255,14 +274,26 @@ def test_sudoku_dataset_layout_and_round_trip(tmp_path):
     for split, (examples, groups) in {"train": (48, 12), "test": (5, 5)}.items():
         d = tmp_path / split
         meta = json.load(open(d / "dataset.json"))
-        assert set(meta) == {"pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
-                             "num_puzzle_identifiers", "total_groups", "mean_puzzle_examples", "total_puzzles", "sets"}
+        assert set(meta) == {
+            "pad_id",
+            "ignore_label_id",
+            "blank_identifier_id",
+            "vocab_size",
+            "seq_len",
+            "num_puzzle_identifiers",
+            "total_groups",
+            "mean_puzzle_examples",
+            "total_puzzles",
+            "sets",
+        }
         assert meta["vocab_size"] == 6 and meta["seq_len"] == 16 and meta["sets"] == ["all"]
         assert meta["pad_id"] == 0 and meta["ignore_label_id"] == 0 and meta["blank_identifier_id"] == 0
         assert meta["num_puzzle_identifiers"] == 1 and meta["total_groups"] == groups
         assert meta["total_puzzles"] == examples and meta["mean_puzzle_examples"] == 1
-        arr = {k: np.load(d / f"all__{k}.npy") for k in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices",
-                                                         "group_indices")}
+        arr = {
+            k: np.load(d / f"all__{k}.npy")
+            for k in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+        }
         assert arr["inputs"].dtype == np.uint8 and arr["labels"].dtype == np.uint8
         assert all(arr[k].dtype == np.int32 for k in ("puzzle_identifiers", "puzzle_indices", "group_indices"))
         assert arr["inputs"].shape == arr["labels"].shape == (examples, 16)
@@ -314,8 +345,17 @@ def write_reference_style(root, with_total_puzzles):
     np.save(os.path.join(d, "all__puzzle_identifiers.npy"), np.arange(1, 10, dtype=np.int32))
     np.save(os.path.join(d, "all__puzzle_indices.npy"), np.cumsum([0] + puzzle_sizes).astype(np.int32))
     np.save(os.path.join(d, "all__group_indices.npy"), np.cumsum([0] + group_sizes).astype(np.int32))
-    meta = dict(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12, seq_len=10,
-                num_puzzle_identifiers=10, total_groups=5, mean_puzzle_examples=n / 9, sets=["all"])
+    meta = dict(
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=12,
+        seq_len=10,
+        num_puzzle_identifiers=10,
+        total_groups=5,
+        mean_puzzle_examples=n / 9,
+        sets=["all"],
+    )
     if with_total_puzzles:
         meta["total_puzzles"] = 9
     with open(os.path.join(d, "dataset.json"), "w") as f:
@@ -337,7 +377,7 @@ def test_reads_reference_layout(tmp_path, with_total_puzzles):
         rows.append(batch["inputs"][:n_valid].numpy())
         idents.append(batch["puzzle_identifiers"][:n_valid].numpy())
         lab = batch["labels"][:n_valid].numpy()
-        raw = labels[valid:valid + n_valid].astype(np.int32)
+        raw = labels[valid : valid + n_valid].astype(np.int32)
         assert (lab == np.where(raw == 0, -100, raw)).all()
         valid += n_valid
     assert valid == 19 and (np.concatenate(rows) == inputs).all()
@@ -377,8 +417,10 @@ def test_iter_train_determinism_resume_and_sharding(sudoku_ds):
     assert not all(torch.equal(a["inputs"], b["inputs"]) for a, b in zip(full, other))
     # One example per group per epoch: no augmented twin appears twice.
     ex = torch.cat([b["inputs"] for b in full]).numpy()
-    groups = [int(np.nonzero((np.load(os.path.join(sudoku_ds, "train", "all__inputs.npy")) == r).all(1))[0][0]) // 2
-              for r in ex.astype(np.uint8)]
+    groups = [
+        int(np.nonzero((np.load(os.path.join(sudoku_ds, "train", "all__inputs.npy")) == r).all(1))[0][0]) // 2
+        for r in ex.astype(np.uint8)
+    ]
     assert len(set(groups)) == len(groups) == 24
     for b in full:
         assert all(v.dtype == torch.int32 for v in b.values())
@@ -437,19 +479,37 @@ def test_reader_rejects_bad_data(tmp_path, sudoku_ds):
         "missing": (lambda d: os.remove(d / "all__labels.npy"), "all__labels.npy does not exist"),
         "shape": (lambda d: np.save(d / "all__labels.npy", np.zeros((19, 9), np.uint8)), "labels shape"),
         "seq": (lambda d: np.save(d / "all__inputs.npy", np.zeros((19, 9), np.uint8)), "seq_len=10"),
-        "index": (lambda d: np.save(d / "all__puzzle_indices.npy", np.array([0, 3, 3, 6, 10, 11, 13, 15, 16, 19],
-                                                                          np.int32)), "strictly increasing"),
+        "index": (
+            lambda d: np.save(d / "all__puzzle_indices.npy", np.array([0, 3, 3, 6, 10, 11, 13, 15, 16, 19], np.int32)),
+            "strictly increasing",
+        ),
         "end": (lambda d: np.save(d / "all__group_indices.npy", np.array([0, 2, 3, 6, 8], np.int32)), "end at 9"),
         "vocab": (lambda d: np.save(d / "all__inputs.npy", np.full((19, 10), 12, np.uint8)), "input tokens"),
-        "ident": (lambda d: np.save(d / "all__puzzle_identifiers.npy", np.arange(2, 11, dtype=np.int32)),
-                  "puzzle_identifiers must lie"),
+        "ident": (
+            lambda d: np.save(d / "all__puzzle_identifiers.npy", np.arange(2, 11, dtype=np.int32)),
+            "puzzle_identifiers must lie",
+        ),
         "float": (lambda d: np.save(d / "all__inputs.npy", np.zeros((19, 10), np.float32)), "integer dtype"),
         "json": (lambda d: (d / "dataset.json").write_text("{"), "not readable JSON"),
-        "keys": (lambda d: (d / "dataset.json").write_text(json.dumps({"pad_id": 0, "sets": ["all"]})),
-                 "missing keys"),
-        "groups": (lambda d: (d / "dataset.json").write_text(json.dumps(dict(
-            pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12, seq_len=10, num_puzzle_identifiers=10,
-            total_groups=4, mean_puzzle_examples=2.0, sets=["all"]))), "total_groups"),
+        "keys": (lambda d: (d / "dataset.json").write_text(json.dumps({"pad_id": 0, "sets": ["all"]})), "missing keys"),
+        "groups": (
+            lambda d: (d / "dataset.json").write_text(
+                json.dumps(
+                    dict(
+                        pad_id=0,
+                        ignore_label_id=0,
+                        blank_identifier_id=0,
+                        vocab_size=12,
+                        seq_len=10,
+                        num_puzzle_identifiers=10,
+                        total_groups=4,
+                        mean_puzzle_examples=2.0,
+                        sets=["all"],
+                    )
+                )
+            ),
+            "total_groups",
+        ),
     }
     for name, (fn, msg) in cases.items():
         with pytest.raises(DatasetFormatError, match=msg):
@@ -457,9 +517,14 @@ def test_reader_rejects_bad_data(tmp_path, sudoku_ds):
 
 
 def test_writer_validates(tmp_path):
-    ok = dict(inputs=np.ones((2, 4), np.int64), labels=np.ones((2, 4), np.int64),
-              puzzle_identifiers=np.zeros(2, np.int32), puzzle_indices=np.arange(3), group_indices=np.array([0, 2]),
-              vocab_size=3)
+    ok = dict(
+        inputs=np.ones((2, 4), np.int64),
+        labels=np.ones((2, 4), np.int64),
+        puzzle_identifiers=np.zeros(2, np.int32),
+        puzzle_indices=np.arange(3),
+        group_indices=np.array([0, 2]),
+        vocab_size=3,
+    )
     meta = write_split(str(tmp_path), "train", **ok)
     assert meta.total_groups == 1 and meta.total_puzzles == 2 and meta.mean_puzzle_examples == 1.0
     with pytest.raises(DatasetFormatError, match="input tokens"):
@@ -476,12 +541,42 @@ def test_writer_validates(tmp_path):
 def test_cli(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     data_cli.add_arguments(parser)
-    args = parser.parse_args(["sudoku", "--out", str(tmp_path / "s"), "--size", "4", "--train", "6", "--test", "2",
-                              "--aug", "2", "--seed", "1"])
+    args = parser.parse_args(
+        [
+            "sudoku",
+            "--out",
+            str(tmp_path / "s"),
+            "--size",
+            "4",
+            "--train",
+            "6",
+            "--test",
+            "2",
+            "--aug",
+            "2",
+            "--seed",
+            "1",
+        ]
+    )
     assert data_cli.run(args) == 0
     assert len(PuzzleDataset(str(tmp_path / "s"), "train")) == 18
-    args = parser.parse_args(["maze", "--out", str(tmp_path / "m"), "--size", "7", "--train", "2", "--test", "1",
-                              "--min-path", "6", "--aug", "7"])
+    args = parser.parse_args(
+        [
+            "maze",
+            "--out",
+            str(tmp_path / "m"),
+            "--size",
+            "7",
+            "--train",
+            "2",
+            "--test",
+            "1",
+            "--min-path",
+            "6",
+            "--aug",
+            "7",
+        ]
+    )
     assert data_cli.run(args) == 0
     assert len(PuzzleDataset(str(tmp_path / "m"), "train")) == 16
     assert "examples" in capsys.readouterr().out

@@ -8,6 +8,7 @@ are the puzzle embedding, H_cycles 3, L_cycles 6, batch 1, bf16).
   it by the extension's own counter, which the profiler's view of the call (ATen ops + the fused kernels'
   record_function labels) must match exactly.
 """
+
 import collections
 import os
 
@@ -21,14 +22,32 @@ from fastrecur.models import TRM
 
 def sudoku_trm(mlp_t=True, backend="eager", batch_size=1):
     torch.manual_seed(0)
-    cfg = dict(batch_size=batch_size, seq_len=81, puzzle_emb_ndim=512, num_puzzle_identifiers=1, vocab_size=11, hidden_size=512,
-               expansion=4, num_heads=8, halt_max_steps=16, halt_exploration_prob=0.1, forward_dtype="bfloat16",
-               H_cycles=3, L_cycles=6, H_layers=0, L_layers=2, puzzle_emb_len=16, mlp_t=mlp_t,
-               pos_encodings="none" if mlp_t else "rope")
+    cfg = dict(
+        batch_size=batch_size,
+        seq_len=81,
+        puzzle_emb_ndim=512,
+        num_puzzle_identifiers=1,
+        vocab_size=11,
+        hidden_size=512,
+        expansion=4,
+        num_heads=8,
+        halt_max_steps=16,
+        halt_exploration_prob=0.1,
+        forward_dtype="bfloat16",
+        H_cycles=3,
+        L_cycles=6,
+        H_layers=0,
+        L_layers=2,
+        puzzle_emb_len=16,
+        mlp_t=mlp_t,
+        pos_encodings="none" if mlp_t else "rope",
+    )
     model = TRM(cfg, backend=backend).eval()
     model.check_inputs = False
-    batch = {"inputs": torch.randint(1, 11, (batch_size, 81), generator=torch.Generator().manual_seed(0)),
-             "puzzle_identifiers": torch.zeros(batch_size, dtype=torch.int32)}
+    batch = {
+        "inputs": torch.randint(1, 11, (batch_size, 81), generator=torch.Generator().manual_seed(0)),
+        "puzzle_identifiers": torch.zeros(batch_size, dtype=torch.int32),
+    }
     return model, batch
 
 
@@ -49,8 +68,25 @@ def _is_op(name):
 
 
 # ATen ops that only make a view (no kernel, no memory traffic): not counted as native kernels.
-VIEW_OPS = {"aten::" + n for n in ("view", "narrow", "slice", "permute", "t", "transpose", "select", "as_strided",
-                                   "expand", "unsqueeze", "reshape", "alias", "detach", "_reshape_alias")}
+VIEW_OPS = {
+    "aten::" + n
+    for n in (
+        "view",
+        "narrow",
+        "slice",
+        "permute",
+        "t",
+        "transpose",
+        "select",
+        "as_strided",
+        "expand",
+        "unsqueeze",
+        "reshape",
+        "alias",
+        "detach",
+        "_reshape_alias",
+    )
+}
 
 
 def profile_step(model, batch, carry):
@@ -91,8 +127,10 @@ def test_eager_step_dispatch_count():
             model(carry=carry, batch=batch)
     top = top_level(events)
     n_mode = sum(mode.counts.values())
-    print(f"\neager TRM-MLP Sudoku bf16 b=1, one eval ACT step: {len(top)} top-level ATen calls (profiler), "
-          f"{n_mode} ops seen by a TorchDispatchMode; most common: {collections.Counter(top).most_common(6)}")
+    print(
+        f"\neager TRM-MLP Sudoku bf16 b=1, one eval ACT step: {len(top)} top-level ATen calls (profiler), "
+        f"{n_mode} ops seen by a TorchDispatchMode; most common: {collections.Counter(top).most_common(6)}"
+    )
     # 21 level calls x 2 blocks, ~30 ops per block, plus the ACT wrapper: the reference makes 1,417.
     assert 1200 <= len(top) <= 1700
     # 4 GEMMs per block, plus lm_head. torch 2.11 dispatches the token-mixing matmul as bmm, 2.14 as mm.
@@ -116,15 +154,20 @@ def test_cpp_step_is_one_native_call(mlp_t):
     n_mode = sum(mode.counts.values()) / 2
     calls = [e for e in events if e.name == "fastrecur_C::run_steps"]
     assert len(calls) == 1
-    called = [e.name for e in events
-              if _is_op(e.name) and e.cpu_parent is not None and e.cpu_parent.name == "fastrecur_C::run_steps"]
+    called = [
+        e.name
+        for e in events
+        if _is_op(e.name) and e.cpu_parent is not None and e.cpu_parent.name == "fastrecur_C::run_steps"
+    ]
     views = sum(n in VIEW_OPS for n in called)
     inner = [n for n in called if n not in VIEW_OPS]
     kinds = collections.Counter(inner)
     top = top_level(events)
-    print(f"\ncpp TRM-{'MLP' if mlp_t else 'attention'} Sudoku bf16 b=1, one eval ACT step: {len(top)} top-level calls "
-          f"(profiler), {n_mode:.0f} seen by a TorchDispatchMode, 1 run_steps call issuing {native_ops} native ops "
-          f"(counter) / {len(inner)} (profiler): {kinds.most_common()}; plus {views} view ops")
+    print(
+        f"\ncpp TRM-{'MLP' if mlp_t else 'attention'} Sudoku bf16 b=1, one eval ACT step: {len(top)} top-level calls "
+        f"(profiler), {n_mode:.0f} seen by a TorchDispatchMode, 1 run_steps call issuing {native_ops} native ops "
+        f"(counter) / {len(inner)} (profiler): {kinds.most_common()}; plus {views} view ops"
+    )
     # One Python-to-C++ call for the whole recursion; the mode does not see what it does inside.
     assert mode.counts["fastrecur_C.run_steps"] == 2
     assert mode.counts["aten.mm"] == 2  # only lm_head: every block GEMM is inside run_steps

@@ -3,6 +3,7 @@
 Exploration is off: its random minimum-steps draw comes from each rank's own RNG stream (seed + rank, as the
 reference), so with it on the ranks' halting would differ from a single process by design.
 """
+
 import os
 import socket
 
@@ -14,15 +15,44 @@ from fastrecur.data import PuzzleDataset, build_sudoku_dataset
 from fastrecur.train import TrainConfig, Trainer
 
 STEPS = 6
-ARCH = dict(name="TRM", H_cycles=2, L_cycles=1, H_layers=0, L_layers=1, hidden_size=16, num_heads=1, expansion=2, puzzle_emb_ndim=16,
-            puzzle_emb_len=1, pos_encodings="rope", forward_dtype="float32", halt_max_steps=3, halt_exploration_prob=0.0,
-            no_ACT_continue=True)
+ARCH = dict(
+    name="TRM",
+    H_cycles=2,
+    L_cycles=1,
+    H_layers=0,
+    L_layers=1,
+    hidden_size=16,
+    num_heads=1,
+    expansion=2,
+    puzzle_emb_ndim=16,
+    puzzle_emb_len=1,
+    pos_encodings="rope",
+    forward_dtype="float32",
+    halt_max_steps=3,
+    halt_exploration_prob=0.0,
+    no_ACT_continue=True,
+)
 
 
 def _config(data_dir, out_dir):
-    return TrainConfig(data_path=data_dir, out_dir=out_dir, arch=dict(ARCH), global_batch_size=8, max_steps=STEPS, lr=3e-3,
-                       lr_warmup_steps=2, puzzle_emb_lr=1e-2, ema=True, eval_interval=STEPS, checkpoint_interval=STEPS, log_interval=2,
-                       device="cpu", progress="none", seed=1, threads=1)
+    return TrainConfig(
+        data_path=data_dir,
+        out_dir=out_dir,
+        arch=dict(ARCH),
+        global_batch_size=8,
+        max_steps=STEPS,
+        lr=3e-3,
+        lr_warmup_steps=2,
+        puzzle_emb_lr=1e-2,
+        ema=True,
+        eval_interval=STEPS,
+        checkpoint_interval=STEPS,
+        log_interval=2,
+        device="cpu",
+        progress="none",
+        seed=1,
+        threads=1,
+    )
 
 
 def _free_port():
@@ -32,15 +62,24 @@ def _free_port():
 
 
 def _worker(rank, world, port, data_dir, out_dir, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    from fastrecur.train.loop import init_distributed
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     import torch.distributed as dist
+
+    from fastrecur.train.loop import init_distributed
 
     r, w = init_distributed("cpu")
     assert (r, w) == (rank, world) and dist.get_backend() == "gloo"
     try:
-        t = Trainer(_config(data_dir, out_dir), PuzzleDataset(data_dir, "train"), PuzzleDataset(data_dir, "test"), rank=r, world_size=w,
-                    log=lambda s: None)
+        t = Trainer(
+            _config(data_dir, out_dir),
+            PuzzleDataset(data_dir, "train"),
+            PuzzleDataset(data_dir, "test"),
+            rank=r,
+            world_size=w,
+            log=lambda s: None,
+        )
         summary = t.fit()
         state = {k: v.clone() for k, v in t.head.model.state_dict().items()}
         torch.save({"weights": state, "eval": summary["eval"]}, os.path.join(result_dir, f"rank{r}.pt"))
@@ -58,8 +97,13 @@ def data_dir(tmp_path_factory):
 def test_two_gloo_ranks_match_one_process(data_dir, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    mp.start_processes(_worker, args=(2, _free_port(), data_dir, str(tmp_path / "dist"), str(results)), nprocs=2, join=True,
-                       start_method="spawn")
+    mp.start_processes(
+        _worker,
+        args=(2, _free_port(), data_dir, str(tmp_path / "dist"), str(results)),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
     r0 = torch.load(results / "rank0.pt", weights_only=True)
     r1 = torch.load(results / "rank1.pt", weights_only=True)
     for k in r0["weights"]:
@@ -67,8 +111,12 @@ def test_two_gloo_ranks_match_one_process(data_dir, tmp_path):
 
     n = torch.get_num_threads()
     try:
-        single = Trainer(_config(data_dir, str(tmp_path / "single")), PuzzleDataset(data_dir, "train"), PuzzleDataset(data_dir, "test"),
-                         log=lambda s: None)
+        single = Trainer(
+            _config(data_dir, str(tmp_path / "single")),
+            PuzzleDataset(data_dir, "train"),
+            PuzzleDataset(data_dir, "test"),
+            log=lambda s: None,
+        )
         summary = single.fit()
     finally:
         torch.set_num_threads(n)

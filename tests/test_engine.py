@@ -5,17 +5,17 @@ halting against solving each row alone, for every model on the recursion core an
 Graphs: there is no GPU in CI, so the cache logic (keys, buckets, copy-in/out, invalidation) runs with a
 stand-in for the capture that replays the un-graphed work; the real capture is tested only when CUDA exists.
 """
+
 import os
 
 import pytest
 import torch
 
-from golden import run_eval, scale_err  # the reference evaluation: the model's own ACT loop, outputs of every step
-from fastrecur import _ext
-from fastrecur import engine
+from fastrecur import _ext, engine
 from fastrecur.backend import graphs
 from fastrecur.engine import solve
 from fastrecur.models import HRM, TRM
+from golden import run_eval, scale_err  # the reference evaluation: the model's own ACT loop, outputs of every step
 from test_models import tiny_batch, tiny_config
 from test_variants import make
 
@@ -38,7 +38,9 @@ def model_for(kind, backend="eager", seed=0):
             model = HRM(cfg, backend=backend)
         else:
             mlp_t = kind == "trm_mlp_t"
-            model = TRM(dict(cfg, puzzle_emb_len=1, mlp_t=mlp_t, pos_encodings="none" if mlp_t else "rope"), backend=backend)
+            model = TRM(
+                dict(cfg, puzzle_emb_len=1, mlp_t=mlp_t, pos_encodings="none" if mlp_t else "rope"), backend=backend
+            )
     else:
         model, cfg = make(kind)
         model.backend = backend
@@ -46,7 +48,7 @@ def model_for(kind, backend="eager", seed=0):
 
 
 def row(batch, i):
-    return {k: v[i:i + 1] for k, v in batch.items()}
+    return {k: v[i : i + 1] for k, v in batch.items()}
 
 
 def spread_halting(model, batch, backend):
@@ -126,7 +128,9 @@ def test_q_halting_each_row_equals_solving_it_alone(kind, backend):
         ref_in_batch = run_eval(model, batch, s)[-1]
         ref_alone = run_eval(model, row(batch, i), s)[-1]
         tol = 2 * scale_err(ref_in_batch["logits"][i], ref_alone["logits"][0]) + 2e-5
-        assert scale_err(res.logits[i], alone.logits[0]) <= tol, f"row {i}: {scale_err(res.logits[i], alone.logits[0]):.2e} > {tol:.2e}"
+        assert scale_err(res.logits[i], alone.logits[0]) <= tol, (
+            f"row {i}: {scale_err(res.logits[i], alone.logits[0]):.2e} > {tol:.2e}"
+        )
         # Against the uncompacted batch (every row run s steps): equal up to the batch-size effect above.
         full = solve(model, batch, max_steps=s, backend=backend)
         assert scale_err(res.logits[i], full.logits[i]) <= tol

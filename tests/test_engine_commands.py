@@ -1,5 +1,6 @@
 """`fastrecur eval`, `solve` and `inspect` run through the inference engine on the fastest backend, with one
 meaning of "N steps": N steps of one recursion, continued past halt_max_steps, never restarted."""
+
 import argparse
 
 import numpy as np
@@ -45,14 +46,15 @@ def test_steps_past_halt_max_steps_continue_the_recursion(arch):
     the recursion (equal to the inner model called on its own carry), not a restart."""
     torch.manual_seed(0)
     cfg = tiny_config(halt_max_steps=3, batch_size=1)
-    model = (TRM(dict(cfg, puzzle_emb_len=1), backend="eager") if arch == "trm" else HRM(cfg, backend="eager"))
+    model = TRM(dict(cfg, puzzle_emb_len=1), backend="eager") if arch == "trm" else HRM(cfg, backend="eager")
     with torch.no_grad():
         model.inner.q_head.weight.normal_(0, 0.5)  # a Q logit that depends on the state
     head = ACTLossHead(model)
     batch = tiny_batch(cfg, b=1)
     batch = {k: v.to(torch.int32) for k, v in batch.items()}
-    got = list(step_predictions(head, batch["inputs"][0].numpy(), int(batch["puzzle_identifiers"][0]), 7,
-                                torch.device("cpu")))
+    got = list(
+        step_predictions(head, batch["inputs"][0].numpy(), int(batch["puzzle_identifiers"][0]), 7, torch.device("cpu"))
+    )
     assert [g[0] for g in got] == list(range(1, 8))
     ref = run_eval(model, batch, 3)
     cont = _continued_inner_loop(model, batch, 7)
@@ -86,9 +88,25 @@ def sudoku_dir(tmp_path_factory):
 
 def _sudoku_head(backend, seed=0):
     torch.manual_seed(seed)
-    cfg = dict(batch_size=4, seq_len=16, puzzle_emb_ndim=0, num_puzzle_identifiers=1, vocab_size=6, H_cycles=2,
-               L_cycles=2, H_layers=0, L_layers=1, hidden_size=32, expansion=2, num_heads=2, pos_encodings="rope",
-               halt_max_steps=4, halt_exploration_prob=0.0, forward_dtype="float32", puzzle_emb_len=0)
+    cfg = dict(
+        batch_size=4,
+        seq_len=16,
+        puzzle_emb_ndim=0,
+        num_puzzle_identifiers=1,
+        vocab_size=6,
+        H_cycles=2,
+        L_cycles=2,
+        H_layers=0,
+        L_layers=1,
+        hidden_size=32,
+        expansion=2,
+        num_heads=2,
+        pos_encodings="rope",
+        halt_max_steps=4,
+        halt_exploration_prob=0.0,
+        forward_dtype="float32",
+        puzzle_emb_len=0,
+    )
     model = TRM(cfg, backend=backend)
     with torch.no_grad():  # spread the Q head so that rows halt at different steps
         model.inner.q_head.weight.normal_(0, 0.5)

@@ -1,4 +1,5 @@
 """fastrecur's eager HRM and TRM against outputs and gradients of the public reference code."""
+
 import pytest
 
 from golden import CASES, assert_close, build, load_case, run_eval, run_train
@@ -32,6 +33,8 @@ def test_train_outputs_and_grads_match_reference(name):
 def test_state_dict_keys_identical_to_reference(name):
     case = load_case(name)
     model = build(case)
-    assert list(model.state_dict().keys()) == list(case["state"].keys()) or set(model.state_dict()) == set(case["state"])
+    assert list(model.state_dict().keys()) == list(case["state"].keys()) or set(model.state_dict()) == set(
+        case["state"]
+    )
     for k, v in model.state_dict().items():
         assert v.shape == case["state"][k].shape, k

@@ -4,6 +4,7 @@ backend, each against eager PyTorch on the same GPU. ``scripts/gpu_check.sh`` ru
 fp32 matmuls are kept in full precision here (TF32 off) so that 1e-5 of scale is a fair bound for the C++ loop,
 whose GEMMs are cuBLAS calls like eager's; the Triton kernels' tl.dot may use TF32, so they get 2e-3.
 """
+
 import os
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from fastrecur import _ext
 from fastrecur.train.state import carry_from_state, carry_to_state
 from golden import scale_err
-from test_cpp_extension import CASES, EPS, H, cast_case, eager_loop, make_case, rmse, rms, run_both
+from test_cpp_extension import CASES, EPS, H, cast_case, eager_loop, make_case, rms, rmse, run_both
 from test_cpp_models import _twin, train_step_from_same_carry
 from test_models import tiny_batch
 from test_triton_models import one_head_twins
@@ -37,7 +38,10 @@ def _need_cuda_kernels():
 
 def to_cuda(case):
     steps, states, x, levels, (cos, sin) = case
-    mv = (lambda t: None if t is None else t.to(DEV))
+
+    def mv(t):
+        return None if t is None else t.to(DEV)
+
     levels = {k: [type(w)(*(t.to(DEV) for t in w)) for w in ws] for k, ws in levels.items()}
     return steps, {k: v.to(DEV) for k, v in states.items()}, x.to(DEV), levels, (mv(cos), mv(sin))
 
@@ -122,6 +126,7 @@ def test_run_steps_cuda_low_precision(name, dtype):
 # Whole models on the GPU: cpp (with and without CUDA graphs) and triton against eager
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _steps(model, batch, carry, n=3):
     outs = []
     with torch.no_grad():
@@ -151,11 +156,15 @@ def test_cpp_model_on_gpu_equals_eager(kind, graphs):
         carry = eager_model.initial_carry(batch)
         for step in range(3):
             c_carry, c_out = cpp_model(carry=carry, batch=batch)
-            h_carry, h_out = eager_cpu(carry=carry_from_state(carry_to_state(carry), torch.device("cpu")), batch=batch_cpu)
+            h_carry, h_out = eager_cpu(
+                carry=carry_from_state(carry_to_state(carry), torch.device("cpu")), batch=batch_cpu
+            )
             carry, e_out = eager_model(carry=carry, batch=batch)
             pairs = [(k, c_out[k], e_out[k], h_out[k]) for k in ("logits", "q_halt_logits")]
-            pairs += [(k, getattr(c_carry.inner_carry, k), v, getattr(h_carry.inner_carry, k))
-                      for k, v in carry.inner_carry.as_dict().items()]
+            pairs += [
+                (k, getattr(c_carry.inner_carry, k), v, getattr(h_carry.inner_carry, k))
+                for k, v in carry.inner_carry.as_dict().items()
+            ]
             for k, got, ref, ref_cpu in pairs:
                 bound = max(1e-5, 2 * scale_err(ref_cpu, ref.cpu()))
                 assert scale_err(got, ref) <= bound, f"{kind} step {step} {k}: {scale_err(got, ref):.3e} > {bound:.3e}"
@@ -166,8 +175,10 @@ def test_triton_model_on_gpu_equals_eager(kind):
     """backend="triton" compiled for this GPU (not the interpreter): one training ACT step from the same carry,
     outputs and every parameter gradient against eager on the GPU."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("the Triton interpreter is on (tests/conftest.py sets it for CPU runs): run this file with "
-                    "TRITON_INTERPRET=0, as scripts/gpu_check.sh does")
+        pytest.skip(
+            "the Triton interpreter is on (tests/conftest.py sets it for CPU runs): run this file with "
+            "TRITON_INTERPRET=0, as scripts/gpu_check.sh does"
+        )
     models, cfg = one_head_twins(kind, ("eager", "triton"))
     batch = {k: v.to(DEV) for k, v in tiny_batch(cfg).items()}
     results = train_step_from_same_carry([m.to(DEV) for m in models], batch)

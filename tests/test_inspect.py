@@ -1,4 +1,5 @@
 """The trace API against a plain recomputation, and the participation ratio on constructed data."""
+
 import pytest
 import torch
 
@@ -33,8 +34,13 @@ def _models():
     cfg = tiny_config(H_cycles=2, L_cycles=2, halt_max_steps=3)
     flat = {k: v for k, v in cfg.items() if k not in ("H_cycles", "H_layers")}
     e = dict(backend="eager")  # the untraced model runs the same Python loop, so the comparison is bitwise
-    return cfg, [HRM(cfg, **e), HRM(dict(cfg, shared_layers=True), **e), TRM(dict(cfg, puzzle_emb_len=1), **e),
-                 SRM(dict(cfg, puzzle_emb_len=1), **e), FlatRecurrence(flat, **e)]
+    return cfg, [
+        HRM(cfg, **e),
+        HRM(dict(cfg, shared_layers=True), **e),
+        TRM(dict(cfg, puzzle_emb_len=1), **e),
+        SRM(dict(cfg, puzzle_emb_len=1), **e),
+        FlatRecurrence(flat, **e),
+    ]
 
 
 @pytest.mark.parametrize("i", range(5))
@@ -89,16 +95,19 @@ def test_inspect_command_writes_pngs_and_json(tmp_path, capsys):
     import argparse
     import json
 
-    from fastrecur.data import build_sudoku_dataset
+    from fastrecur.data import PuzzleDataset, build_sudoku_dataset
     from fastrecur.inspect import cli
     from fastrecur.train import Trainer
-    from fastrecur.data import PuzzleDataset
     from test_train import tiny_config as train_config
 
     data = tmp_path / "data"
     build_sudoku_dataset(str(data), n=4, num_train=24, num_test=6, num_aug=0, seed=1)
-    Trainer(train_config(str(data), tmp_path / "run", max_steps=3), PuzzleDataset(str(data), "train"),
-            PuzzleDataset(str(data), "test"), log=lambda s: None).fit()
+    Trainer(
+        train_config(str(data), tmp_path / "run", max_steps=3),
+        PuzzleDataset(str(data), "train"),
+        PuzzleDataset(str(data), "test"),
+        log=lambda s: None,
+    ).fit()
     p = argparse.ArgumentParser()
     cli.add_arguments(p)
     out = tmp_path / "insp"

@@ -1,27 +1,56 @@
 """Structure, carry semantics, dtypes, checkpoints and input validation of the eager models."""
+
 import copy
 
 import pytest
 import torch
 
 import fastrecur
-from fastrecur.models import HRM, TRM, ACTLossHead, FlatRecurrence, SRM
-
+from fastrecur.models import HRM, SRM, TRM, ACTLossHead, FlatRecurrence
 from golden import build, load_case
 
 
 def sudoku_config(**over):
-    cfg = dict(batch_size=2, seq_len=81, puzzle_emb_ndim=512, num_puzzle_identifiers=1, vocab_size=11, H_cycles=2,
-               L_cycles=2, H_layers=4, L_layers=4, hidden_size=512, expansion=4, num_heads=8, pos_encodings="rope",
-               halt_max_steps=16, halt_exploration_prob=0.1)
+    cfg = dict(
+        batch_size=2,
+        seq_len=81,
+        puzzle_emb_ndim=512,
+        num_puzzle_identifiers=1,
+        vocab_size=11,
+        H_cycles=2,
+        L_cycles=2,
+        H_layers=4,
+        L_layers=4,
+        hidden_size=512,
+        expansion=4,
+        num_heads=8,
+        pos_encodings="rope",
+        halt_max_steps=16,
+        halt_exploration_prob=0.1,
+    )
     cfg.update(over)
     return cfg
 
 
 def tiny_config(**over):
-    cfg = dict(batch_size=3, seq_len=6, puzzle_emb_ndim=16, num_puzzle_identifiers=4, vocab_size=5, H_cycles=2,
-               L_cycles=2, H_layers=1, L_layers=1, hidden_size=16, expansion=2, num_heads=2, pos_encodings="rope",
-               halt_max_steps=4, halt_exploration_prob=0.0, forward_dtype="float32")
+    cfg = dict(
+        batch_size=3,
+        seq_len=6,
+        puzzle_emb_ndim=16,
+        num_puzzle_identifiers=4,
+        vocab_size=5,
+        H_cycles=2,
+        L_cycles=2,
+        H_layers=1,
+        L_layers=1,
+        hidden_size=16,
+        expansion=2,
+        num_heads=2,
+        pos_encodings="rope",
+        halt_max_steps=4,
+        halt_exploration_prob=0.0,
+        forward_dtype="float32",
+    )
     cfg.update(over)
     return cfg
 
@@ -52,8 +81,10 @@ def test_parameter_counts():
 def _grad_modes(model, level_names):
     """Record torch.is_grad_enabled() at each level call, in order."""
     calls = []
-    hooks = [getattr(model.inner, n).register_forward_hook(lambda m, i, o, n=n: calls.append((n, torch.is_grad_enabled())))
-             for n in level_names]
+    hooks = [
+        getattr(model.inner, n).register_forward_hook(lambda m, i, o, n=n: calls.append((n, torch.is_grad_enabled())))
+        for n in level_names
+    ]
     return calls, hooks
 
 

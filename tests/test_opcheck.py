@@ -6,6 +6,7 @@ kernels are present (skipped otherwise).
 
 Skipped when the extension is not built, unless FASTRECUR_REQUIRE_EXT=1 (then they fail).
 """
+
 import os
 
 import pytest
@@ -70,21 +71,25 @@ def test_opcheck_elementwise_ops(dtype, device):
     cos, sin = rope_tables(S, HD, dev)
     check(C().rope_.default, (randn(B, S, 3 * H, HD, dtype=dtype, device=dev), cos, sin))
     bT = randn(S, B, D, dtype=dtype, device=dev).transpose(0, 1)  # strided operand, as in the mixer block
-    check(C().add_rms_norm_dim1.default, (randn(B, S, D, dtype=dtype, device=dev), bT, EPS,
-                                          torch.empty(B, S, D, dtype=dtype, device=dev)))
+    check(
+        C().add_rms_norm_dim1.default,
+        (randn(B, S, D, dtype=dtype, device=dev), bT, EPS, torch.empty(B, S, D, dtype=dtype, device=dev)),
+    )
     srcs = [randn(B, S, D, dtype=dtype, device=dev) for _ in range(2)]
     check(C().inject_add.default, (randn(B, S, D, dtype=dtype, device=dev), srcs))
 
 
 def attention_weights(n, dtype, device):
     def w(rows, cols):
-        return randn(rows, cols, dtype=dtype, device=device, scale=cols ** -0.5)
+        return randn(rows, cols, dtype=dtype, device=device, scale=cols**-0.5)
+
     return [t for _ in range(n) for t in (w(3 * H * HD, D), w(D, H * HD), w(2 * INTER, D), w(D, INTER))]
 
 
 def mixer_weights(n, dtype, device, inter_t=24):
     def w(rows, cols):
-        return randn(rows, cols, dtype=dtype, device=device, scale=cols ** -0.5)
+        return randn(rows, cols, dtype=dtype, device=device, scale=cols**-0.5)
+
     return [t for _ in range(n) for t in (w(2 * inter_t, S), w(S, inter_t), w(2 * INTER, D), w(D, INTER))]
 
 
@@ -129,6 +134,7 @@ def test_fake_mode_leaves_tensors_untouched():
 def test_torch_compile_traces_the_ops():
     """A function calling the ops compiles to one graph (fullgraph=True: no graph break) and gives the
     eager result, which itself equals the plain-torch math."""
+
     def fused(a, b, gu, base, src):
         out = torch.empty_like(a)
         torch.ops.fastrecur_C.add_rms_norm(a, b, EPS, out)
@@ -139,8 +145,13 @@ def test_torch_compile_traces_the_ops():
         return out * 2, act + 1, tgt
 
     torch.manual_seed(0)
-    args = (torch.randn(2, 5, 40), torch.randn(2, 5, 40), torch.randn(2, 5, 2 * 37), torch.randn(2, 5, 40),
-            torch.randn(2, 5, 40))
+    args = (
+        torch.randn(2, 5, 40),
+        torch.randn(2, 5, 40),
+        torch.randn(2, 5, 2 * 37),
+        torch.randn(2, 5, 40),
+        torch.randn(2, 5, 40),
+    )
     compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)
     got, want = compiled(*args), fused(*args)
     for g, w in zip(got, want):

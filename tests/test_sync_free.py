@@ -23,6 +23,7 @@ The one sync left by design:
 - ``fastrecur/models/act.py`` ``ACTModel.check_batch``: ``int(inputs.min())`` etc. when ``check_inputs``
   is on and the batch is new (the trainer turns it off on CUDA after its first step).
 """
+
 from __future__ import annotations
 
 import traceback
@@ -94,8 +95,14 @@ def test_detector_flags_what_syncs_and_nothing_else():
         x[mask]
         x.unique(return_inverse=True)
         torch.equal(x, x)
-    assert [op for op, _ in d.records] == ["aten._local_scalar_dense", "aten._local_scalar_dense", "aten.nonzero",
-                                           "aten.index", "aten._unique2", "aten.equal"]
+    assert [op for op, _ in d.records] == [
+        "aten._local_scalar_dense",
+        "aten._local_scalar_dense",
+        "aten.nonzero",
+        "aten.index",
+        "aten._unique2",
+        "aten.equal",
+    ]
     with SyncDetector(host=(host,)) as d:
         float(host)  # a host tensor: no device to wait for
         x[torch.tensor([0, 2, 2])]  # integer indices: the shape is the index's
@@ -106,8 +113,16 @@ def test_detector_flags_what_syncs_and_nothing_else():
 
 
 # ------------------------------------------------------------------------------------------ the training step
-TINY = dict(H_cycles=2, L_cycles=2, L_layers=1, hidden_size=64, num_heads=1, expansion=2, forward_dtype="float32",
-            halt_max_steps=4)
+TINY = dict(
+    H_cycles=2,
+    L_cycles=2,
+    L_layers=1,
+    hidden_size=64,
+    num_heads=1,
+    expansion=2,
+    forward_dtype="float32",
+    halt_max_steps=4,
+)
 
 
 class _Data:
@@ -124,15 +139,25 @@ def _arch(arch: str, puzzle_emb: bool, dtype: str = "float32") -> dict:
 
 
 def _trainer(arch: str, backend: str, puzzle_emb: bool, device: str = "cpu", dtype: str = "float32") -> Trainer:
-    cfg = TrainConfig(arch=_arch(arch, puzzle_emb, dtype), global_batch_size=4, max_steps=100, device=device,
-                      backend=backend, ema=True, progress="none")
+    cfg = TrainConfig(
+        arch=_arch(arch, puzzle_emb, dtype),
+        global_batch_size=4,
+        max_steps=100,
+        device=device,
+        backend=backend,
+        ema=True,
+        progress="none",
+    )
     return Trainer(cfg, _Data())
 
 
 def _batch(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return {"inputs": torch.randint(1, 11, (4, 9), generator=g), "labels": torch.randint(1, 11, (4, 9), generator=g),
-            "puzzle_identifiers": torch.tensor([0, 3, 3, 1], dtype=torch.int32)}
+    return {
+        "inputs": torch.randint(1, 11, (4, 9), generator=g),
+        "labels": torch.randint(1, 11, (4, 9), generator=g),
+        "puzzle_identifiers": torch.tensor([0, 3, 3, 1], dtype=torch.int32),
+    }
 
 
 def _host_tensors(tr: Trainer) -> Tuple[torch.Tensor, ...]:
@@ -163,8 +188,9 @@ def _steady_state_syncs(tr: Trainer, steps: int = 2) -> List[Tuple[str, str]]:
 ARCHS = ["trm_mlp", "trm", "hrm"]
 # Triton through the interpreter (tests/conftest.py) on one attention model: its ops' Python side (launch
 # grids, checks) is what can sync; the kernels themselves run on the device.
-CASES = [(a, b) for a in ARCHS for b in ["eager"] + (["cpp"] if HAS_CPP else [])] + \
-    ([("trm", "triton")] if HAS_TRITON else [])
+CASES = [(a, b) for a in ARCHS for b in ["eager"] + (["cpp"] if HAS_CPP else [])] + (
+    [("trm", "triton")] if HAS_TRITON else []
+)
 
 
 @pytest.mark.parametrize("arch, backend", CASES)
@@ -186,8 +212,9 @@ def test_input_check_syncs_until_turned_off():
     host = _host_tensors(tr)
     with SyncDetector(host=host) as d:
         tr.train_step(_batch(1))
-    assert d.records and all(op == "aten._local_scalar_dense" and w.startswith("fastrecur/models/act.py:check_batch")
-                             for op, w in d.records), d.records
+    assert d.records and all(
+        op == "aten._local_scalar_dense" and w.startswith("fastrecur/models/act.py:check_batch") for op, w in d.records
+    ), d.records
     tr.head.model.check_inputs = False
     with SyncDetector(host=host) as d:
         tr.train_step(_batch(2))

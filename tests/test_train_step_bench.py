@@ -6,6 +6,7 @@ the CPU is shared and the timings few).
 The run is a tiny TRM recipe (hidden 64, one layer, two cycles, batch 4, fp32, one thread), with torch.compile
 through dynamo's "eager" backend (the variant's plumbing, not inductor: that takes minutes on a small CPU).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,9 +32,33 @@ TINY = ["H_cycles=2", "L_cycles=2", "L_layers=1"]
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("train_step")
     n = torch.get_num_threads()
-    args = ts.parse_args(["--device", "cpu", "--small", "--cases", "trm_mlp_sudoku,trm_arc", "--dtype", "float32",
-                          "--batch", "4", "--set", *TINY, "--iters", "2", "--min-iters", "1", "--eval-steps", "2",
-                          "--threads", "1", "--compile-backend", "eager", "--out", str(out)])
+    args = ts.parse_args(
+        [
+            "--device",
+            "cpu",
+            "--small",
+            "--cases",
+            "trm_mlp_sudoku,trm_arc",
+            "--dtype",
+            "float32",
+            "--batch",
+            "4",
+            "--set",
+            *TINY,
+            "--iters",
+            "2",
+            "--min-iters",
+            "1",
+            "--eval-steps",
+            "2",
+            "--threads",
+            "1",
+            "--compile-backend",
+            "eager",
+            "--out",
+            str(out),
+        ]
+    )
     try:
         res = ts.run(args)
     finally:
@@ -70,8 +95,10 @@ def test_derived_figures_are_consistent(results):
     res, _ = results
     copy_bw = res["roofline"]["copy_GBps"] * 1e9
     for case in res["cases"]:
-        for rows, floor, batch in ((case["train"], case["floor"], case["batch"]),
-                                   (case["eval"], case["eval_floor"], case["eval_batch"])):
+        for rows, floor, batch in (
+            (case["train"], case["floor"], case["batch"]),
+            (case["eval"], case["eval_floor"], case["eval_batch"]),
+        ):
             ew = floor["elementwise_bytes"]
             assert ew["total"] == ew["norms"] + ew["swiglu"] + ew["loss"] + ew["optimizer"]
             assert floor["elementwise_ms"] == pytest.approx(ew["total"] / copy_bw * 1e3)
@@ -170,12 +197,15 @@ def test_fixed_bytes_counts_weights_grads_moments_and_ema():
     assert ts.fixed_bytes(tr) >= 5 * params + table
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--cases", "nope"], "case must be one of"),
-    (["--variants", "eager,fast"], "unknown"),
-    (["--iters", "0"], "must be >= 1"),
-    (["--hidden", "100"], "multiple of 64"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--cases", "nope"], "case must be one of"),
+        (["--variants", "eager,fast"], "unknown"),
+        (["--iters", "0"], "must be >= 1"),
+        (["--hidden", "100"], "multiple of 64"),
+    ],
+)
 def test_bad_arguments_exit_2(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         ts.parse_args(["--device", "cpu"] + argv)
@@ -193,9 +223,14 @@ def test_cuda_request_without_cuda_exits_2(capsys):
 
 def test_papers_shapes():
     """The cases at full size are the papers' recipes (positions include the puzzle-embedding prefix)."""
-    expect = {"trm_mlp_sudoku": (81, 768), "trm_mlp_sudoku_128": (81, 128),
-              "trm_maze": (900, 192), "trm_maze_768": (900, 768), "hrm_sudoku": (81, 768),
-              "trm_arc": (900, 192)}
+    expect = {
+        "trm_mlp_sudoku": (81, 768),
+        "trm_mlp_sudoku_128": (81, 128),
+        "trm_maze": (900, 192),
+        "trm_maze_768": (900, 768),
+        "hrm_sudoku": (81, 768),
+        "trm_arc": (900, 192),
+    }
     for name, (seq, batch) in expect.items():
         spec = ts.case_spec(name, small=False)
         assert (spec["seq_len"], spec["batch"], spec["hidden"]) == (seq, batch, 512)

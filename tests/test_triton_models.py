@@ -1,5 +1,6 @@
 """Whole models with backend="triton" (the fused Triton kernels, run by the interpreter on CPU) held to the
 reference golden outputs and gradients, and to the eager backend."""
+
 import pytest
 import torch
 

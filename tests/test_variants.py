@@ -1,5 +1,6 @@
 """The seeds' recursions (layer-shared HRM, flat recurrence, SRM) and TRM's gradient window, each checked
 against an independent plain loop written here from the building blocks (not through the schedule)."""
+
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ def _blocks(level, cos_sin):
             for blk in level.layers:
                 h = blk(h, cos_sin)
         return h
+
     return run
 
 
@@ -60,7 +62,7 @@ def plain_inner_step(model, states, batch):
         out = {"z_H": zH, "z_L": zL}
     z = out["z"] if "z" in out else out["z_H"]
     q = inner.q_head(z[:, 0]).float()
-    return {k: v.detach() for k, v in out.items()}, inner.lm_head(z)[:, inner.puzzle_emb_len:], q[..., 0], q[..., 1]
+    return {k: v.detach() for k, v in out.items()}, inner.lm_head(z)[:, inner.puzzle_emb_len :], q[..., 0], q[..., 1]
 
 
 def make(kind, backend="eager"):
@@ -148,7 +150,9 @@ def test_variant_state_dict_keys():
     shared = set(make("hrm_shared")[0].state_dict())
     assert shared == {k for k in hrm_keys if ".layers.1." not in k}
     flat = set(make("flat")[0].state_dict())
-    assert flat == {k for k in hrm_keys if not k.startswith("inner.H_level") and k not in ("inner.H_init", "inner.L_init")} | {"inner.z_init"}
+    assert flat == {
+        k for k in hrm_keys if not k.startswith("inner.H_level") and k not in ("inner.H_init", "inner.L_init")
+    } | {"inner.z_init"}
     trm_keys = set(TRM(dict(tiny_config(L_layers=2), puzzle_emb_len=1)).state_dict())
     assert set(make("srm")[0].state_dict()) == (trm_keys - {"inner.H_init", "inner.L_init"}) | {"inner.z_init"}
 

@@ -11,6 +11,7 @@ the tests hold equal to eager --
 :func:`backends` says which are available here and why not; :func:`select` gives the :class:`Backend` a model
 runs on for a device. Models call only these two and the :class:`Backend` interface.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Tuple

@@ -9,6 +9,7 @@ look at backend names.
 Path of one ACT step: ``ACTModel.forward`` -> ``Backend.run_step`` (schedule) -> level function
 (``ReasoningModule``) -> op (``ops.add_rms_norm`` ...) -> kernel (Triton, C++/CUDA or PyTorch).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -49,7 +50,9 @@ class Backend:
     def level_fns(self, inner) -> Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
         """``{level name: f(h, injection)}`` for ``inner``'s levels, computing with ``self.ops``."""
         cs = inner.cos_sin()
-        return {name: (lambda h, inj, _m=getattr(inner, name): _m(h, inj, cs, self.ops)) for name in inner.schedule.levels}
+        return {
+            name: (lambda h, inj, _m=getattr(inner, name): _m(h, inj, cs, self.ops)) for name in inner.schedule.levels
+        }
 
     def run_step(self, inner, states: Dict[str, torch.Tensor], x: torch.Tensor, observer: Observer = None) -> None:
         """One ACT step of ``inner.schedule`` on ``states`` (rebound in place): the no-grad prefix under

@@ -12,6 +12,7 @@ Model settings read here (attributes of the model's ``inner``): ``use_cuda_graph
 recursion from a CUDA graph per shape; see :mod:`fastrecur.backend.graphs`) and ``cpp_per_item`` (CPU threading
 mode; None picks it).
 """
+
 from __future__ import annotations
 
 import weakref
@@ -20,8 +21,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from fastrecur import _ext
-from fastrecur.core import eager
-from fastrecur.core import cpp_runner
+from fastrecur.core import cpp_runner, eager
 from fastrecur.core.cpp_runner import AttentionBlockWeights, MixerBlockWeights
 from fastrecur.core.eager import Observer
 from fastrecur.core.schedule import Step
@@ -47,7 +47,11 @@ def _cast_level_weights(inner) -> Dict[str, list]:
             for b in module.layers:
                 tail = (right(b.mlp.gate_up_proj), right(b.mlp.down_proj))
                 if b.mlp_t_enabled:
-                    blocks.append(MixerBlockWeights(b.mlp_t.gate_up_proj.cast_weight(dt), b.mlp_t.down_proj.cast_weight(dt), *tail))
+                    blocks.append(
+                        MixerBlockWeights(
+                            b.mlp_t.gate_up_proj.cast_weight(dt), b.mlp_t.down_proj.cast_weight(dt), *tail
+                        )
+                    )
                 else:
                     blocks.append(AttentionBlockWeights(right(b.self_attn.qkv_proj), right(b.self_attn.o_proj), *tail))
             levels[name] = blocks * module.repeat
@@ -77,7 +81,9 @@ class CppBackend(Backend):
 
     def packed_weights(self, inner) -> Dict[str, list]:
         """The cast block weights of ``inner``, cached until a parameter changes."""
-        key = tuple((p.data_ptr(), p._version) for name in inner.schedule.levels for p in getattr(inner, name).parameters())
+        key = tuple(
+            (p.data_ptr(), p._version) for name in inner.schedule.levels for p in getattr(inner, name).parameters()
+        )
         hit = self._packed.get(inner)
         if hit is not None and hit[0] == key:
             return hit[1]
@@ -94,8 +100,17 @@ class CppBackend(Backend):
             cs = inner.cos_sin()
             cos, sin = cs if cs is not None else (None, None)
             # Looked up at call time, so instruments that wrap it (fastrecur.bench.counters) see every call.
-            cpp_runner.run_steps_cpp(steps, states, x, weights_of(), cos, sin, num_heads=heads, eps=eps,
-                          per_item=getattr(inner, "cpp_per_item", None))
+            cpp_runner.run_steps_cpp(
+                steps,
+                states,
+                x,
+                weights_of(),
+                cos,
+                sin,
+                num_heads=heads,
+                eps=eps,
+                per_item=getattr(inner, "cpp_per_item", None),
+            )
 
         return run
 
@@ -126,8 +141,13 @@ class CppBackend(Backend):
         schedule = inner.schedule
         self.run_no_grad(inner, schedule.no_grad_steps if grad else schedule.steps, states, x)
         if grad:
-            eager.run_steps(schedule.grad_steps, states, x, self.tail_backend(inner, x.device).level_fns(inner),
-                            first_index=schedule.grad_start)
+            eager.run_steps(
+                schedule.grad_steps,
+                states,
+                x,
+                self.tail_backend(inner, x.device).level_fns(inner),
+                first_index=schedule.grad_start,
+            )
 
     def per_token_loss(self, loss_type: str, device: torch.device):
         t = self._cuda_tail

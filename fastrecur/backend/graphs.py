@@ -1,7 +1,8 @@
 """CUDA graphs for the no-grad recursion of one ACT step (opt-in; CUDA only).
 
 :class:`GraphCache` captures "run these schedule steps on (states, x)" -- a backend's no-grad runner
-(``Backend.run_fn``: the C++ loop call or the eager Python loop) -- into a ``torch.cuda.CUDAGraph`` once per shape, and replays it: one graph launch instead of hundreds of kernel launches per ACT step. The
+(``Backend.run_fn``: the C++ loop call or the eager Python loop) -- into a ``torch.cuda.CUDAGraph`` once per
+shape, and replays it: one graph launch instead of hundreds of kernel launches per ACT step. The
 result equals the un-graphed call (same kernels, same order).
 
 Tested on a GPU by ``tests/test_gpu.py`` (every model variant gives the same outputs and states through the
@@ -46,6 +47,7 @@ Limits (read before use):
 - **No autograd**: everything runs under ``torch.no_grad()`` (the grad tail of a training step stays outside
   the graph).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -57,6 +59,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from .base import Backend, RunFn
+
 
 def _as_backend(backend: Union[str, Backend]) -> Backend:
     if isinstance(backend, Backend):
@@ -136,7 +139,9 @@ class GraphCache:
         b = bucket_size(x.shape[0]) if self.bucket else x.shape[0]
         return (steps, backend.name, b) + tuple(x.shape[1:]) + (x.dtype, x.device, weights_key(inner))
 
-    def run(self, steps: Sequence, states: Dict[str, torch.Tensor], x: torch.Tensor, backend: Union[str, Backend]) -> None:
+    def run(
+        self, steps: Sequence, states: Dict[str, torch.Tensor], x: torch.Tensor, backend: Union[str, Backend]
+    ) -> None:
         """Run ``steps`` on ``states`` (updated in place) and ``x`` through a (cached) graph of ``backend``'s
         no-grad runner (:meth:`Backend.run_fn`).
 
@@ -234,13 +239,25 @@ class GraphCache:
         # The warm-up runs on copies of the state dict: the eager loop replaces its entries, and the capture
         # must read the static inputs. The C++ workspace is keyed by stream, so the warm-up on the capture
         # stream allocates the buffer the capture will use.
-        graph = capture_graph(lambda: fn(out, static_x), device, warmup=lambda: fn(dict(static_in), static_x),
-                              warmups=2, pool=self._pool, stream=stream)
+        graph = capture_graph(
+            lambda: fn(out, static_x),
+            device,
+            warmup=lambda: fn(dict(static_in), static_x),
+            warmups=2,
+            pool=self._pool,
+            stream=stream,
+        )
         return graph, out
 
 
-def capture_graph(run: Callable[[], None], device, warmup: Optional[Callable[[], None]] = None, warmups: int = 1,
-                  pool=None, stream=None):
+def capture_graph(
+    run: Callable[[], None],
+    device,
+    warmup: Optional[Callable[[], None]] = None,
+    warmups: int = 1,
+    pool=None,
+    stream=None,
+):
     """One call of ``run`` captured into a ``torch.cuda.CUDAGraph``, after ``warmups`` calls of ``warmup``
     (default: ``run``) on the capture stream, so that cuBLAS handles, workspaces and lazily set-up kernels are
     allocated outside the capture (inside it they would land in the graph's pool). ``stream``: the capture

@@ -1,6 +1,7 @@
 """The Triton backend: the blocks and the stablemax loss computed by the fused Triton ops (``fastrecur.ops``),
 the schedule run by the same Python loop as the eager backend. On a CPU only through the interpreter
 (``TRITON_INTERPRET=1``; slow, for testing)."""
+
 from __future__ import annotations
 
 import functools
@@ -53,7 +54,10 @@ class TritonBackend(Backend):
             return False, f"the Triton kernels cannot be imported ({e})"
         head_dim = config.hidden_size // config.num_heads
         if head_dim not in SUPPORTED_HEAD_DIMS:
-            return False, f"the Triton attention kernel takes head_dim in {SUPPORTED_HEAD_DIMS}; this model has {head_dim}"
+            return (
+                False,
+                f"the Triton attention kernel takes head_dim in {SUPPORTED_HEAD_DIMS}; this model has {head_dim}",
+            )
         return True, f"head_dim {head_dim}"
 
     def per_token_loss(self, loss_type: str, device: torch.device) -> Callable:

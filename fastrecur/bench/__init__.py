@@ -33,10 +33,11 @@ Layout: ``common`` (constants, environment, timing), ``kernels``, ``models`` (wi
 ``counters``, ``report`` (markdown, plot, readout) and ``cli``. Everything is re-exported here, so
 ``from fastrecur.bench import gemm_floor_fn`` and ``fastrecur.bench.main()`` work as before.
 """
+
+from .cli import add_arguments, main, run  # noqa: F401
 from .common import *  # noqa: F401,F403
 from .common import _loadavg, _sync  # noqa: F401  (used by benchmarks/act_step_floor.py)
+from .counters import *  # noqa: F401,F403
 from .kernels import *  # noqa: F401,F403
 from .models import *  # noqa: F401,F403
-from .counters import *  # noqa: F401,F403
 from .report import *  # noqa: F401,F403
-from .cli import add_arguments, main, run  # noqa: F401

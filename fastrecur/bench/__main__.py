@@ -1,4 +1,5 @@
 """``python -m fastrecur.bench``."""
+
 from .cli import main
 
 raise SystemExit(main())

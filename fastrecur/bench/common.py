@@ -1,4 +1,5 @@
 """Constants, the environment every result records, and timing/memory helpers."""
+
 from __future__ import annotations
 
 import datetime
@@ -9,7 +10,6 @@ import time
 from typing import Any, Callable, Optional, Tuple
 
 import torch
-
 
 EPS = 1e-5
 SOLVE_STEPS = 16
@@ -57,12 +57,19 @@ def environment(device: torch.device, quick: bool) -> dict:
     from fastrecur.backend import backends
 
     return {
-        "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
-        "triton": _triton_version(), "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "python": platform.python_version(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "loadavg_start": _loadavg(),
-        "date": datetime.date.today().isoformat(), "time": datetime.datetime.now().isoformat(timespec="seconds"),
-        "quick": quick, "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+        "date": datetime.date.today().isoformat(),
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        "quick": quick,
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
         "backends": {k: {"available": v[0], "why": v[1]} for k, v in backends().items()},
     }
 
@@ -75,8 +82,10 @@ def triton_usable(device: torch.device, requested_on_cpu: bool = False) -> Tuple
     if device.type == "cuda":
         return ok, why
     if not requested_on_cpu:
-        return False, ("not timed on CPU: Triton kernels run there only through the interpreter, whose speed means "
-                       f"nothing (set TRITON_INTERPRET=1 and pass --triton-cpu or {TRITON_CPU_ENV}=1 to time it anyway)")
+        return False, (
+            "not timed on CPU: Triton kernels run there only through the interpreter, whose speed means "
+            f"nothing (set TRITON_INTERPRET=1 and pass --triton-cpu or {TRITON_CPU_ENV}=1 to time it anyway)"
+        )
     if not ok:
         return False, f"--triton-cpu: {why}"
     return True, why
@@ -135,7 +144,9 @@ def measure_kernel(fn: Callable[[], Any], device: torch.device, warmup: int, ite
             return {"ms": float(ms), "ms_min": None, "iters": None, "timer": "triton.testing.do_bench"}
         except ImportError:
             pass
-    return dict(measure(fn, device, warmup, iters, min_s=0.25), timer="cuda events" if device.type == "cuda" else "perf_counter")
+    return dict(
+        measure(fn, device, warmup, iters, min_s=0.25), timer="cuda events" if device.type == "cuda" else "perf_counter"
+    )
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> Optional[dict]:
@@ -166,5 +177,9 @@ def measure_roofline(device: torch.device, dtype: torch.dtype, quick: bool) -> d
     b = torch.randn(k, k, device=device).to(dtype)
     out = torch.empty(k, k, device=device, dtype=dtype)
     t_mm = measure(lambda: torch.mm(a, b, out=out), device, 2, it)["ms"] / 1e3
-    return {"copy_GBps": 2 * n * 4 / t_copy / 1e9, "matmul_TFLOPs": 2 * k**3 / t_mm / 1e12, "dtype": str(dtype).replace("torch.", ""),
-            "how": f"copy of {n * 4 >> 20} MiB fp32 (bytes read + written); {k}^3 matmul"}
+    return {
+        "copy_GBps": 2 * n * 4 / t_copy / 1e9,
+        "matmul_TFLOPs": 2 * k**3 / t_mm / 1e12,
+        "dtype": str(dtype).replace("torch.", ""),
+        "how": f"copy of {n * 4 >> 20} MiB fp32 (bytes read + written); {k}^3 matmul",
+    }

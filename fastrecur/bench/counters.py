@@ -1,4 +1,5 @@
 """Counters: kernel launches per ACT step and bytes saved for backward."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,19 +15,64 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from fastrecur.models import ACTLossHead
+
 from .common import TRITON_LAUNCH_RANGE, _log, _sync, _triton_version, cpp_usable, triton_usable
 from .models import build, run_model_case, sudoku_batch, sudoku_cfg
 from .report import _fmt, _mib
 
-
 # ATen ops that launch no kernel: views and metadata, allocations, no-op conversions.
 _NO_KERNEL = {
-    "as_strided", "view", "_unsafe_view", "reshape", "_reshape_alias", "transpose", "t", "slice", "narrow", "select",
-    "unsqueeze", "squeeze", "expand", "permute", "alias", "detach", "detach_", "resolve_conj", "resolve_neg", "split",
-    "split_with_sizes", "chunk", "unbind", "view_as", "lift_fresh", "set_", "empty", "empty_strided", "empty_like",
-    "new_empty", "new_empty_strided", "to", "contiguous", "expand_as", "unflatten", "flatten", "numpy_T", "type_as",
-    "is_nonzero", "item", "_local_scalar_dense", "result_type", "_has_compatible_shallow_copy_type", "is_same_size",
-    "requires_grad_", "retain_grad", "_version", "record_stream", "_reshape_copy", "movedim", "swapaxes",
+    "as_strided",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "_reshape_alias",
+    "transpose",
+    "t",
+    "slice",
+    "narrow",
+    "select",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "permute",
+    "alias",
+    "detach",
+    "detach_",
+    "resolve_conj",
+    "resolve_neg",
+    "split",
+    "split_with_sizes",
+    "chunk",
+    "unbind",
+    "view_as",
+    "lift_fresh",
+    "set_",
+    "empty",
+    "empty_strided",
+    "empty_like",
+    "new_empty",
+    "new_empty_strided",
+    "to",
+    "contiguous",
+    "expand_as",
+    "unflatten",
+    "flatten",
+    "numpy_T",
+    "type_as",
+    "is_nonzero",
+    "item",
+    "_local_scalar_dense",
+    "result_type",
+    "_has_compatible_shallow_copy_type",
+    "is_same_size",
+    "requires_grad_",
+    "retain_grad",
+    "_version",
+    "record_stream",
+    "_reshape_copy",
+    "movedim",
+    "swapaxes",
 }
 
 
@@ -49,8 +95,9 @@ class TritonLaunchCounter:
         import pkgutil
 
         try:
-            import fastrecur.kernels as kpkg
             from triton.runtime.jit import KernelInterface
+
+            import fastrecur.kernels as kpkg
         except ImportError:
             return self
         for info in pkgutil.iter_modules(kpkg.__path__):
@@ -76,6 +123,7 @@ class TritonLaunchCounter:
             # A named range: ATen ops inside it are the launcher's own (the interpreter's copies), not kernels.
             with torch.profiler.record_function(TRITON_LAUNCH_RANGE + name):
                 return run(*args, **kwargs) if self.execute else None
+
         return counted
 
     def __exit__(self, *exc):
@@ -105,6 +153,7 @@ class CppOpCounter:
             self.calls += 1
             self.ops += _ext.workspace_info()["last_call_ops"]
             return out
+
         cpp_runner.run_steps_cpp = counted  # the models import it at call time
         return self
 
@@ -122,7 +171,9 @@ def _inside(event, prefix: str) -> bool:
     return False
 
 
-def count_launches(fn: Callable[[], Any], device: torch.device, triton_counter: Optional[TritonLaunchCounter] = None) -> dict:
+def count_launches(
+    fn: Callable[[], Any], device: torch.device, triton_counter: Optional[TritonLaunchCounter] = None
+) -> dict:
     """Kernel launches of one call of ``fn``.
 
     ``aten``: ATen ops that launch a kernel -- leaves of the profiler's op tree, views and allocations
@@ -153,10 +204,18 @@ def count_launches(fn: Callable[[], Any], device: torch.device, triton_counter: 
         if _inside(e, "fastrecur_C::run_steps") or _inside(e, TRITON_LAUNCH_RANGE):
             continue
         aten += 1
-    out = {"aten": aten, "triton": launches, "cpp_native": cc.ops, "cpp_calls": cc.calls, "total": aten + launches + cc.ops,
-           "triton_by_kernel": by_kernel}
+    out = {
+        "aten": aten,
+        "triton": launches,
+        "cpp_native": cc.ops,
+        "cpp_calls": cc.calls,
+        "total": aten + launches + cc.ops,
+        "triton_by_kernel": by_kernel,
+    }
     if device.type == "cuda":
-        out["cuda_kernels"] = sum(1 for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
+        out["cuda_kernels"] = sum(
+            1 for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+        )
     return out
 
 
@@ -180,8 +239,16 @@ def saved_bytes(fn: Callable[[], Any], model: torch.nn.Module) -> dict:
     return {"saved_bytes": sum(seen.values()), "saved_tensors": count[0], "saved_tensor_bytes": count[1]}
 
 
-def counter_rows(arch: str, backend: str, device: torch.device, hidden: int, dtype: str, batch: int = 1, seq_len: int = 81,
-                 execute_triton: bool = True) -> dict:
+def counter_rows(
+    arch: str,
+    backend: str,
+    device: torch.device,
+    hidden: int,
+    dtype: str,
+    batch: int = 1,
+    seq_len: int = 81,
+    execute_triton: bool = True,
+) -> dict:
     """Launches per eval ACT step and per training step (forward + backward, no optimizer) and bytes saved
     for backward per training step, for ``arch`` on ``backend`` (eager, triton or cpp).
     ``execute_triton=False``: count Triton launches without running the kernels (see :class:`TritonLaunchCounter`)."""
@@ -206,6 +273,7 @@ def _counter_rows(arch, backend, device, hidden, dtype, batch, seq_len, tl) -> d
 
         def eval_step():
             model(carry=carry, batch=data)
+
         eval_step()
         row["eval_step"] = count_launches(eval_step, device, tl)
     head = ACTLossHead(model).train()
@@ -216,6 +284,7 @@ def _counter_rows(arch, backend, device, hidden, dtype, batch, seq_len, tl) -> d
         loss.backward()
         tstate["carry"] = c
         model.zero_grad(set_to_none=True)
+
     train_step()
     row["train_step"] = count_launches(train_step, device, tl)
     row.update(saved_bytes(train_step, model))
@@ -226,14 +295,17 @@ def _counters_subprocess(archs: Sequence[str], hidden: int, seq_len: int, dtype:
     """Triton launch counts on the CPU: :func:`counter_rows` for backend triton in a subprocess with
     ``TRITON_INTERPRET=1`` (the variable must be set before the kernels are defined), kernels not executed."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    code = ("import json, sys; from fastrecur.bench import counter_rows; import torch; "
-            f"rows = [counter_rows(a, 'triton', torch.device('cpu'), {hidden}, {dtype!r}, 1, {seq_len}, execute_triton=False) "
-            f"for a in {list(archs)!r}]; "
-            "print('@@JSON@@' + json.dumps(rows))")
+    code = (
+        "import json, sys; from fastrecur.bench import counter_rows; import torch; "
+        f"rows = [counter_rows(a, 'triton', torch.device('cpu'), {hidden}, {dtype!r}, 1, {seq_len}, "
+        "execute_triton=False) "
+        f"for a in {list(archs)!r}]; "
+        "print('@@JSON@@' + json.dumps(rows))"
+    )
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     for line in p.stdout.splitlines():
         if line.startswith("@@JSON@@"):
-            return json.loads(line[len("@@JSON@@"):])
+            return json.loads(line[len("@@JSON@@") :])
     tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
     raise RuntimeError(f"interpreter subprocess failed (rc {p.returncode}): {' | '.join(tail)}")
 
@@ -257,21 +329,42 @@ def run_counters(a: argparse.Namespace, device: torch.device) -> Tuple[List[dict
                 rows.append({"arch": arch, "backend": backend, "skipped": why})
                 continue
             try:
-                rows.append(counter_rows(arch, backend, device, a.hidden, a.dtype, seq_len=a.seq_len,
-                                         execute_triton=not (dry and backend == "triton")))
+                rows.append(
+                    counter_rows(
+                        arch,
+                        backend,
+                        device,
+                        a.hidden,
+                        a.dtype,
+                        seq_len=a.seq_len,
+                        execute_triton=not (dry and backend == "triton"),
+                    )
+                )
             except Exception as e:
                 rows.append({"arch": arch, "backend": backend, "error": f"{type(e).__name__}: {e}"})
             r = rows[-1]
-            _log(f"counters {arch:8s} {backend:7s} " + (f"{r['eval_step']['total']} launches/eval step, saved "
-                 f"{r['saved_bytes'] / 2**20:.2f} MiB" if "eval_step" in r else (r.get("error") or r.get("skipped"))))
+            _log(
+                f"counters {arch:8s} {backend:7s} "
+                + (
+                    f"{r['eval_step']['total']} launches/eval step, saved {r['saved_bytes'] / 2**20:.2f} MiB"
+                    if "eval_step" in r
+                    else (r.get("error") or r.get("skipped"))
+                )
+            )
     if sub_archs:
         try:
             sub = _counters_subprocess(sub_archs, a.hidden, a.seq_len, a.dtype, timeout=600)
         except Exception as e:
             sub = [{"arch": arch, "backend": "triton", "error": f"{type(e).__name__}: {e}"} for arch in sub_archs]
         for r in sub:
-            _log(f"counters {r['arch']:8s} triton  " + (f"{r['eval_step']['total']} launches/eval step (counted at the "
-                 "launchers, kernels not run)" if "eval_step" in r else r.get("error", "")))
+            _log(
+                f"counters {r['arch']:8s} triton  "
+                + (
+                    f"{r['eval_step']['total']} launches/eval step (counted at the launchers, kernels not run)"
+                    if "eval_step" in r
+                    else r.get("error", "")
+                )
+            )
         rows += sub
     order = {arch: i for i, arch in enumerate(a.arch_list)}
     rows.sort(key=lambda r: (order[r["arch"]], ("eager", "triton", "cpp").index(r["backend"])))
@@ -300,5 +393,8 @@ def run_grad_cycles(a: argparse.Namespace, device: torch.device) -> List[dict]:
                     except Exception as e:
                         row["error"] = f"{type(e).__name__}: {e}"
                 rows.append(row)
-                _log(f"grad_cycles {arch} {gc} {variant}: saved {_fmt(_mib(row.get('saved_bytes')))} MiB, {_fmt(row.get('ms'), '.1f')} ms")
+                _log(
+                    f"grad_cycles {arch} {gc} {variant}: saved {_fmt(_mib(row.get('saved_bytes')))} MiB, "
+                    f"{_fmt(row.get('ms'), '.1f')} ms"
+                )
     return rows

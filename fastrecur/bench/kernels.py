@@ -1,4 +1,5 @@
 """Kernel level: every fused op against its eager sequence and torch.compile of it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 
 from fastrecur.nn.blocks import swiglu_intermediate_size
-from .common import EPS, KERNEL_OPS, _sync, measure_kernel, peak_memory
 
+from .common import EPS, KERNEL_OPS, _sync, measure_kernel, peak_memory
 
 # Benchmark shapes: B, S (positions incl. puzzle prefix), D, heads, label positions, vocab, whether TRM-MLP
 # (token mixing) runs at that shape (the MLP variant is a Sudoku configuration).
@@ -19,8 +20,10 @@ KERNEL_SHAPES = {
     "TRM-Maze": dict(B=768, S=916, D=512, H=8, L=900, V=6, mixer=False),
 }
 # Batch per shape at each scale; "tiny" also shrinks S and D (tests only).
-_KERNEL_BATCH = {"full": {"TRM-Sudoku": 768, "HRM-Sudoku": 768, "TRM-Maze": 768},
-                 "quick": {"TRM-Sudoku": 8, "HRM-Sudoku": 8, "TRM-Maze": 1}}
+_KERNEL_BATCH = {
+    "full": {"TRM-Sudoku": 768, "HRM-Sudoku": 768, "TRM-Maze": 768},
+    "quick": {"TRM-Sudoku": 8, "HRM-Sudoku": 8, "TRM-Maze": 1},
+}
 
 
 def kernel_shapes(scale: str) -> Dict[str, dict]:
@@ -107,6 +110,7 @@ def kernel_cases(scale: str = "full", ops: Optional[Iterable[str]] = None) -> Li
             from fastrecur import ops as fops
 
             return getattr(fops, name)(*args)
+
         return call
 
     cases = []
@@ -121,25 +125,45 @@ def kernel_cases(scale: str = "full", ops: Optional[Iterable[str]] = None) -> Li
             "add_rms_norm": (
                 lambda dev, dt: ([randn(B, S, D, device=dev, dtype=dt), randn(B, S, D, device=dev, dtype=dt)], [0, 1]),
                 lambda x, r: R.add_rms_norm(x, r, EPS),
-                lambda x, r: fused("add_rms_norm")(x, r, EPS)),
+                lambda x, r: fused("add_rms_norm")(x, r, EPS),
+            ),
             "swiglu_mlp_block": (
-                lambda dev, dt: ([randn(B, S, D, device=dev, dtype=dt), randn(2 * I, D, device=dev, dtype=dt, std=D ** -0.5),
-                                  randn(D, I, device=dev, dtype=dt, std=I ** -0.5)], [0, 1, 2]),
+                lambda dev, dt: (
+                    [
+                        randn(B, S, D, device=dev, dtype=dt),
+                        randn(2 * I, D, device=dev, dtype=dt, std=D**-0.5),
+                        randn(D, I, device=dev, dtype=dt, std=I**-0.5),
+                    ],
+                    [0, 1, 2],
+                ),
                 lambda h, wgu, wd: R.swiglu_mlp_block(h, wgu, wd, EPS),
-                lambda h, wgu, wd: fused("swiglu_mlp_block")(h, wgu, wd, EPS)),
+                lambda h, wgu, wd: fused("swiglu_mlp_block")(h, wgu, wd, EPS),
+            ),
             "token_mix_block": (
-                lambda dev, dt: ([randn(B, S, D, device=dev, dtype=dt), randn(2 * It, S, device=dev, dtype=dt, std=S ** -0.5),
-                                  randn(S, It, device=dev, dtype=dt, std=It ** -0.5)], [0, 1, 2]),
+                lambda dev, dt: (
+                    [
+                        randn(B, S, D, device=dev, dtype=dt),
+                        randn(2 * It, S, device=dev, dtype=dt, std=S**-0.5),
+                        randn(S, It, device=dev, dtype=dt, std=It**-0.5),
+                    ],
+                    [0, 1, 2],
+                ),
                 lambda h, wgu, wd: R.token_mix_block(h, wgu, wd, EPS),
-                lambda h, wgu, wd: fused("token_mix_block")(h, wgu, wd, EPS)),
+                lambda h, wgu, wd: fused("token_mix_block")(h, wgu, wd, EPS),
+            ),
             "rotary_attention": (
                 lambda dev, dt: ([randn(B, S, 3 * D, device=dev, dtype=dt), *_rope_tables(S, hd, dev)], [0]),
                 lambda qkv, cos, sin: R.rotary_attention(qkv, cos, sin, H),
-                lambda qkv, cos, sin: fused("rotary_attention")(qkv, cos, sin, H)),
+                lambda qkv, cos, sin: fused("rotary_attention")(qkv, cos, sin, H),
+            ),
             "stablemax_cross_entropy": (
-                lambda dev, dt: ([randn(B, L, V, device=dev, dtype=dt, std=3.0), torch.randint(0, V, (B, L), device=dev)], [0]),
+                lambda dev, dt: (
+                    [randn(B, L, V, device=dev, dtype=dt, std=3.0), torch.randint(0, V, (B, L), device=dev)],
+                    [0],
+                ),
                 lambda logits, labels: R.stablemax_cross_entropy(logits, labels),
-                lambda logits, labels: fused("stablemax_cross_entropy")(logits, labels)),
+                lambda logits, labels: fused("stablemax_cross_entropy")(logits, labels),
+            ),
         }
         for op in ops:
             if op == "token_mix_block" and not d["mixer"]:
@@ -149,7 +173,9 @@ def kernel_cases(scale: str = "full", ops: Optional[Iterable[str]] = None) -> Li
     return cases
 
 
-def kernel_callable(case: KernelCase, variant: str, mode: str, device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
+def kernel_callable(
+    case: KernelCase, variant: str, mode: str, device: torch.device, dtype: torch.dtype
+) -> Callable[[], Any]:
     """A no-argument function running ``case`` once: ``variant`` in eager/compile/triton, ``mode`` in
     fwd (under no_grad) / fwd+bwd (forward, then the gradients of every float input)."""
     args, diff = case.make_inputs(device, dtype)
@@ -159,9 +185,11 @@ def kernel_callable(case: KernelCase, variant: str, mode: str, device: torch.dev
     elif fn is None:
         raise ValueError(f"variant must be eager, compile or triton, got {variant!r}")
     if mode == "fwd":
+
         def run():
             with torch.no_grad():
                 return fn(*args)
+
         return run
     if mode != "fwd+bwd":
         raise ValueError(f"mode must be 'fwd' or 'fwd+bwd', got {mode!r}")
@@ -175,13 +203,29 @@ def kernel_callable(case: KernelCase, variant: str, mode: str, device: torch.dev
     def run_bwd():
         out = fn(*args)
         return torch.autograd.grad(out, inputs, grad)
+
     return run_bwd
 
 
-def run_kernel_case(case: KernelCase, variant: str, mode: str, device: torch.device, dtype: torch.dtype,
-                    warmup: int, iters: int, roofline: Optional[dict] = None) -> dict:
+def run_kernel_case(
+    case: KernelCase,
+    variant: str,
+    mode: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    warmup: int,
+    iters: int,
+    roofline: Optional[dict] = None,
+) -> dict:
     """Time one (case, variant, mode); a row of results (errors are recorded, not raised)."""
-    row = {"op": case.op, "shape": case.shape, "dims": case.dims, "variant": variant, "mode": mode, "dtype": str(dtype).replace("torch.", "")}
+    row = {
+        "op": case.op,
+        "shape": case.shape,
+        "dims": case.dims,
+        "variant": variant,
+        "mode": mode,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
     cost = op_cost(case.op, case.dims, torch.tensor([], dtype=dtype).element_size())[mode]
     row.update(bytes=cost["bytes"], flops=cost["flops"])
     try:

@@ -1,9 +1,8 @@
 """Model level: training steps and solves per backend, and the GEMM floor they are held to."""
+
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -12,14 +11,26 @@ import torch
 from fastrecur.core.schedule import Update
 from fastrecur.models import HRM, SRM, TRM, ACTLossHead, FlatRecurrence
 from fastrecur.nn.blocks import swiglu_intermediate_size
+
 from .common import ARCHS, SOLVE_STEPS, _sync, cpp_usable, measure, peak_memory, triton_usable
 
 
 def sudoku_cfg(arch: str, dtype: str, batch: int, hidden: int = 512, seq_len: int = 81) -> dict:
     """The Sudoku configuration of ``arch`` (the reference's, hidden size ``hidden`` with heads of 64;
     ``seq_len`` other than 81 only for counting launches, which do not depend on it)."""
-    base = dict(batch_size=batch, seq_len=seq_len, puzzle_emb_ndim=hidden, num_puzzle_identifiers=1, vocab_size=11, hidden_size=hidden,
-                expansion=4, num_heads=max(1, hidden // 64), halt_max_steps=SOLVE_STEPS, halt_exploration_prob=0.1, forward_dtype=dtype)
+    base = dict(
+        batch_size=batch,
+        seq_len=seq_len,
+        puzzle_emb_ndim=hidden,
+        num_puzzle_identifiers=1,
+        vocab_size=11,
+        hidden_size=hidden,
+        expansion=4,
+        num_heads=max(1, hidden // 64),
+        halt_max_steps=SOLVE_STEPS,
+        halt_exploration_prob=0.1,
+        forward_dtype=dtype,
+    )
     if arch == "hrm":
         return dict(base, H_cycles=2, L_cycles=2, H_layers=4, L_layers=4, pos_encodings="rope")
     if arch in ("trm", "srm"):
@@ -38,14 +49,18 @@ def build(arch: str, cfg: dict, backend: str):
 
 def sudoku_batch(cfg: dict, device) -> Dict[str, torch.Tensor]:
     b, s = cfg["batch_size"], cfg["seq_len"]
-    return {"inputs": torch.randint(1, cfg["vocab_size"], (b, s), device=device),
-            "labels": torch.randint(1, cfg["vocab_size"], (b, s), device=device),
-            "puzzle_identifiers": torch.zeros(b, dtype=torch.int32, device=device)}
+    return {
+        "inputs": torch.randint(1, cfg["vocab_size"], (b, s), device=device),
+        "labels": torch.randint(1, cfg["vocab_size"], (b, s), device=device),
+        "puzzle_identifiers": torch.zeros(b, dtype=torch.int32, device=device),
+    }
 
 
 def _schedule_blocks(model, steps) -> int:
     inner = model.inner
-    return sum(len(getattr(inner, s.level).layers) * getattr(inner, s.level).repeat for s in steps if isinstance(s, Update))
+    return sum(
+        len(getattr(inner, s.level).layers) * getattr(inner, s.level).repeat for s in steps if isinstance(s, Update)
+    )
 
 
 def _fastest(candidates: List[Callable[[], None]], device) -> Callable[[], None]:
@@ -84,14 +99,25 @@ def gemm_floor_fn(model, batch_size: int, device, blocks: Optional[int] = None, 
         wt_gu, wt_d = r(2 * it, S), r(S, it)
         hb, gt, at, ot = r(batch_size, S, D), r(batch_size, 2 * it, D), r(batch_size, it, D), r(batch_size, S, D)
         hT, gT, aT, oT = r(S, batch_size * D), r(2 * it, batch_size * D), r(it, batch_size * D), r(S, batch_size * D)
-        ops += [_fastest([lambda: torch.matmul(wt_gu, hb, out=gt), lambda: torch.mm(wt_gu, hT, out=gT)], device),
-                _fastest([lambda: torch.matmul(wt_d, at, out=ot), lambda: torch.mm(wt_d, aT, out=oT)], device)]
+        ops += [
+            _fastest([lambda: torch.matmul(wt_gu, hb, out=gt), lambda: torch.mm(wt_gu, hT, out=gT)], device),
+            _fastest([lambda: torch.matmul(wt_d, at, out=ot), lambda: torch.mm(wt_d, aT, out=oT)], device),
+        ]
     else:
         hd, H = D // c.num_heads, c.num_heads
         qkv = r(M, 3 * D)
-        q, k, scores, o = r(batch_size * H, S, hd), r(batch_size * H, hd, S), r(batch_size * H, S, S), r(batch_size * H, S, hd)
-        ops += [right(h, 3 * D, qkv), right(h, D, out),
-                lambda: torch.bmm(q, k, out=scores), lambda: torch.bmm(scores, q, out=o)]
+        q, k, scores, o = (
+            r(batch_size * H, S, hd),
+            r(batch_size * H, hd, S),
+            r(batch_size * H, S, S),
+            r(batch_size * H, S, hd),
+        )
+        ops += [
+            right(h, 3 * D, qkv),
+            right(h, D, out),
+            lambda: torch.bmm(q, k, out=scores),
+            lambda: torch.bmm(scores, q, out=o),
+        ]
     logits = r(M, c.vocab_size)
     ops_lm = right(h, c.vocab_size, logits)
 
@@ -155,6 +181,7 @@ def make_solve(model, data, steps: int = SOLVE_STEPS, compile_mode: Optional[str
                     torch.compiler.cudagraph_mark_step_begin()
                 carry, out = fwd(carry=carry, batch=data)
             return out["logits"].argmax(-1)
+
     return model_loop
 
 
@@ -169,7 +196,9 @@ def make_engine_solve(model, data, steps: int, cuda_graphs: bool) -> Callable[[]
     from fastrecur import engine
 
     model.eval()
-    return lambda: engine.solve(model, data, halting="max_steps", max_steps=steps, backend="cpp", cuda_graphs=cuda_graphs)
+    return lambda: engine.solve(
+        model, data, halting="max_steps", max_steps=steps, backend="cpp", cuda_graphs=cuda_graphs
+    )
 
 
 def model_variant_status(variant: str, device: torch.device, kind: str, opts: argparse.Namespace) -> Tuple[bool, str]:
@@ -192,8 +221,17 @@ def model_variant_status(variant: str, device: torch.device, kind: str, opts: ar
     raise ValueError(variant)
 
 
-def run_model_case(arch: str, kind: str, batch: int, variant: str, device: torch.device, opts: argparse.Namespace,
-                   warmup: int, iters: int, grad_cycles: Optional[int] = None) -> dict:
+def run_model_case(
+    arch: str,
+    kind: str,
+    batch: int,
+    variant: str,
+    device: torch.device,
+    opts: argparse.Namespace,
+    warmup: int,
+    iters: int,
+    grad_cycles: Optional[int] = None,
+) -> dict:
     """Time one training step or one solve of ``arch`` at ``batch`` with ``variant``; a row of results."""
     cfg = sudoku_cfg(arch, opts.dtype, batch, opts.hidden, opts.seq_len)
     if grad_cycles is not None:
@@ -235,15 +273,29 @@ def run_model_case(arch: str, kind: str, batch: int, variant: str, device: torch
     return row
 
 
-def run_model_floor(arch: str, kind: str, batch: int, device: torch.device, opts: argparse.Namespace, warmup: int, iters: int) -> dict:
+def run_model_floor(
+    arch: str, kind: str, batch: int, device: torch.device, opts: argparse.Namespace, warmup: int, iters: int
+) -> dict:
     """The GEMM floor row of (arch, kind, batch)."""
     cfg = sudoku_cfg(arch, opts.dtype, batch, opts.hidden, opts.seq_len)
     model = build(arch, cfg, "eager")
     with torch.no_grad():
-        fn = train_floor_fn(model, batch, device) if kind == "train" else gemm_floor_fn(model, batch, device, repeats=opts.solve_steps)
+        fn = (
+            train_floor_fn(model, batch, device)
+            if kind == "train"
+            else gemm_floor_fn(model, batch, device, repeats=opts.solve_steps)
+        )
         t = measure(fn, device, warmup, iters)
-    row = {"arch": arch, "kind": kind, "batch": batch, "variant": "gemm_floor", "hidden": opts.hidden, "dtype": opts.dtype,
-           **t, "puzzles_per_s": batch / (t["ms"] / 1e3)}
+    row = {
+        "arch": arch,
+        "kind": kind,
+        "batch": batch,
+        "variant": "gemm_floor",
+        "hidden": opts.hidden,
+        "dtype": opts.dtype,
+        **t,
+        "puzzles_per_s": batch / (t["ms"] / 1e3),
+    }
     if kind == "solve":
         row["solve_steps"] = opts.solve_steps
     return row

@@ -14,6 +14,7 @@ TRM-MLP Sudoku step (97 positions, hidden 512, MLP width 1536, 8 heads of 64) at
 Every table is printed with the device: on a CPU its model and the ISA features that decide the kernels'
 and the GEMMs' speed (AVX-512, AVX512-BF16, AMX), read from /proc/cpuinfo.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,13 @@ S, D, INTER, HEADS, HEAD_DIM = 97, 512, 1536, 8, 64
 EPS = 1e-5
 KERNELS = ("add_rms_norm", "add_rms_norm_dim1", "swiglu", "rope", "inject_add")
 # /proc/cpuinfo flags that decide the CPU kernels' and GEMMs' speed, and how the tables name them.
-CPU_FEATURES = {"avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "avx512_fp16": "AVX512-FP16",
-                "amx_tile": "AMX", "amx_bf16": "AMX-BF16"}
+CPU_FEATURES = {
+    "avx512f": "AVX-512",
+    "avx512_bf16": "AVX512-BF16",
+    "avx512_fp16": "AVX512-FP16",
+    "amx_tile": "AMX",
+    "amx_bf16": "AMX-BF16",
+}
 
 
 def cpu_features() -> Dict[str, bool]:
@@ -58,8 +64,10 @@ def device_line(device: torch.device) -> str:
         return f"{device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
     feats = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu_features().items())
     isa = _ext.cpu_isa() or "none (extension not built)"
-    return (f"{device_name(device)}; {feats}; threads: {torch.get_num_threads()}; extension CPU kernels: {isa}; "
-            f"torch {torch.__version__}")
+    return (
+        f"{device_name(device)}; {feats}; threads: {torch.get_num_threads()}; extension CPU kernels: {isa}; "
+        f"torch {torch.__version__}"
+    )
 
 
 def _rand(shape, dtype, device, scale=1.0) -> torch.Tensor:
@@ -122,8 +130,9 @@ def _timer(device: torch.device) -> Tuple[Callable[[], float], str]:
     return time.perf_counter, "wall time"
 
 
-def time_in_turns(fns: Dict[str, Callable[[], None]], device: torch.device, rounds: int,
-                  min_round_s: float = 1e-3) -> Dict[str, Tuple[float, float]]:
+def time_in_turns(
+    fns: Dict[str, Callable[[], None]], device: torch.device, rounds: int, min_round_s: float = 1e-3
+) -> Dict[str, Tuple[float, float]]:
     """(median, minimum) seconds per call of each function, timed in turns: each round runs every function
     back to back ``reps`` times (enough to fill ``min_round_s``), so a slow phase of a shared machine hits all
     alike. The minimum is the figure least disturbed by other work."""
@@ -149,8 +158,13 @@ def time_in_turns(fns: Dict[str, Callable[[], None]], device: torch.device, roun
     return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 
-def kernel_roofline(device: torch.device, dtypes: List[torch.dtype], batches: List[int],
-                    kernels: Optional[List[str]] = None, rounds: int = 15) -> List[dict]:
+def kernel_roofline(
+    device: torch.device,
+    dtypes: List[torch.dtype],
+    batches: List[int],
+    kernels: Optional[List[str]] = None,
+    rounds: int = 15,
+) -> List[dict]:
     """One row per (kernel, dtype, batch): bytes moved, µs per call, GB/s, the copy's GB/s on the same bytes
     and the ratio, from the fastest round of each (and the ratio of the medians). Needs the extension
     (``fastrecur._ext``); on CUDA, its CUDA kernels."""
@@ -166,24 +180,41 @@ def kernel_roofline(device: torch.device, dtypes: List[torch.dtype], batches: Li
                 fn, nbytes = kernel_case(kernel, batch, dtype, device)
                 t = time_in_turns({"kernel": fn, "copy": copy_case(nbytes, device)}, device, rounds)
                 (k_med, k_min), (c_med, c_min) = t["kernel"], t["copy"]
-                rows.append({"kernel": kernel, "dtype": str(dtype).replace("torch.", ""), "batch": batch,
-                             "bytes": nbytes, "kernel_us": 1e6 * k_min, "copy_us": 1e6 * c_min,
-                             "kernel_GBps": nbytes / k_min / 1e9, "copy_GBps": nbytes / c_min / 1e9,
-                             "fraction_of_copy": c_min / k_min, "fraction_of_copy_median": c_med / k_med})
+                rows.append(
+                    {
+                        "kernel": kernel,
+                        "dtype": str(dtype).replace("torch.", ""),
+                        "batch": batch,
+                        "bytes": nbytes,
+                        "kernel_us": 1e6 * k_min,
+                        "copy_us": 1e6 * c_min,
+                        "kernel_GBps": nbytes / k_min / 1e9,
+                        "copy_GBps": nbytes / c_min / 1e9,
+                        "fraction_of_copy": c_min / k_min,
+                        "fraction_of_copy_median": c_med / k_med,
+                    }
+                )
     return rows
 
 
 def markdown(rows: List[dict], header: str, clock: str) -> str:
     """The roofline table, under ``header`` (:func:`device_line`); ``clock`` names the timer."""
-    lines = [f"Kernel roofline: {header}", "",
-             f"Fastest of the rounds ({clock}); each kernel and a copy of the same bytes timed in turns.", "",
-             "| kernel | dtype | batch | bytes moved | kernel µs | kernel GB/s | copy GB/s (same bytes) | "
-             "**kernel / copy** | medians: kernel / copy |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Kernel roofline: {header}",
+        "",
+        f"Fastest of the rounds ({clock}); each kernel and a copy of the same bytes timed in turns.",
+        "",
+        "| kernel | dtype | batch | bytes moved | kernel µs | kernel GB/s | copy GB/s (same bytes) | "
+        "**kernel / copy** | medians: kernel / copy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['kernel']} | {r['dtype']} | {r['batch']} | {r['bytes'] / 1e6:.2f} MB | "
-                     f"{r['kernel_us']:.1f} | {r['kernel_GBps']:.1f} | {r['copy_GBps']:.1f} | **{100 * r['fraction_of_copy']:.0f} %** | "
-                     f"{100 * r['fraction_of_copy_median']:.0f} % |")
+        lines.append(
+            f"| {r['kernel']} | {r['dtype']} | {r['batch']} | {r['bytes'] / 1e6:.2f} MB | "
+            f"{r['kernel_us']:.1f} | {r['kernel_GBps']:.1f} | {r['copy_GBps']:.1f} | "
+            f"**{100 * r['fraction_of_copy']:.0f} %** | "
+            f"{100 * r['fraction_of_copy_median']:.0f} % |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -219,8 +250,12 @@ def main(argv=None) -> int:
         rows = kernel_roofline(device, dtypes, batches, kernels, a.rounds)
     except RuntimeError as e:
         return fail(str(e))
-    meta = dict(environment(device, quick=False), device_line=device_line(device), cpu_features=cpu_features(),
-                loadavg_end=_loadavg())
+    meta = dict(
+        environment(device, quick=False),
+        device_line=device_line(device),
+        cpu_features=cpu_features(),
+        loadavg_end=_loadavg(),
+    )
     meta["clock"] = clock_name(device)
     md = markdown(rows, meta["device_line"] + f", {meta['date']}, load average {meta['loadavg_start']}", meta["clock"])
     print(md)

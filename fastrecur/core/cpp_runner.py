@@ -16,6 +16,7 @@ Program encoding (one int64 row per step, CPU): ``[opcode, target, level | sourc
 with opcode 0 = Update, 1 = Copy, and slots 0 = ``x``, 1.. = the state tensors in :attr:`_Program.slots`
 order.
 """
+
 from __future__ import annotations
 
 import functools
@@ -130,7 +131,9 @@ def _check_tensor(t, name: str, x: Optional[torch.Tensor] = None, transposable: 
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device}, expected x's device {x.device}")
     if not t.is_contiguous() and not (transposable and t.dim() == 2 and t.t().is_contiguous()):
-        raise ValueError(f"{name} must be contiguous" + (" or the transpose of a contiguous tensor" if transposable else ""))
+        raise ValueError(
+            f"{name} must be contiguous" + (" or the transpose of a contiguous tensor" if transposable else "")
+        )
 
 
 def run_steps_cpp(
@@ -196,9 +199,14 @@ def run_steps_cpp(
         if t.requires_grad:
             raise ValueError(f"states[{name!r}] requires grad; run_steps_cpp updates it in place: pass t.detach()")
     for name in enc.scratch:
-        if not (isinstance(states.get(name), torch.Tensor) and states[name].shape == x.shape
-                and states[name].dtype == x.dtype and states[name].device == x.device
-                and states[name].is_contiguous() and not states[name].requires_grad):
+        if not (
+            isinstance(states.get(name), torch.Tensor)
+            and states[name].shape == x.shape
+            and states[name].dtype == x.dtype
+            and states[name].device == x.device
+            and states[name].is_contiguous()
+            and not states[name].requires_grad
+        ):
             states[name] = torch.empty_like(x, memory_format=torch.contiguous_format)
     tensors = [states[n] for n in enc.slots]
     spans = [(_span(t), n) for t, n in zip(tensors, enc.slots)] + [(_span(x), "x")]
@@ -215,8 +223,10 @@ def run_steps_cpp(
         blocks = levels[name]
         for j, blk in enumerate(blocks):
             if not isinstance(blk, (AttentionBlockWeights, MixerBlockWeights)):
-                raise TypeError(f"levels[{name!r}][{j}] must be AttentionBlockWeights or MixerBlockWeights, "
-                                f"got {type(blk).__name__}")
+                raise TypeError(
+                    f"levels[{name!r}][{j}] must be AttentionBlockWeights or MixerBlockWeights, "
+                    f"got {type(blk).__name__}"
+                )
             kinds.add(type(blk))
             for field, w in zip(blk._fields, blk):
                 _check_tensor(w, f"levels[{name!r}][{j}].{field}", x, transposable=field in _TRANSPOSABLE)
@@ -228,6 +238,17 @@ def run_steps_cpp(
     if kind == _KIND_MIXER:
         cos = sin = None
     with torch.no_grad():
-        ops.run_steps(tensors, x, enc.program, weights, offsets, cos, sin, num_heads, float(eps), kind,
-                      -1 if per_item is None else int(per_item))
+        ops.run_steps(
+            tensors,
+            x,
+            enc.program,
+            weights,
+            offsets,
+            cos,
+            sin,
+            num_heads,
+            float(eps),
+            kind,
+            -1 if per_item is None else int(per_item),
+        )
     return states

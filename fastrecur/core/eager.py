@@ -1,4 +1,5 @@
 """The eager runner: a Python loop over a schedule's steps (the reference semantics and the oracle)."""
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional, Sequence
@@ -21,8 +22,14 @@ def _injection(names: Sequence[str], states: Dict[str, torch.Tensor], x: torch.T
     return out
 
 
-def run_steps(steps: Sequence[Step], states: Dict[str, torch.Tensor], x: torch.Tensor, levels: Dict[str, LevelFn],
-              observer: Observer = None, first_index: int = 0) -> None:
+def run_steps(
+    steps: Sequence[Step],
+    states: Dict[str, torch.Tensor],
+    x: torch.Tensor,
+    levels: Dict[str, LevelFn],
+    observer: Observer = None,
+    first_index: int = 0,
+) -> None:
     """Apply ``steps`` to ``states`` (a dict, rebound in place). ``levels[name](h, injection)`` runs a level."""
     for i, step in enumerate(steps, first_index):
         if isinstance(step, Copy):
@@ -35,8 +42,13 @@ def run_steps(steps: Sequence[Step], states: Dict[str, torch.Tensor], x: torch.T
             observer(i, step, states)
 
 
-def run_schedule(schedule: Schedule, states: Dict[str, torch.Tensor], x: torch.Tensor, levels: Dict[str, LevelFn],
-                 observer: Observer = None) -> None:
+def run_schedule(
+    schedule: Schedule,
+    states: Dict[str, torch.Tensor],
+    x: torch.Tensor,
+    levels: Dict[str, LevelFn],
+    observer: Observer = None,
+) -> None:
     """Run the no-grad prefix under ``torch.no_grad()``, then the grad tail with autograd."""
     with torch.no_grad():
         run_steps(schedule.no_grad_steps, states, x, levels, observer)

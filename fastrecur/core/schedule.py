@@ -10,6 +10,7 @@ Semantics of one step:
 - ``Copy(target, source)``: ``state[target] = state[source]`` (a snapshot, e.g. SRM's segment start).
 Steps ``[0, grad_start)`` run under ``torch.no_grad()``; steps ``[grad_start, len(steps))`` with autograd.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ class Schedule:
 
     @property
     def grad_steps(self) -> Tuple[Step, ...]:
-        return self.steps[self.grad_start:]
+        return self.steps[self.grad_start :]
 
     @property
     def levels(self) -> Tuple[str, ...]:

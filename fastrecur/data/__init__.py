@@ -11,20 +11,66 @@
 Command line: ``fastrecur data sudoku ...`` / ``fastrecur data maze ...`` / ``fastrecur data arc ...``
 (see :mod:`fastrecur.data.cli`).
 """
+
 from .arc import ARCDataWarning, build_arc_dataset
-from .format import (IGNORE_LABEL_ID, DatasetFormatError, DatasetMetadata, PuzzleDataset, steps_per_epoch_estimate,
-                     write_identifiers, write_split)
-from .maze import (MazePuzzle, build_maze_dataset, decode_maze, dihedral, encode_maze, generate_maze, generate_mazes,
-                   solve_maze)
-from .sudoku import (SudokuSearchResult, SudokuPuzzle, augment_sudoku, build_sudoku_dataset, decode_sudoku, encode_sudoku,
-                     generate_sudoku, generate_sudokus, is_valid_solution, solve_sudoku)
+from .format import (
+    IGNORE_LABEL_ID,
+    DatasetFormatError,
+    DatasetMetadata,
+    PuzzleDataset,
+    steps_per_epoch_estimate,
+    write_identifiers,
+    write_split,
+)
+from .maze import (
+    MazePuzzle,
+    build_maze_dataset,
+    decode_maze,
+    dihedral,
+    encode_maze,
+    generate_maze,
+    generate_mazes,
+    solve_maze,
+)
+from .sudoku import (
+    SudokuPuzzle,
+    SudokuSearchResult,
+    augment_sudoku,
+    build_sudoku_dataset,
+    decode_sudoku,
+    encode_sudoku,
+    generate_sudoku,
+    generate_sudokus,
+    is_valid_solution,
+    solve_sudoku,
+)
 
 __all__ = [
-    "ARCDataWarning", "build_arc_dataset",
-    "IGNORE_LABEL_ID", "DatasetFormatError", "DatasetMetadata", "PuzzleDataset", "steps_per_epoch_estimate",
-    "write_identifiers", "write_split",
-    "MazePuzzle", "build_maze_dataset", "decode_maze", "dihedral", "encode_maze", "generate_maze", "generate_mazes",
+    "ARCDataWarning",
+    "build_arc_dataset",
+    "IGNORE_LABEL_ID",
+    "DatasetFormatError",
+    "DatasetMetadata",
+    "PuzzleDataset",
+    "steps_per_epoch_estimate",
+    "write_identifiers",
+    "write_split",
+    "MazePuzzle",
+    "build_maze_dataset",
+    "decode_maze",
+    "dihedral",
+    "encode_maze",
+    "generate_maze",
+    "generate_mazes",
     "solve_maze",
-    "SudokuPuzzle", "SudokuSearchResult", "augment_sudoku", "build_sudoku_dataset", "decode_sudoku", "encode_sudoku",
-    "generate_sudoku", "generate_sudokus", "is_valid_solution", "solve_sudoku",
+    "SudokuPuzzle",
+    "SudokuSearchResult",
+    "augment_sudoku",
+    "build_sudoku_dataset",
+    "decode_sudoku",
+    "encode_sudoku",
+    "generate_sudoku",
+    "generate_sudokus",
+    "is_valid_solution",
+    "solve_sudoku",
 ]

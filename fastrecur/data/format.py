@@ -20,6 +20,7 @@ Training sampling (reference): per epoch, the groups in a random order; from eac
 its examples (a random subset when it does not fit) packed into the global batch; the incomplete last batch
 dropped. Evaluation: every example once, in order, the last batch padded.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,17 @@ from fastrecur.checkpoint import atomic_write
 
 IGNORE_LABEL_ID = -100  # the loss's ignore index (reference models/losses.py)
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
-_REQUIRED_KEYS = ("pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
-                  "num_puzzle_identifiers", "total_groups", "mean_puzzle_examples", "sets")
+_REQUIRED_KEYS = (
+    "pad_id",
+    "ignore_label_id",
+    "blank_identifier_id",
+    "vocab_size",
+    "seq_len",
+    "num_puzzle_identifiers",
+    "total_groups",
+    "mean_puzzle_examples",
+    "sets",
+)
 
 
 class DatasetFormatError(ValueError):
@@ -70,26 +80,46 @@ class DatasetMetadata:
             if total_puzzles is None:
                 raise DatasetFormatError(f"{where}: missing key 'total_puzzles' and nothing to derive it from")
             vals["total_puzzles"] = total_puzzles
-        for k in ("pad_id", "blank_identifier_id", "vocab_size", "seq_len", "num_puzzle_identifiers",
-                  "total_groups", "total_puzzles"):
+        for k in (
+            "pad_id",
+            "blank_identifier_id",
+            "vocab_size",
+            "seq_len",
+            "num_puzzle_identifiers",
+            "total_groups",
+            "total_puzzles",
+        ):
             if isinstance(vals[k], bool) or not isinstance(vals[k], int):
                 raise DatasetFormatError(f"{where}: {k} must be an integer, got {vals[k]!r}")
         for k in ("vocab_size", "seq_len", "num_puzzle_identifiers"):
             if vals[k] < 1:
                 raise DatasetFormatError(f"{where}: {k} must be >= 1, got {vals[k]}")
-        if vals["ignore_label_id"] is not None and (isinstance(vals["ignore_label_id"], bool)
-                                                    or not isinstance(vals["ignore_label_id"], int)):
-            raise DatasetFormatError(f"{where}: ignore_label_id must be an integer or null, got {vals['ignore_label_id']!r}")
+        if vals["ignore_label_id"] is not None and (
+            isinstance(vals["ignore_label_id"], bool) or not isinstance(vals["ignore_label_id"], int)
+        ):
+            raise DatasetFormatError(
+                f"{where}: ignore_label_id must be an integer or null, got {vals['ignore_label_id']!r}"
+            )
         if not 0 <= vals["pad_id"] < vals["vocab_size"]:
-            raise DatasetFormatError(f"{where}: pad_id {vals['pad_id']} is outside the vocabulary 0..{vals['vocab_size'] - 1}")
+            raise DatasetFormatError(
+                f"{where}: pad_id {vals['pad_id']} is outside the vocabulary 0..{vals['vocab_size'] - 1}"
+            )
         if not 0 <= vals["blank_identifier_id"] < vals["num_puzzle_identifiers"]:
-            raise DatasetFormatError(f"{where}: blank_identifier_id {vals['blank_identifier_id']} is outside "
-                                     f"0..num_puzzle_identifiers-1 = {vals['num_puzzle_identifiers'] - 1}")
+            raise DatasetFormatError(
+                f"{where}: blank_identifier_id {vals['blank_identifier_id']} is outside "
+                f"0..num_puzzle_identifiers-1 = {vals['num_puzzle_identifiers'] - 1}"
+            )
         if not isinstance(vals["mean_puzzle_examples"], (int, float)) or isinstance(vals["mean_puzzle_examples"], bool):
-            raise DatasetFormatError(f"{where}: mean_puzzle_examples must be a number, got {vals['mean_puzzle_examples']!r}")
+            raise DatasetFormatError(
+                f"{where}: mean_puzzle_examples must be a number, got {vals['mean_puzzle_examples']!r}"
+            )
         sets = vals["sets"]
-        if not isinstance(sets, list) or not sets or not all(isinstance(s, str) and s for s in sets) \
-                or len(set(sets)) != len(sets):
+        if (
+            not isinstance(sets, list)
+            or not sets
+            or not all(isinstance(s, str) and s for s in sets)
+            or len(set(sets)) != len(sets)
+        ):
             raise DatasetFormatError(f"{where}: sets must be a non-empty list of distinct names, got {sets!r}")
         return cls(**{k: vals[k] for k in cls.__dataclass_fields__})
 
@@ -129,7 +159,9 @@ def _validate_arrays(arrays: Dict[str, np.ndarray], meta: DatasetMetadata, where
             raise DatasetFormatError(f"{where}: {k} must have an integer dtype, got {a.dtype}")
     inputs, labels = arrays["inputs"], arrays["labels"]
     if inputs.ndim != 2 or inputs.shape[1] != meta.seq_len:
-        raise DatasetFormatError(f"{where}: inputs must have shape [N, seq_len={meta.seq_len}], got {list(inputs.shape)}")
+        raise DatasetFormatError(
+            f"{where}: inputs must have shape [N, seq_len={meta.seq_len}], got {list(inputs.shape)}"
+        )
     if labels.shape != inputs.shape:
         raise DatasetFormatError(f"{where}: labels shape {list(labels.shape)} differs from inputs {list(inputs.shape)}")
     n = inputs.shape[0]
@@ -145,8 +177,10 @@ def _validate_arrays(arrays: Dict[str, np.ndarray], meta: DatasetMetadata, where
         raise DatasetFormatError(f"{where}: group_indices must be 1-D with at least 2 entries, got {list(gi.shape)}")
     _check_index(gi, "group_indices", gi.shape[0], p, where)
     if ident.min() < 0 or ident.max() >= meta.num_puzzle_identifiers:
-        raise DatasetFormatError(f"{where}: puzzle_identifiers must lie in 0..{meta.num_puzzle_identifiers - 1}, "
-                                 f"got [{int(ident.min())}, {int(ident.max())}]")
+        raise DatasetFormatError(
+            f"{where}: puzzle_identifiers must lie in 0..{meta.num_puzzle_identifiers - 1}, "
+            f"got [{int(ident.min())}, {int(ident.max())}]"
+        )
     if check_values:
         lo, hi = int(inputs.min()), int(inputs.max())
         if lo < 0 or hi >= meta.vocab_size:
@@ -155,14 +189,28 @@ def _validate_arrays(arrays: Dict[str, np.ndarray], meta: DatasetMetadata, where
         if meta.ignore_label_id is not None:
             lab = lab[lab != meta.ignore_label_id]
         if lab.size and (int(lab.min()) < 0 or int(lab.max()) >= meta.vocab_size):
-            raise DatasetFormatError(f"{where}: label tokens must lie in 0..{meta.vocab_size - 1} (or be "
-                                     f"ignore_label_id), got [{int(lab.min())}, {int(lab.max())}]")
+            raise DatasetFormatError(
+                f"{where}: label tokens must lie in 0..{meta.vocab_size - 1} (or be "
+                f"ignore_label_id), got [{int(lab.min())}, {int(lab.max())}]"
+            )
 
 
-def write_split(root: str, split: str, *, inputs: np.ndarray, labels: np.ndarray, puzzle_identifiers: np.ndarray,
-                puzzle_indices: np.ndarray, group_indices: np.ndarray, vocab_size: int,
-                num_puzzle_identifiers: int = 1, pad_id: int = 0, ignore_label_id: Optional[int] = 0,
-                blank_identifier_id: int = 0, set_name: str = "all") -> DatasetMetadata:
+def write_split(
+    root: str,
+    split: str,
+    *,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    puzzle_identifiers: np.ndarray,
+    puzzle_indices: np.ndarray,
+    group_indices: np.ndarray,
+    vocab_size: int,
+    num_puzzle_identifiers: int = 1,
+    pad_id: int = 0,
+    ignore_label_id: Optional[int] = 0,
+    blank_identifier_id: int = 0,
+    set_name: str = "all",
+) -> DatasetMetadata:
     """Validate and write one split with a single set, ``<root>/<split>/``; returns its metadata.
 
     Token arrays are stored as uint8 (as the reference) when the vocabulary fits, else int32; index arrays as
@@ -173,19 +221,30 @@ def write_split(root: str, split: str, *, inputs: np.ndarray, labels: np.ndarray
         raise ValueError(f"split must be a plain folder name such as 'train' or 'test', got {split!r}")
     if not isinstance(set_name, str) or not set_name or os.sep in set_name or "__" in set_name:
         raise ValueError(f"set_name must be a plain name without '__', got {set_name!r}")
-    arrays = {"inputs": np.asarray(inputs), "labels": np.asarray(labels),
-              "puzzle_identifiers": np.asarray(puzzle_identifiers), "puzzle_indices": np.asarray(puzzle_indices),
-              "group_indices": np.asarray(group_indices)}
+    arrays = {
+        "inputs": np.asarray(inputs),
+        "labels": np.asarray(labels),
+        "puzzle_identifiers": np.asarray(puzzle_identifiers),
+        "puzzle_indices": np.asarray(puzzle_indices),
+        "group_indices": np.asarray(group_indices),
+    }
     for k, a in arrays.items():
         if a.dtype == object or not np.issubdtype(a.dtype, np.integer):
             raise TypeError(f"{k} must be an integer array, got dtype {a.dtype}")
     num_examples = arrays["inputs"].shape[0] if arrays["inputs"].ndim == 2 else 0
     num_puzzles = arrays["puzzle_identifiers"].shape[0] if arrays["puzzle_identifiers"].ndim == 1 else 0
     meta = DatasetMetadata(
-        pad_id=pad_id, ignore_label_id=ignore_label_id, blank_identifier_id=blank_identifier_id,
-        vocab_size=vocab_size, seq_len=int(arrays["inputs"].shape[-1]) if arrays["inputs"].ndim else 0,
-        num_puzzle_identifiers=num_puzzle_identifiers, total_groups=int(arrays["group_indices"].size) - 1,
-        mean_puzzle_examples=num_examples / max(num_puzzles, 1), total_puzzles=num_puzzles, sets=[set_name])
+        pad_id=pad_id,
+        ignore_label_id=ignore_label_id,
+        blank_identifier_id=blank_identifier_id,
+        vocab_size=vocab_size,
+        seq_len=int(arrays["inputs"].shape[-1]) if arrays["inputs"].ndim else 0,
+        num_puzzle_identifiers=num_puzzle_identifiers,
+        total_groups=int(arrays["group_indices"].size) - 1,
+        mean_puzzle_examples=num_examples / max(num_puzzles, 1),
+        total_puzzles=num_puzzles,
+        sets=[set_name],
+    )
     meta = DatasetMetadata.from_dict(meta.to_dict(), where="write_split")
     _validate_arrays(arrays, meta, f"write_split({split!r})", check_values=True)
 
@@ -214,7 +273,12 @@ def write_identifiers(root: str, names: Optional[List[str]] = None) -> None:
 
 def check_int(value, name: str, lo: int = 1, hi: Optional[int] = None) -> int:
     """An int (not a bool) in ``[lo, hi]``; ValueError naming ``name`` otherwise. Shared by the data modules."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < lo
+        or (hi is not None and value > hi)
+    ):
         rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
         raise ValueError(f"{name} must be an int {rng}, got {value!r}")
     return int(value)
@@ -226,7 +290,7 @@ def square_tokens(tokens) -> Tuple[np.ndarray, int]:
     if t.dtype == object or not np.issubdtype(t.dtype, np.integer):
         raise TypeError(f"tokens: expected an integer array, got dtype {t.dtype}")
     t = t.reshape(-1).astype(np.int64)
-    return t, int(round(t.size ** 0.5))
+    return t, int(round(t.size**0.5))
 
 
 class PuzzleDataset:
@@ -248,8 +312,10 @@ class PuzzleDataset:
         folder = os.path.join(self.root, split)
         meta_path = os.path.join(folder, "dataset.json")
         if not os.path.isfile(meta_path):
-            raise DatasetFormatError(f"{meta_path} does not exist (expected <root>/{split}/dataset.json; build a "
-                                     f"dataset with `fastrecur data ...`)")
+            raise DatasetFormatError(
+                f"{meta_path} does not exist (expected <root>/{split}/dataset.json; build a "
+                f"dataset with `fastrecur data ...`)"
+            )
         try:
             with open(meta_path, "r") as f:
                 raw = json.load(f)
@@ -266,8 +332,10 @@ class PuzzleDataset:
             _validate_arrays(d, self.metadata, os.path.join(folder, f"{s}__*.npy"), check_values)
         groups = sum(int(d["group_indices"].shape[0]) - 1 for d in self._data)
         if groups != self.metadata.total_groups:
-            raise DatasetFormatError(f"{meta_path}: total_groups is {self.metadata.total_groups} but the "
-                                     f"group_indices files hold {groups} groups")
+            raise DatasetFormatError(
+                f"{meta_path}: total_groups is {self.metadata.total_groups} but the "
+                f"group_indices files hold {groups} groups"
+            )
         self._offsets = np.cumsum([0] + [int(d["inputs"].shape[0]) for d in self._data])
 
     @staticmethod
@@ -296,8 +364,10 @@ class PuzzleDataset:
 
     def __repr__(self) -> str:
         m = self.metadata
-        return (f"PuzzleDataset({self.root!r}, split={self.split!r}: {len(self)} examples, {m.total_puzzles} "
-                f"puzzles, {m.total_groups} groups, seq_len={m.seq_len}, vocab_size={m.vocab_size})")
+        return (
+            f"PuzzleDataset({self.root!r}, split={self.split!r}: {len(self)} examples, {m.total_puzzles} "
+            f"puzzles, {m.total_groups} groups, seq_len={m.seq_len}, vocab_size={m.vocab_size})"
+        )
 
     def example(self, index: int) -> Tuple[np.ndarray, np.ndarray, int]:
         """(input tokens, raw label tokens, puzzle identifier) of example ``index`` (over all sets in order)."""
@@ -311,8 +381,9 @@ class PuzzleDataset:
 
     # -- batches --------------------------------------------------------------------------------------------
 
-    def _collate(self, d: Dict[str, np.ndarray], example_idx: np.ndarray, puzzle_idx: np.ndarray,
-                 rows: int) -> Dict[str, torch.Tensor]:
+    def _collate(
+        self, d: Dict[str, np.ndarray], example_idx: np.ndarray, puzzle_idx: np.ndarray, rows: int
+    ) -> Dict[str, torch.Tensor]:
         """Gather examples into int32 tensors, map ignored labels to -100, pad to ``rows`` rows."""
         m = self.metadata
         n = int(example_idx.size)
@@ -328,8 +399,11 @@ class PuzzleDataset:
                 lab[lab == m.ignore_label_id] = IGNORE_LABEL_ID
             labels[order] = lab
             ident[:n] = d["puzzle_identifiers"][puzzle_idx]
-        return {"inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels),
-                "puzzle_identifiers": torch.from_numpy(ident)}
+        return {
+            "inputs": torch.from_numpy(inputs),
+            "labels": torch.from_numpy(labels),
+            "puzzle_identifiers": torch.from_numpy(ident),
+        }
 
     def _epoch_plan(self, set_i: int, global_batch_size: int, seed: int, epoch: int):
         """The group order and chosen puzzle of every group for one epoch of set ``set_i``, and the start
@@ -374,8 +448,16 @@ class PuzzleDataset:
         seed, epoch = check_int(seed, "seed", 0), check_int(epoch, "epoch", 0)
         return sum(len(self._epoch_plan(i, global_batch_size, seed, epoch)[2]) - 1 for i in range(len(self._data)))
 
-    def iter_train(self, global_batch_size: int, *, seed: int, epoch: int = 0, rank: int = 0, world_size: int = 1,
-                   start_batch: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
+    def iter_train(
+        self,
+        global_batch_size: int,
+        *,
+        seed: int,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> Iterator[Dict[str, torch.Tensor]]:
         """One training epoch of this rank's rows (``global_batch_size // world_size`` per batch).
 
         Sampling as the reference: groups in a random order, one random puzzle per group, its examples (a
@@ -385,8 +467,9 @@ class PuzzleDataset:
         batches of the epoch, yielding exactly what an uninterrupted run would yield from there on. Sets are
         visited in ``metadata.sets`` order and batches numbered across them.
         """
-        global_batch_size, rank, world_size = self._check_sharding(global_batch_size, rank, world_size,
-                                                                   "global_batch_size")
+        global_batch_size, rank, world_size = self._check_sharding(
+            global_batch_size, rank, world_size, "global_batch_size"
+        )
         seed = check_int(seed, "seed", 0)
         epoch = check_int(epoch, "epoch", 0)
         start_batch = check_int(start_batch, "start_batch", 0)
@@ -407,7 +490,7 @@ class PuzzleDataset:
                     batch_no += 1
                     continue
                 a, b = int(starts[k]), int(starts[k + 1])
-                sizes = (csum[a + 1:b + 1] - csum[a:b]).copy()
+                sizes = (csum[a + 1 : b + 1] - csum[a:b]).copy()
                 sizes[-1] -= csum[b] - csum[a] - global_batch_size  # truncate the last puzzle
                 chosen = puzzles[a:b]
                 pos = np.concatenate([[0], np.cumsum(sizes)])
@@ -419,15 +502,16 @@ class PuzzleDataset:
                     # resuming never needs to replay earlier batches.
                     ex_rng = np.random.Generator(np.random.Philox(seed=[seed, epoch, set_i, k, 1]))
                     for j in np.nonzero(full > 1)[0]:
-                        within[pos[j]:pos[j + 1]] = ex_rng.choice(int(full[j]), int(sizes[j]), replace=False)
+                        within[pos[j] : pos[j + 1]] = ex_rng.choice(int(full[j]), int(sizes[j]), replace=False)
                 example_idx = base + within
                 puzzle_idx = np.repeat(chosen, sizes)
                 sl = slice(rank * local, (rank + 1) * local)
                 yield self._collate(d, example_idx[sl], puzzle_idx[sl], local)
                 batch_no += 1
 
-    def iter_eval(self, batch_size: int, *, rank: int = 0,
-                  world_size: int = 1) -> Iterator[Tuple[Dict[str, torch.Tensor], int]]:
+    def iter_eval(
+        self, batch_size: int, *, rank: int = 0, world_size: int = 1
+    ) -> Iterator[Tuple[Dict[str, torch.Tensor], int]]:
         """Every example once, in order, as ``(batch, n_valid_rows)``.
 
         ``batch_size`` is global (as the reference's eval loader): global batch j holds examples
@@ -460,5 +544,12 @@ def steps_per_epoch_estimate(meta: DatasetMetadata, global_batch_size: int) -> f
     return meta.total_groups * meta.mean_puzzle_examples / check_int(global_batch_size, "global_batch_size")
 
 
-__all__ = ["DatasetFormatError", "DatasetMetadata", "IGNORE_LABEL_ID", "PuzzleDataset", "steps_per_epoch_estimate",
-           "write_identifiers", "write_split"]
+__all__ = [
+    "DatasetFormatError",
+    "DatasetMetadata",
+    "IGNORE_LABEL_ID",
+    "PuzzleDataset",
+    "steps_per_epoch_estimate",
+    "write_identifiers",
+    "write_split",
+]

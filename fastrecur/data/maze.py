@@ -11,6 +11,7 @@ fraction of the walls between two corridor cells knocked out to make loops (so a
 found, not just followed), a random one of the 8 dihedral transforms (so the unused last row/column of even
 sizes is not always at the same edge), and S, G placed at least ``min_path_len`` steps apart.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -119,7 +120,9 @@ def _carve(size: int, rng: np.random.Generator, loop_frac: float) -> np.ndarray:
     stack = [start]
     while stack:
         r, c = stack[-1]
-        nbrs = [(r + dr, c + dc) for dr, dc in _STEPS if 0 <= r + dr < m and 0 <= c + dc < m and not visited[r + dr, c + dc]]
+        nbrs = [
+            (r + dr, c + dc) for dr, dc in _STEPS if 0 <= r + dr < m and 0 <= c + dc < m and not visited[r + dr, c + dc]
+        ]
         if not nbrs:
             stack.pop()
             continue
@@ -138,8 +141,15 @@ def _carve(size: int, rng: np.random.Generator, loop_frac: float) -> np.ndarray:
     return passable
 
 
-def generate_maze(size: int = 30, *, rng: Union[int, np.random.Generator, None] = None, min_path_len: int = 0,
-                  unique_path: bool = True, loop_frac: float = 0.1, max_attempts: int = 1000) -> MazePuzzle:
+def generate_maze(
+    size: int = 30,
+    *,
+    rng: Union[int, np.random.Generator, None] = None,
+    min_path_len: int = 0,
+    unique_path: bool = True,
+    loop_frac: float = 0.1,
+    max_attempts: int = 1000,
+) -> MazePuzzle:
     """One maze whose shortest S->G path has at least ``min_path_len`` steps (Maze-Hard 30x30: more than 110,
     i.e. ``min_path_len=111``); ``unique_path`` keeps only mazes with a single shortest path, so the label is
     determined by the puzzle. ``loop_frac``: fraction of inner walls removed to create loops."""
@@ -169,20 +179,36 @@ def generate_maze(size: int = 30, *, rng: Union[int, np.random.Generator, None] 
         if unique_path and num > 1:
             continue
         return MazePuzzle(puzzle, label, length, num)
-    raise RuntimeError(f"no {size}x{size} maze with a shortest path of >= {min_path_len} steps"
-                       f"{' (unique)' if unique_path else ''} after {max_attempts} attempts; lower min_path_len "
-                       f"or loop_frac")
+    raise RuntimeError(
+        f"no {size}x{size} maze with a shortest path of >= {min_path_len} steps"
+        f"{' (unique)' if unique_path else ''} after {max_attempts} attempts; lower min_path_len "
+        f"or loop_frac"
+    )
 
 
-def generate_mazes(count: int, size: int = 30, *, seed: int = 0, min_path_len: int = 0, unique_path: bool = True,
-                   loop_frac: float = 0.1, max_attempts: int = 1000) -> List[MazePuzzle]:
+def generate_mazes(
+    count: int,
+    size: int = 30,
+    *,
+    seed: int = 0,
+    min_path_len: int = 0,
+    unique_path: bool = True,
+    loop_frac: float = 0.1,
+    max_attempts: int = 1000,
+) -> List[MazePuzzle]:
     """``count`` distinct mazes from one seed (deterministic)."""
     count = check_int(count, "count", 0)
     rng = np.random.default_rng(seed)
     out, seen, misses = [], set(), 0
     while len(out) < count:
-        m = generate_maze(size, rng=rng, min_path_len=min_path_len, unique_path=unique_path, loop_frac=loop_frac,
-                          max_attempts=max_attempts)
+        m = generate_maze(
+            size,
+            rng=rng,
+            min_path_len=min_path_len,
+            unique_path=unique_path,
+            loop_frac=loop_frac,
+            max_attempts=max_attempts,
+        )
         key = m.puzzle.tobytes()
         if key in seen:
             misses += 1
@@ -210,8 +236,10 @@ def encode_maze(text: Union[str, Sequence[str]]) -> np.ndarray:
     size = len(rows)
     bad_len = [i for i, r in enumerate(rows) if len(r) != size]
     if bad_len:
-        raise ValueError(f"text: the maze must be square ({size} rows of {size} characters); row {bad_len[0]} has "
-                         f"{len(rows[bad_len[0]])} characters")
+        raise ValueError(
+            f"text: the maze must be square ({size} rows of {size} characters); row {bad_len[0]} has "
+            f"{len(rows[bad_len[0]])} characters"
+        )
     flat = "".join(rows)
     bad = sorted(set(flat) - set(CHARSET))
     if bad:
@@ -227,15 +255,26 @@ def decode_maze(tokens: Union[Sequence[int], np.ndarray]) -> str:
         raise ValueError(f"tokens: expected size*size tokens of a square maze, got {t.size}")
     bad = t[(t < 1) | (t > len(CHARSET))]
     if bad.size:
-        raise ValueError(f"tokens: values {sorted(set(bad.tolist()))} are outside the maze vocabulary "
-                         f"(1..{len(CHARSET)} = {CHARSET!r}; 0 = pad is not a cell)")
+        raise ValueError(
+            f"tokens: values {sorted(set(bad.tolist()))} are outside the maze vocabulary "
+            f"(1..{len(CHARSET)} = {CHARSET!r}; 0 = pad is not a cell)"
+        )
     chars = np.array(list(CHARSET))[t - 1]
-    return "\n".join("".join(chars[i * size:(i + 1) * size]) for i in range(size))
+    return "\n".join("".join(chars[i * size : (i + 1) * size]) for i in range(size))
 
 
-def build_maze_dataset(out_dir: str, size: int = 30, num_train: int = 1000, num_test: int = 100,
-                       min_path_len: int = 0, num_aug: int = 0, seed: int = 0, *, unique_path: bool = True,
-                       loop_frac: float = 0.1) -> dict:
+def build_maze_dataset(
+    out_dir: str,
+    size: int = 30,
+    num_train: int = 1000,
+    num_test: int = 100,
+    min_path_len: int = 0,
+    num_aug: int = 0,
+    seed: int = 0,
+    *,
+    unique_path: bool = True,
+    loop_frac: float = 0.1,
+) -> dict:
     """Generate distinct mazes and write ``<out_dir>/{train,test}/`` in the reference format.
 
     As the reference maze builder: every example is its own puzzle (identifier 0); a training maze and its
@@ -248,21 +287,35 @@ def build_maze_dataset(out_dir: str, size: int = 30, num_train: int = 1000, num_
     num_test = check_int(num_test, "num_test", 1)
     num_aug = check_int(num_aug, "num_aug", 0, 7)
     gen_seed, aug_seed = np.random.SeedSequence(seed).spawn(2)
-    mazes = generate_mazes(num_train + num_test, size, seed=gen_seed, min_path_len=min_path_len,
-                           unique_path=unique_path, loop_frac=loop_frac)
+    mazes = generate_mazes(
+        num_train + num_test,
+        size,
+        seed=gen_seed,
+        min_path_len=min_path_len,
+        unique_path=unique_path,
+        loop_frac=loop_frac,
+    )
     aug_rng = np.random.default_rng(aug_seed)
     out = {}
     for split, chosen, k in (("train", mazes[:num_train], num_aug), ("test", mazes[num_train:], 0)):
         inputs, labels = [], []
         for m in chosen:
-            tids = [0] + (list(range(1, 8)) if k == 7 else sorted(aug_rng.choice(np.arange(1, 8), k, replace=False).tolist()))
+            tids = [0] + (
+                list(range(1, 8)) if k == 7 else sorted(aug_rng.choice(np.arange(1, 8), k, replace=False).tolist())
+            )
             for tid in tids:
                 inputs.append(dihedral(m.puzzle, tid).reshape(-1))
                 labels.append(dihedral(m.label, tid).reshape(-1))
         num = len(inputs)
         out[split] = write_split(
-            out_dir, split, inputs=np.stack(inputs), labels=np.stack(labels),
-            puzzle_identifiers=np.zeros(num, np.int32), puzzle_indices=np.arange(num + 1),
-            group_indices=np.arange(0, num + 1, k + 1), vocab_size=VOCAB_SIZE)
+            out_dir,
+            split,
+            inputs=np.stack(inputs),
+            labels=np.stack(labels),
+            puzzle_identifiers=np.zeros(num, np.int32),
+            puzzle_indices=np.arange(num + 1),
+            group_indices=np.arange(0, num + 1, k + 1),
+            vocab_size=VOCAB_SIZE,
+        )
     write_identifiers(out_dir)
     return out

@@ -9,6 +9,7 @@ with the fewest candidates). Its *backtrack* count is the number of dead ends (a
 candidate) met while exploring the whole search tree to prove uniqueness; it does not depend on how digits are
 labelled, and it is 0 exactly when the puzzle falls to naked singles alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -148,8 +149,10 @@ def _as_grid(grid: GridLike, n: Optional[int], name: str) -> np.ndarray:
         text = "".join(grid.split())
         size = int(round(len(text) ** 0.5))
         if size * size != len(text) or size not in BOX_SHAPES:
-            raise ValueError(f"{name}: a Sudoku string must have 16, 36 or 81 characters (blanks '.' or '0', "
-                             f"whitespace ignored), got {len(text)}")
+            raise ValueError(
+                f"{name}: a Sudoku string must have 16, 36 or 81 characters (blanks '.' or '0', "
+                f"whitespace ignored), got {len(text)}"
+            )
         bad = sorted({ch for ch in text if not (ch == "." or ch in "0123456789" and int(ch) <= size)})
         if bad:
             raise ValueError(f"{name}: characters {bad!r} are not digits 1..{size} or blanks '.'/'0'")
@@ -159,12 +162,13 @@ def _as_grid(grid: GridLike, n: Optional[int], name: str) -> np.ndarray:
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
             raise TypeError(f"{name}: expected a string or an integer array, got dtype {arr.dtype}")
         arr = arr.astype(np.int64).reshape(-1)
-        size = int(round(arr.size ** 0.5))
+        size = int(round(arr.size**0.5))
         if size * size != arr.size or size not in BOX_SHAPES:
             raise ValueError(f"{name}: a Sudoku grid must have 16, 36 or 81 cells (4x4, 6x6, 9x9), got {arr.size}")
         if arr.min() < 0 or arr.max() > size:
-            raise ValueError(f"{name}: digits must lie in 0..{size} (0 = blank), got values in "
-                             f"[{arr.min()}, {arr.max()}]")
+            raise ValueError(
+                f"{name}: digits must lie in 0..{size} (0 = blank), got values in [{arr.min()}, {arr.max()}]"
+            )
     if n is not None and size != n:
         raise ValueError(f"{name}: expected a {n}x{n} grid, got {size}x{size}")
     return arr.reshape(size, size)
@@ -240,9 +244,14 @@ def _dig(solution: List[int], n: int, rng: np.random.Generator, givens: Optional
     return puzzle
 
 
-def generate_sudoku(n: int = 9, *, rng: Union[int, np.random.Generator, None] = None,
-                    givens: Optional[int] = None, min_backtracks: int = 0,
-                    max_attempts: int = 1000) -> SudokuPuzzle:
+def generate_sudoku(
+    n: int = 9,
+    *,
+    rng: Union[int, np.random.Generator, None] = None,
+    givens: Optional[int] = None,
+    min_backtracks: int = 0,
+    max_attempts: int = 1000,
+) -> SudokuPuzzle:
     """One Sudoku with a unique solution.
 
     ``givens``: target number of givens (None = remove as many as uniqueness allows). A candidate whose
@@ -273,16 +282,30 @@ def generate_sudoku(n: int = 9, *, rng: Union[int, np.random.Generator, None] = 
         if dead < min_backtracks:
             continue
         shape = (n, n)
-        return SudokuPuzzle(np.array(puzzle, dtype=np.int64).reshape(shape),
-                            np.array(solution, dtype=np.int64).reshape(shape), count_givens, dead)
+        return SudokuPuzzle(
+            np.array(puzzle, dtype=np.int64).reshape(shape),
+            np.array(solution, dtype=np.int64).reshape(shape),
+            count_givens,
+            dead,
+        )
     wanted = [f"at most {givens} givens"] if givens is not None else []
     wanted += [f"at least {min_backtracks} backtracks"] if min_backtracks else []
-    raise RuntimeError(f"no {n}x{n} Sudoku with {' and '.join(wanted)} after {max_attempts} attempts; "
-                       f"raise givens or lower min_backtracks")
+    raise RuntimeError(
+        f"no {n}x{n} Sudoku with {' and '.join(wanted)} after {max_attempts} attempts; "
+        f"raise givens or lower min_backtracks"
+    )
 
 
-def generate_sudokus(count: int, n: int = 9, *, seed: int = 0, givens: Optional[int] = None,
-                     min_backtracks: int = 0, unique: bool = True, max_attempts: int = 1000) -> List[SudokuPuzzle]:
+def generate_sudokus(
+    count: int,
+    n: int = 9,
+    *,
+    seed: int = 0,
+    givens: Optional[int] = None,
+    min_backtracks: int = 0,
+    unique: bool = True,
+    max_attempts: int = 1000,
+) -> List[SudokuPuzzle]:
     """``count`` puzzles from one seed (deterministic); ``unique`` drops exact duplicate puzzles."""
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
         raise ValueError(f"count must be a non-negative int, got {count!r}")
@@ -295,16 +318,17 @@ def generate_sudokus(count: int, n: int = 9, *, seed: int = 0, givens: Optional[
         if unique and key in seen:
             misses += 1
             if misses > max_attempts:
-                raise RuntimeError(f"could not find {count} distinct {n}x{n} puzzles (only {len(out)} after "
-                                   f"{misses} duplicates); ask for fewer or allow more givens")
+                raise RuntimeError(
+                    f"could not find {count} distinct {n}x{n} puzzles (only {len(out)} after "
+                    f"{misses} duplicates); ask for fewer or allow more givens"
+                )
             continue
         seen.add(key)
         out.append(p)
     return out
 
 
-def augment_sudoku(puzzle: np.ndarray, solution: np.ndarray,
-                   rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+def augment_sudoku(puzzle: np.ndarray, solution: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """One random validity-preserving transform, applied identically to puzzle and solution (digit grids).
 
     As the reference: a digit permutation (blank stays blank), a permutation of the bands and of the rows
@@ -349,13 +373,23 @@ def decode_sudoku(tokens: Union[Sequence[int], np.ndarray]) -> str:
         raise ValueError(f"tokens: expected 16, 36 or 81 tokens, got {t.size}")
     bad = t[(t < BLANK_ID) | (t > size + 1)]
     if bad.size:
-        raise ValueError(f"tokens: values {sorted(set(bad.tolist()))} are outside the {size}x{size} Sudoku "
-                         f"vocabulary (1 = blank, 2..{size + 1} = digits; 0 = pad is not a cell)")
+        raise ValueError(
+            f"tokens: values {sorted(set(bad.tolist()))} are outside the {size}x{size} Sudoku "
+            f"vocabulary (1 = blank, 2..{size + 1} = digits; 0 = pad is not a cell)"
+        )
     return "".join("." if v == BLANK_ID else str(v - 1) for v in t.tolist())
 
 
-def build_sudoku_dataset(out_dir: str, n: int = 9, num_train: int = 1000, num_test: int = 100, num_aug: int = 0,
-                         givens: Optional[int] = None, min_backtracks: int = 0, seed: int = 0) -> dict:
+def build_sudoku_dataset(
+    out_dir: str,
+    n: int = 9,
+    num_train: int = 1000,
+    num_test: int = 100,
+    num_aug: int = 0,
+    givens: Optional[int] = None,
+    min_backtracks: int = 0,
+    seed: int = 0,
+) -> dict:
     """Generate distinct puzzles and write ``<out_dir>/{train,test}/`` in the reference format.
 
     As the reference Sudoku builder: every example is its own puzzle (identifier 0, ``num_puzzle_identifiers``
@@ -383,9 +417,14 @@ def build_sudoku_dataset(out_dir: str, n: int = 9, num_train: int = 1000, num_te
                 labels.append(b)
         num = len(inputs)
         out[split] = write_split(
-            out_dir, split,
-            inputs=np.stack(inputs).reshape(num, n * n) + 1, labels=np.stack(labels).reshape(num, n * n) + 1,
-            puzzle_identifiers=np.zeros(num, np.int32), puzzle_indices=np.arange(num + 1),
-            group_indices=np.arange(0, num + 1, k + 1), vocab_size=vocab_size(n))
+            out_dir,
+            split,
+            inputs=np.stack(inputs).reshape(num, n * n) + 1,
+            labels=np.stack(labels).reshape(num, n * n) + 1,
+            puzzle_identifiers=np.zeros(num, np.int32),
+            puzzle_indices=np.arange(num + 1),
+            group_indices=np.arange(0, num + 1, k + 1),
+            vocab_size=vocab_size(n),
+        )
     write_identifiers(out_dir)
     return out

@@ -6,6 +6,7 @@ changed cells grey; ARC: input, prediction per step and target in the ARC palett
 ``participation_ratio.png`` (PR of each state over samples x positions), ``accuracy.png`` (exact accuracy
 versus ACT steps run) and ``inspect.json`` with every number plotted. Prints the grids in the terminal too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _sudoku_side(seq_len: int, vocab: int):
     from fastrecur.data.sudoku import BOX_SHAPES
 
-    n = int(round(seq_len ** 0.5))
+    n = int(round(seq_len**0.5))
     return n if n * n == seq_len and n in BOX_SHAPES and vocab == n + 2 else None
 
 
@@ -53,9 +54,15 @@ def _puzzle_batch(text: str, cfg) -> dict:
     if tokens.size != cfg.seq_len:
         raise ValueError(f"--puzzle has {tokens.size} cells but the model takes seq_len={cfg.seq_len}")
     if int(tokens.max()) >= cfg.vocab_size:
-        raise ValueError(f"--puzzle uses token ids up to {int(tokens.max())}, outside the model's vocabulary of {cfg.vocab_size}")
+        raise ValueError(
+            f"--puzzle uses token ids up to {int(tokens.max())}, outside the model's vocabulary of {cfg.vocab_size}"
+        )
     t = torch.as_tensor(tokens.astype(np.int64)).view(1, -1)
-    return {"inputs": t, "labels": torch.full_like(t, IGNORE_LABEL_ID), "puzzle_identifiers": torch.zeros(1, dtype=torch.long)}
+    return {
+        "inputs": t,
+        "labels": torch.full_like(t, IGNORE_LABEL_ID),
+        "puzzle_identifiers": torch.zeros(1, dtype=torch.long),
+    }
 
 
 def _dataset_batch(path: str, split: str, limit: int, cfg) -> dict:
@@ -102,8 +109,11 @@ def run(args) -> int:
         args.device = resolve_device(args.device)
         head, info = load_model(args.checkpoint, args.device, use_ema=not args.no_ema, backend="eager")
         model = head.model
-        batch = (_puzzle_batch(args.puzzle, model.config) if args.puzzle
-                 else _dataset_batch(args.dataset, args.split, args.max_examples, model.config))
+        batch = (
+            _puzzle_batch(args.puzzle, model.config)
+            if args.puzzle
+            else _dataset_batch(args.dataset, args.split, args.max_examples, model.config)
+        )
         batch = {k: v.to(args.device) for k, v in batch.items()}
         tr = trace(model, batch, steps=args.steps, keep_states=True)
     except (CheckpointError, ValueError, TypeError, FileNotFoundError) as e:
@@ -120,7 +130,10 @@ def run(args) -> int:
         from fastrecur.data.sudoku import BOX_SHAPES
 
         box = BOX_SHAPES[n]
-    print(f"{type(model).__name__} from {info['weights']}; {batch['inputs'].shape[0]} example(s), {len(tr.steps)} ACT steps\n")
+    print(
+        f"{type(model).__name__} from {info['weights']}; {batch['inputs'].shape[0]} example(s), {len(tr.steps)} ACT "
+        "steps\n"
+    )
     prev = None
     for i, p in enumerate(preds0):
         if n:
@@ -139,15 +152,28 @@ def run(args) -> int:
     acc = [float(((s.preds == labels) | ~valid).all(-1).float().mean()) for s in tr.steps] if has_labels else []
     plen = model.inner.puzzle_emb_len
     # Participation ratio over samples x positions (puzzle-embedding prefix excluded) at the last ACT step.
-    pr = {k: participation_ratio(v[:, plen:]) for k, v in tr.steps[-1].states.items()} if batch["inputs"].numel() > 1 else {}
+    pr = (
+        {k: participation_ratio(v[:, plen:]) for k, v in tr.steps[-1].states.items()}
+        if batch["inputs"].numel() > 1
+        else {}
+    )
     per_step = len(tr.steps[0].updates)
     residuals = {}
     for state in sorted({u.state for u in tr.steps[0].updates}):
-        rows = [(i * per_step + j, float(u.residual.mean())) for i, s in enumerate(tr.steps) for j, u in enumerate(s.updates) if u.state == state]
+        rows = [
+            (i * per_step + j, float(u.residual.mean()))
+            for i, s in enumerate(tr.steps)
+            for j, u in enumerate(s.updates)
+            if u.state == state
+        ]
         residuals[state] = np.array(rows)
     result = {
-        "model": type(model).__name__, "checkpoint": info["weights"], "examples": int(batch["inputs"].shape[0]),
-        "act_steps": len(tr.steps), "exact_accuracy_per_step": acc, "participation_ratio": pr,
+        "model": type(model).__name__,
+        "checkpoint": info["weights"],
+        "examples": int(batch["inputs"].shape[0]),
+        "act_steps": len(tr.steps),
+        "exact_accuracy_per_step": acc,
+        "participation_ratio": pr,
         "residuals": {k: v[:, 1].tolist() for k, v in residuals.items()},
         "residual_update_index": {k: v[:, 0].astype(int).tolist() for k, v in residuals.items()},
         "first_example": {"inputs": inputs0.tolist(), "preds": [p.tolist() for p in preds0], "q_halt": q0},
@@ -159,11 +185,18 @@ def run(args) -> int:
             draw_sudoku_steps(os.path.join(args.out, "steps.png"), inputs0, preds0, box, q0)
         elif arc_side:  # input, prediction per step and target in the ARC palette
             target = crop_grid(batch["labels"][0].cpu().numpy(), arc_side) if has_labels else None
-            draw_arc_steps(os.path.join(args.out, "steps.png"), crop_grid(inputs0, arc_side),
-                           [crop_grid(p, arc_side) for p in preds0], q0, target)
+            draw_arc_steps(
+                os.path.join(args.out, "steps.png"),
+                crop_grid(inputs0, arc_side),
+                [crop_grid(p, arc_side) for p in preds0],
+                q0,
+                target,
+            )
         draw_residuals(os.path.join(args.out, "residuals.png"), residuals, per_step)
         if pr:
-            draw_bars(os.path.join(args.out, "participation_ratio.png"), pr, "participation ratio (last ACT step)", "PR")
+            draw_bars(
+                os.path.join(args.out, "participation_ratio.png"), pr, "participation ratio (last ACT step)", "PR"
+            )
         if acc:
             draw_accuracy(os.path.join(args.out, "accuracy.png"), acc)
     except ImportError as e:

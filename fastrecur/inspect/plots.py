@@ -1,4 +1,5 @@
 """Pictures and terminal grids of the recursion (matplotlib is imported only when a PNG is drawn)."""
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -16,14 +17,14 @@ def sudoku_violations(digits: np.ndarray, box: Tuple[int, int]) -> np.ndarray:
             if d == 0:
                 continue
             br, bc = (r // box[0]) * box[0], (c // box[1]) * box[1]
-            block = digits[br:br + box[0], bc:bc + box[1]]
+            block = digits[br : br + box[0], bc : bc + box[1]]
             bad[r, c] = (digits[r] == d).sum() > 1 or (digits[:, c] == d).sum() > 1 or (block == d).sum() > 1
     return bad
 
 
 def sudoku_digits(tokens: np.ndarray) -> np.ndarray:
     """Token ids (0 pad, 1 blank, d+1 digit d) -> ``[n, n]`` digits with 0 for blank or out-of-range."""
-    n = int(round(tokens.size ** 0.5))
+    n = int(round(tokens.size**0.5))
     d = tokens.astype(np.int64) - 1
     d[(d < 1) | (d > n)] = 0
     return d.reshape(n, n)
@@ -46,7 +47,7 @@ def text_grid(pred: np.ndarray, inputs: np.ndarray, prev: Optional[np.ndarray], 
         for c in range(n):
             d = str(digits[r, c]) if digits[r, c] else "."
             mark = "!" if bad[r, c] else "*" if changed[r, c] else " "
-            cell = (f"[{d}]" if given[r, c] and not bad[r, c] else f" {d}" + mark)
+            cell = f"[{d}]" if given[r, c] and not bad[r, c] else f" {d}" + mark
             cells.append(cell + (" |" if box and (c + 1) % box[1] == 0 and c + 1 < n else ""))
         lines.append(" ".join(cells))
     return "\n".join(lines)
@@ -63,8 +64,9 @@ def _plt():
     return plt
 
 
-def draw_sudoku_steps(path: str, inputs: np.ndarray, preds: Sequence[np.ndarray], box: Tuple[int, int],
-                      q_halt: Sequence[float]) -> None:
+def draw_sudoku_steps(
+    path: str, inputs: np.ndarray, preds: Sequence[np.ndarray], box: Tuple[int, int], q_halt: Sequence[float]
+) -> None:
     """One panel per ACT step: givens bold, violations red, cells changed since the previous step grey."""
     plt = _plt()
     k = len(preds)
@@ -90,8 +92,16 @@ def draw_sudoku_steps(path: str, inputs: np.ndarray, preds: Sequence[np.ndarray]
                 if changed[r, c]:
                     ax.add_patch(plt.Rectangle((c, r), 1, 1, color="0.85"))
                 if digits[r, c]:
-                    ax.text(c + 0.5, r + 0.55, str(digits[r, c]), ha="center", va="center", fontsize=max(6, 60 // n),
-                            fontweight="bold" if given[r, c] else "normal", color="red" if bad[r, c] else "black")
+                    ax.text(
+                        c + 0.5,
+                        r + 0.55,
+                        str(digits[r, c]),
+                        ha="center",
+                        va="center",
+                        fontsize=max(6, 60 // n),
+                        fontweight="bold" if given[r, c] else "normal",
+                        color="red" if bad[r, c] else "black",
+                    )
         for j in range(n + 1):
             lw = 1.6 if j % box[1] == 0 else 0.4
             ax.plot([j, j], [0, n], color="black", lw=lw if j % box[1] == 0 else 0.4)
@@ -148,8 +158,18 @@ def draw_accuracy(path: str, acc: List[float]) -> None:
 # ----- ARC grids -----
 # The ARC colours 0-9 as the ARC testing interface shows them (black, blue, red, green, yellow, grey, magenta,
 # orange, sky, maroon).
-ARC_PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
-               "#870C25")
+ARC_PALETTE = (
+    "#000000",
+    "#0074D9",
+    "#FF4136",
+    "#2ECC40",
+    "#FFDC00",
+    "#AAAAAA",
+    "#F012BE",
+    "#FF851B",
+    "#7FDBFF",
+    "#870C25",
+)
 
 
 def arc_text_grid(grid: np.ndarray) -> str:
@@ -178,8 +198,13 @@ def _draw_arc_grid(ax, grid: np.ndarray, title: str) -> None:
     ax.tick_params(which="minor", length=0)
 
 
-def draw_arc_steps(path: str, inputs: np.ndarray, preds: Sequence[np.ndarray], q_halt: Sequence[float],
-                   target: Optional[np.ndarray] = None) -> None:
+def draw_arc_steps(
+    path: str,
+    inputs: np.ndarray,
+    preds: Sequence[np.ndarray],
+    q_halt: Sequence[float],
+    target: Optional[np.ndarray] = None,
+) -> None:
     """ARC grids in the ARC palette: the input, the prediction after each ACT step (title: q_halt, and right or
     wrong when ``target`` is given), and the target. Each argument is a grid of colours ``[h, w]`` (crop token
     sequences first with :func:`fastrecur.data.arc.crop_grid`)."""
@@ -195,7 +220,7 @@ def draw_arc_steps(path: str, inputs: np.ndarray, preds: Sequence[np.ndarray], q
     cols = min(len(panels), 6)
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (g, title) in zip(axes.flat, panels):
         _draw_arc_grid(ax, g, title)

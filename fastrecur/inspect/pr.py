@@ -1,4 +1,5 @@
 """Participation ratio of latent states: how many dimensions the states really use."""
+
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,9 @@ def participation_ratio(states: torch.Tensor) -> float:
     if not states.dtype.is_floating_point:
         raise TypeError(f"states must be floating point, got {states.dtype}")
     if states.dim() < 2:
-        raise ValueError(f"states must have shape [..., D] with at least one observation dim, got {tuple(states.shape)}")
+        raise ValueError(
+            f"states must have shape [..., D] with at least one observation dim, got {tuple(states.shape)}"
+        )
     x = states.detach().reshape(-1, states.shape[-1]).to(torch.float64)
     if x.shape[0] < 2:
         raise ValueError(f"states needs at least 2 observations to form a covariance, got {x.shape[0]}")

@@ -5,6 +5,7 @@ continue the same recursion, as :func:`fastrecur.engine.solve` does) with no gra
 observer on the core's runner. The observer is off by default (``inner.observer is None``): the normal path pays
 one ``is None`` test per update.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from fastrecur.core.schedule import Update
 
 @dataclass
 class UpdateRecord:
-    """One state update: ``residual[b] = ||z_t - z_{t-1}|| / ||z_{t-1}||`` per sample (fp32, over positions x hidden)."""
+    """One state update: ``residual[b] = ||z_t - z_{t-1}|| / ||z_{t-1}||`` per sample (fp32, over positions
+    x hidden)."""
 
     index: int
     state: str
@@ -77,7 +79,9 @@ def trace(model, batch: Mapping[str, torch.Tensor], steps: Optional[int] = None,
 
     def observe(i, step, states):
         if isinstance(step, Update):
-            records[-1].updates.append(UpdateRecord(i, step.target, step.level, _relative_change(states[step.target], prev[step.target])))
+            records[-1].updates.append(
+                UpdateRecord(i, step.target, step.level, _relative_change(states[step.target], prev[step.target]))
+            )
         prev[step.target] = states[step.target]
 
     eager = backend_lib.get("eager")
@@ -85,8 +89,10 @@ def trace(model, batch: Mapping[str, torch.Tensor], steps: Optional[int] = None,
     inner.observer = observe
     try:
         with torch.no_grad():
-            carry = inner.reset_carry(torch.ones(batch["inputs"].shape[0], dtype=torch.bool, device=batch["inputs"].device),
-                                      inner.empty_carry(batch["inputs"].shape[0], device=batch["inputs"].device))
+            carry = inner.reset_carry(
+                torch.ones(batch["inputs"].shape[0], dtype=torch.bool, device=batch["inputs"].device),
+                inner.empty_carry(batch["inputs"].shape[0], device=batch["inputs"].device),
+            )
             for _ in range(n):
                 records.append(ActStepRecord())
                 prev.clear()

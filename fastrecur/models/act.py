@@ -3,6 +3,7 @@
 Same contract as the reference ``*_ACTV1`` classes: ``initial_carry(batch)`` and
 ``forward(carry=..., batch=...) -> (carry, outputs)``.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -76,11 +77,18 @@ class ACTModel(nn.Module):
                 raise TypeError(f"{name}[{key!r}] must be an integer tensor, got {t.dtype}")
         cfg = self.config
         if inputs.dim() != 2 or inputs.shape[1] != cfg.seq_len:
-            raise ValueError(f"{name}['inputs'] must have shape [batch, seq_len={cfg.seq_len}], got {tuple(inputs.shape)}")
+            raise ValueError(
+                f"{name}['inputs'] must have shape [batch, seq_len={cfg.seq_len}], got {tuple(inputs.shape)}"
+            )
         if pids.shape != (inputs.shape[0],):
-            raise ValueError(f"{name}['puzzle_identifiers'] must have shape [{inputs.shape[0]}], got {tuple(pids.shape)}")
+            raise ValueError(
+                f"{name}['puzzle_identifiers'] must have shape [{inputs.shape[0]}], got {tuple(pids.shape)}"
+            )
         if "labels" in batch and batch["labels"].shape != inputs.shape:
-            raise ValueError(f"{name}['labels'] must have the shape of inputs {tuple(inputs.shape)}, got {tuple(batch['labels'].shape)}")
+            raise ValueError(
+                f"{name}['labels'] must have the shape of inputs {tuple(inputs.shape)}, got "
+                f"{tuple(batch['labels'].shape)}"
+            )
         if not self.check_inputs or inputs.numel() == 0:
             return
         # The value checks sync with the device: skip them when this very batch was checked last (the ACT
@@ -91,7 +99,9 @@ class ACTModel(nn.Module):
             return
         lo, hi = int(inputs.min()), int(inputs.max())
         if lo < 0 or hi >= cfg.vocab_size:
-            raise ValueError(f"{name}['inputs'] has token ids in [{lo}, {hi}], outside the vocabulary [0, {cfg.vocab_size})")
+            raise ValueError(
+                f"{name}['inputs'] has token ids in [{lo}, {hi}], outside the vocabulary [0, {cfg.vocab_size})"
+            )
         if cfg.puzzle_emb_ndim > 0:
             lo, hi = int(pids.min()), int(pids.max())
             if lo < 0 or hi >= cfg.num_puzzle_identifiers:
@@ -119,7 +129,9 @@ class ACTModel(nn.Module):
             raise TypeError(f"carry must come from initial_carry() or forward(), got {type(carry).__name__}")
         b = batch["inputs"].shape[0]
         if carry.halted.shape != (b,):
-            raise ValueError(f"carry is for a batch of {carry.halted.shape[0]} rows but batch has {b}; call initial_carry(batch)")
+            raise ValueError(
+                f"carry is for a batch of {carry.halted.shape[0]} rows but batch has {b}; call initial_carry(batch)"
+            )
         if set(carry.current_data) != set(batch):
             raise ValueError(f"carry holds keys {sorted(carry.current_data)} but batch has {sorted(batch)}")
         backend = self.execution_backend(batch["inputs"].device)
@@ -128,7 +140,8 @@ class ACTModel(nn.Module):
         new_inner = self.inner.reset_carry(carry.halted, carry.inner_carry)
         new_steps = torch.where(carry.halted, 0, carry.steps)
         new_data = {
-            k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v) for k, v in carry.current_data.items()
+            k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
+            for k, v in carry.current_data.items()
         }
 
         new_inner, logits, (q_halt, q_continue) = self.inner(new_inner, new_data, backend=backend)

@@ -3,6 +3,7 @@
 Each model declares its keys (type and default; no default = required). Unknown keys, missing keys,
 wrong types and out-of-range values raise ``ValueError``/``TypeError`` naming the key.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,10 +1,11 @@
 """HRM ACT v1 (sapientinc/HRM), drop-in: same config dict, state-dict keys and ``forward`` contract."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 from .act import ACTModel
-from .config import BASE_KEYS, Key, validate_config, puzzle_emb_len
+from .config import BASE_KEYS, Key, puzzle_emb_len, validate_config
 from .inner import RecursiveInner
 from .schedules import hrm_schedule
 

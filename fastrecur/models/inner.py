@@ -5,6 +5,7 @@ blocks) and the initial states, and runs a :class:`~fastrecur.core.schedule.Sche
 attribute names are the reference's, so state-dict keys match (``embed_tokens.embedding_weight``,
 ``L_level.layers.0.mlp.gate_up_proj.weight``, ``H_init``, ...).
 """
+
 from __future__ import annotations
 
 import math
@@ -69,26 +70,38 @@ class RecursiveInner(nn.Module):
 
         # Construction order follows the reference so that the same seed gives the same initial weights.
         self.embed_scale = math.sqrt(D)
-        self.embed_tokens = CastedEmbedding(config.vocab_size, D, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype)
+        self.embed_tokens = CastedEmbedding(
+            config.vocab_size, D, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype
+        )
         self.lm_head = CastedLinear(D, config.vocab_size, bias=False)
         self.q_head = CastedLinear(D, 2, bias=True)
         if config.puzzle_emb_ndim > 0:
             self.puzzle_emb = CastedSparseEmbedding(
-                config.num_puzzle_identifiers, config.puzzle_emb_ndim, batch_size=config.batch_size, init_std=0, cast_to=self.forward_dtype
+                config.num_puzzle_identifiers,
+                config.puzzle_emb_ndim,
+                batch_size=config.batch_size,
+                init_std=0,
+                cast_to=self.forward_dtype,
             )
         if config.pos_encodings == "rope":
             self.rotary_emb = RotaryEmbedding(D // config.num_heads, self.total_len, config.rope_theta)
         elif config.pos_encodings == "learned":
-            self.embed_pos = CastedEmbedding(self.total_len, D, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype)
+            self.embed_pos = CastedEmbedding(
+                self.total_len, D, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype
+            )
 
         for name, (num_blocks, repeat) in levels.items():
             blocks = [
-                ReasoningBlock(D, config.num_heads, config.expansion, config.rms_norm_eps, mlp_t=mlp_t, seq_len=self.total_len)
+                ReasoningBlock(
+                    D, config.num_heads, config.expansion, config.rms_norm_eps, mlp_t=mlp_t, seq_len=self.total_len
+                )
                 for _ in range(num_blocks)
             ]
             setattr(self, name, ReasoningModule(blocks, repeat=repeat))
         for buf in self.state_inits.values():
-            self.register_buffer(buf, trunc_normal_init_(torch.empty(D, dtype=self.forward_dtype), std=1), persistent=True)
+            self.register_buffer(
+                buf, trunc_normal_init_(torch.empty(D, dtype=self.forward_dtype), std=1), persistent=True
+            )
 
         # Set by fastrecur.inspect.trace to see every state update; None = no tracing, no cost.
         self.observer = None
@@ -128,11 +141,15 @@ class RecursiveInner(nn.Module):
     # ----- carry -----
     def empty_carry(self, batch_size: int, device=None) -> InnerCarry:
         shape = (batch_size, self.total_len, self.config.hidden_size)
-        return InnerCarry(**{s: torch.empty(shape, dtype=self.forward_dtype, device=device) for s in self.schedule.states})
+        return InnerCarry(
+            **{s: torch.empty(shape, dtype=self.forward_dtype, device=device) for s in self.schedule.states}
+        )
 
     def reset_carry(self, reset_flag: torch.Tensor, carry: InnerCarry) -> InnerCarry:
         flag = reset_flag.view(-1, 1, 1)
-        return InnerCarry(**{s: torch.where(flag, getattr(self, b), getattr(carry, s)) for s, b in self.state_inits.items()})
+        return InnerCarry(
+            **{s: torch.where(flag, getattr(self, b), getattr(carry, s)) for s, b in self.state_inits.items()}
+        )
 
     # ----- one ACT step -----
     def forward(self, carry: InnerCarry, batch: Mapping[str, torch.Tensor], backend: Backend):

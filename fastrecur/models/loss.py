@@ -1,4 +1,5 @@
 """The reference ``ACTLossHead``: LM loss per valid token, Q-halt and Q-continue BCE, metrics."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Sequence, Tuple
@@ -41,7 +42,9 @@ class ACTLossHead(nn.Module):
     def initial_carry(self, *args, **kwargs):
         return self.model.initial_carry(*args, **kwargs)
 
-    def forward(self, return_keys: Sequence[str] = (), **model_kwargs) -> Tuple[Any, torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor]:
+    def forward(
+        self, return_keys: Sequence[str] = (), **model_kwargs
+    ) -> Tuple[Any, torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor]:
         new_carry, outputs = self.model(**model_kwargs)
         if "labels" not in new_carry.current_data:
             raise ValueError("the batch has no 'labels': the loss head needs them")
@@ -64,11 +67,15 @@ class ACTLossHead(nn.Module):
             }
 
         lm_loss = (self.per_token_loss(outputs["logits"], labels) / loss_divisor).sum()
-        q_halt_loss = F.binary_cross_entropy_with_logits(outputs["q_halt_logits"], seq_is_correct.to(outputs["q_halt_logits"].dtype), reduction="sum")
+        q_halt_loss = F.binary_cross_entropy_with_logits(
+            outputs["q_halt_logits"], seq_is_correct.to(outputs["q_halt_logits"].dtype), reduction="sum"
+        )
         metrics.update({"lm_loss": lm_loss.detach(), "q_halt_loss": q_halt_loss.detach()})
         q_continue_loss = 0
         if "target_q_continue" in outputs:
-            q_continue_loss = F.binary_cross_entropy_with_logits(outputs["q_continue_logits"], outputs["target_q_continue"], reduction="sum")
+            q_continue_loss = F.binary_cross_entropy_with_logits(
+                outputs["q_continue_logits"], outputs["target_q_continue"], reduction="sum"
+            )
             metrics["q_continue_loss"] = q_continue_loss.detach()
         detached = {k: outputs[k].detach() for k in return_keys if k in outputs}
         return new_carry, lm_loss + 0.5 * (q_halt_loss + q_continue_loss), metrics, detached, new_carry.halted.all()

@@ -1,4 +1,5 @@
 """SRM and FlatRecurrence: single-state recursions from the seed papers, on the same core."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -31,7 +32,12 @@ class SRM(ACTModel):
         n = check_trm_like(c, "SRM")
         self.halt_on_q_continue = not c.no_ACT_continue
         self.inner = RecursiveInner(
-            c, srm_schedule(c.H_cycles, c.L_cycles, c.skip, c.grad_cycles), {"L_level": (c.L_layers, 1)}, {"z": "z_init"}, n, mlp_t=c.mlp_t
+            c,
+            srm_schedule(c.H_cycles, c.L_cycles, c.skip, c.grad_cycles),
+            {"L_level": (c.L_layers, 1)},
+            {"z": "z_init"},
+            n,
+            mlp_t=c.mlp_t,
         )
         self._check_backend_fits()
 
@@ -51,7 +57,10 @@ class FlatRecurrence(ACTModel):
         if c.grad_cycles > c.L_cycles:
             raise ValueError(f"FlatRecurrence config: grad_cycles {c.grad_cycles} exceeds L_cycles {c.L_cycles}")
         self.inner = RecursiveInner(
-            c, flat_schedule(c.L_cycles, c.grad_cycles), {"L_level": (c.L_layers, 1)}, {"z": "z_init"},
+            c,
+            flat_schedule(c.L_cycles, c.grad_cycles),
+            {"L_level": (c.L_layers, 1)},
+            {"z": "z_init"},
             puzzle_emb_len(c.puzzle_emb_ndim, c.hidden_size),
         )
         self._check_backend_fits()

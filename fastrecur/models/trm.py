@@ -1,4 +1,5 @@
 """TRM ACT v1 (SamsungSAILMontreal/TinyRecursiveModels), drop-in: same config, state dict and contract."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -31,7 +32,10 @@ def check_trm_like(c: ModelConfig, model: str, cycles_key: str = "H_cycles") -> 
         )
     n = puzzle_emb_len(c.puzzle_emb_ndim, c.hidden_size, c.puzzle_emb_len)
     if c.puzzle_emb_ndim > n * c.hidden_size:
-        raise ValueError(f"{model} config: puzzle_emb_ndim {c.puzzle_emb_ndim} does not fit in puzzle_emb_len {n} x hidden_size {c.hidden_size}")
+        raise ValueError(
+            f"{model} config: puzzle_emb_ndim {c.puzzle_emb_ndim} does not fit in puzzle_emb_len {n} x hidden_size "
+            f"{c.hidden_size}"
+        )
     return n
 
 

@@ -3,6 +3,7 @@
 Module and parameter names follow the reference code so that state dicts are interchangeable:
 ``self_attn.qkv_proj``, ``self_attn.o_proj``, ``mlp.gate_up_proj``, ``mlp.down_proj``, ``mlp_t.*``, ``layers.{i}``.
 """
+
 from typing import List, Optional, Tuple
 
 import torch
@@ -56,7 +57,9 @@ class ReasoningBlock(nn.Module):
     the token axis (TRM's MLP-mixer variant; ``seq_len`` then includes the puzzle-embedding prefix).
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, expansion: float, eps: float, mlp_t: bool = False, seq_len: int = 0):
+    def __init__(
+        self, hidden_size: int, num_heads: int, expansion: float, eps: float, mlp_t: bool = False, seq_len: int = 0
+    ):
         super().__init__()
         self.eps = eps
         self.mlp_t_enabled = mlp_t
@@ -71,10 +74,14 @@ class ReasoningBlock(nn.Module):
         :mod:`fastrecur.ops`: same functions, same math), chosen by the backend."""
         dt = h.dtype
         if self.mlp_t_enabled:
-            h = ops.token_mix_block(h, self.mlp_t.gate_up_proj.cast_weight(dt), self.mlp_t.down_proj.cast_weight(dt), self.eps)
+            h = ops.token_mix_block(
+                h, self.mlp_t.gate_up_proj.cast_weight(dt), self.mlp_t.down_proj.cast_weight(dt), self.eps
+            )
         else:
             h = ops.add_rms_norm(h, self.self_attn(h, cos_sin, ops), self.eps)
-        return ops.swiglu_mlp_block(h, self.mlp.gate_up_proj.cast_weight(dt), self.mlp.down_proj.cast_weight(dt), self.eps)
+        return ops.swiglu_mlp_block(
+            h, self.mlp.gate_up_proj.cast_weight(dt), self.mlp.down_proj.cast_weight(dt), self.eps
+        )
 
 
 class ReasoningModule(nn.Module):

@@ -1,4 +1,5 @@
 """Weight initialisation matching the reference (JAX-style truncated normal)."""
+
 import math
 
 import torch

@@ -1,4 +1,5 @@
 """Linear and embedding layers that keep fp32 master weights and compute in the activation dtype."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +29,9 @@ class CastedEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, init_std: float, cast_to: torch.dtype):
         super().__init__()
         self.cast_to = cast_to
-        self.embedding_weight = nn.Parameter(trunc_normal_init_(torch.empty((num_embeddings, embedding_dim)), std=init_std))
+        self.embedding_weight = nn.Parameter(
+            trunc_normal_init_(torch.empty((num_embeddings, embedding_dim)), std=init_std)
+        )
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.embedding_weight.to(self.cast_to))
@@ -45,7 +48,9 @@ class CastedSparseEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, batch_size: int, init_std: float, cast_to: torch.dtype):
         super().__init__()
         self.cast_to = cast_to
-        self.weights = nn.Buffer(trunc_normal_init_(torch.empty((num_embeddings, embedding_dim)), std=init_std), persistent=True)
+        self.weights = nn.Buffer(
+            trunc_normal_init_(torch.empty((num_embeddings, embedding_dim)), std=init_std), persistent=True
+        )
         self.local_weights = nn.Buffer(torch.zeros(batch_size, embedding_dim, requires_grad=True), persistent=False)
         self.local_ids = nn.Buffer(torch.zeros(batch_size, dtype=torch.int32), persistent=False)
 
@@ -54,7 +59,9 @@ class CastedSparseEmbedding(nn.Module):
             return self.weights[ids].to(self.cast_to)
         if ids.shape[0] != self.local_weights.shape[0]:
             # The reference fixes the batch size at construction; follow a different batch size instead of failing.
-            self.local_weights = torch.zeros(ids.shape[0], self.weights.shape[1], device=self.weights.device, requires_grad=True)
+            self.local_weights = torch.zeros(
+                ids.shape[0], self.weights.shape[1], device=self.weights.device, requires_grad=True
+            )
             self.local_ids = torch.zeros(ids.shape[0], dtype=torch.int32, device=self.weights.device)
         with torch.no_grad():
             self.local_weights.copy_(self.weights[ids])

@@ -1,4 +1,5 @@
 """Rotary position embedding tables (NeoX ``rotate_half`` convention)."""
+
 import torch
 from torch import nn
 

@@ -4,6 +4,7 @@ eager reference of the same math. The kernels live in ``fastrecur.kernels`` (Tri
 The public names are the functions (``fastrecur.ops.add_rms_norm(...)``), not the submodules of the same
 name. Without Triton installed, only the eager references are importable from the submodules.
 """
+
 try:
     from .add_rms_norm import add_rms_norm, add_rms_norm_reference, rms_norm_reference
     from .rotary_attention import rotary_attention, rotary_attention_reference
@@ -16,7 +17,17 @@ else:
     IMPORT_ERROR = None
 
 __all__ = [
-    "add_rms_norm", "add_rms_norm_reference", "rms_norm_reference", "rotary_attention", "rotary_attention_reference",
-    "softmax_cross_entropy", "stablemax_cross_entropy", "stablemax_cross_entropy_reference", "swiglu_mlp_block",
-    "swiglu_mlp_block_reference", "swiglu_reference", "token_mix_block", "token_mix_block_reference",
+    "add_rms_norm",
+    "add_rms_norm_reference",
+    "rms_norm_reference",
+    "rotary_attention",
+    "rotary_attention_reference",
+    "softmax_cross_entropy",
+    "stablemax_cross_entropy",
+    "stablemax_cross_entropy_reference",
+    "swiglu_mlp_block",
+    "swiglu_mlp_block_reference",
+    "swiglu_reference",
+    "token_mix_block",
+    "token_mix_block_reference",
 ]

@@ -1,4 +1,5 @@
 """Input checks shared by every op: clear ``TypeError``/``ValueError`` naming the argument."""
+
 from __future__ import annotations
 
 import functools
@@ -28,7 +29,9 @@ def check_tensor(
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if t.dim() not in allowed:
-            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions, got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have {' or '.join(map(str, allowed))} dimensions, got shape {tuple(t.shape)}"
+            )
     if dtypes is not None:
         dtypes = tuple(dtypes)
         if t.dtype not in dtypes:
@@ -66,8 +69,10 @@ def interpreter_incompatibility(triton_version: str, numpy_version: str) -> Opti
     every kernel with a loop over program ids fails inside the interpreter (seen: triton 3.6.0 with numpy 2.4.6
     fails, with numpy 2.3.5 passes; triton 3.7.0 and 3.8.0 pass with numpy 2.4.6)."""
     if _major_minor(triton_version) < (3, 7) and _major_minor(numpy_version) >= (2, 4):
-        return (f"the Triton interpreter of triton {triton_version} cannot run these kernels with numpy "
-                f"{numpy_version} (it needs numpy < 2.4, or triton >= 3.7)")
+        return (
+            f"the Triton interpreter of triton {triton_version} cannot run these kernels with numpy "
+            f"{numpy_version} (it needs numpy < 2.4, or triton >= 3.7)"
+        )
     return None
 
 

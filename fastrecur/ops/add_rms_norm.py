@@ -12,6 +12,7 @@ Saved for backward: without a weight only y (the output, which the next layer ho
 inverse RMS per row; with a weight x and residual (already alive) are saved and the sum is recomputed.
 No double backward.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -68,7 +69,11 @@ def _(x, residual, weight, eps):
 
 @torch.library.custom_op("fastrecur::add_rms_norm_bwd", mutates_args=())
 def _add_rms_norm_bwd(
-    dy: Tensor, y: Optional[Tensor], x: Optional[Tensor], residual: Optional[Tensor], rstd: Tensor,
+    dy: Tensor,
+    y: Optional[Tensor],
+    x: Optional[Tensor],
+    residual: Optional[Tensor],
+    rstd: Tensor,
     weight: Optional[Tensor],
 ) -> tuple[Tensor, Tensor]:
     """Returns (d(x + residual), dweight); dweight is an empty tensor when there is no weight."""
@@ -78,8 +83,9 @@ def _add_rms_norm_bwd(
         return None if t is None else t.reshape(-1, d).unsqueeze(0)
 
     ds = dy.new_empty(dy.shape)
-    _, dw = _k.rms_norm_bwd(rows(dy), rstd.reshape(1, -1), y3=rows(y), x3=rows(x), r3=rows(residual),
-                            weight=weight, ds3=rows(ds))
+    _, dw = _k.rms_norm_bwd(
+        rows(dy), rstd.reshape(1, -1), y3=rows(y), x3=rows(x), r3=rows(residual), weight=weight, ds3=rows(ds)
+    )
     return ds, dw if dw is not None else dy.new_empty(0)
 
 

@@ -5,6 +5,7 @@ This is what the eager backend runs and what the fused kernels are tested agains
 the eager/CPU path works wherever PyTorch does. No input validation here: the public
 ``*_reference`` functions in the op modules validate and call these; the models call them directly.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -38,13 +39,15 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """``x [B, S, H, hd]`` rotated in ``cos.dtype`` (fp32) with tables ``[S, hd]``, cast back (the reference's rounding)."""
+    """``x [B, S, H, hd]`` rotated in ``cos.dtype`` (fp32) with tables ``[S, hd]``, cast back (the
+    reference's rounding)."""
     xf = x.to(cos.dtype)
     return (xf * cos.unsqueeze(-2) + rotate_half(xf) * sin.unsqueeze(-2)).to(x.dtype)
 
 
 def rotary_attention(qkv: Tensor, cos: Optional[Tensor], sin: Optional[Tensor], num_heads: int) -> Tensor:
-    """Non-causal attention on a fused ``qkv [B, S, 3*H*hd]`` (q, k, v in order), RoPE on q and k -> ``[B, S, H*hd]``."""
+    """Non-causal attention on a fused ``qkv [B, S, 3*H*hd]`` (q, k, v in order), RoPE on q and k ->
+    ``[B, S, H*hd]``."""
     B, S, three_hd = qkv.shape
     hd = three_hd // (3 * num_heads)
     q, k, v = qkv.view(B, S, 3, num_heads, hd).unbind(2)
@@ -82,7 +85,9 @@ def stablemax_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = 
     s_x = _stablemax_s(logits.to(torch.float64))
     logprobs = torch.log(s_x / torch.sum(s_x, dim=-1, keepdim=True))
     valid = labels != ignore_index
-    picked = torch.gather(logprobs, index=torch.where(valid, labels, 0).to(torch.long).unsqueeze(-1), dim=-1).squeeze(-1)
+    picked = torch.gather(logprobs, index=torch.where(valid, labels, 0).to(torch.long).unsqueeze(-1), dim=-1).squeeze(
+        -1
+    )
     return -torch.where(valid, picked, 0)
 
 
@@ -91,5 +96,9 @@ def softmax_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = IG
 
     The reference's version fails inside its own loss head (``.view`` on the non-contiguous logits slice when
     puzzle embeddings are on; in the TRM repo also an unexpected ``valid_mask`` argument); this is what it meant."""
-    return F.cross_entropy(logits.to(torch.float32).reshape(-1, logits.shape[-1]), labels.to(torch.long).reshape(-1),
-                           ignore_index=ignore_index, reduction="none").view(labels.shape)
+    return F.cross_entropy(
+        logits.to(torch.float32).reshape(-1, logits.shape[-1]),
+        labels.to(torch.long).reshape(-1),
+        ignore_index=ignore_index,
+        reduction="none",
+    ).view(labels.shape)

@@ -21,6 +21,7 @@ by running its body on fake tensors, which the interpreter cannot do (it reads t
 could not be compiled or checked on CPU; the custom op is opaque to the compiler, which costs nothing here
 (Inductor could not fuse into these kernels anyway).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -37,8 +38,9 @@ SUPPORTED_HEAD_DIMS = _k.SUPPORTED_HEAD_DIMS
 
 
 # ---------------------------------------------------------------------------------------------------- reference
-def rotary_attention_reference(qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
-                               num_heads: int) -> torch.Tensor:
+def rotary_attention_reference(
+    qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor], num_heads: int
+) -> torch.Tensor:
     """Eager reference (any device, autograd through torch): same contract as :func:`rotary_attention`."""
     _check_inputs(qkv, cos, sin, num_heads, need_triton=False)
     return R.rotary_attention(qkv, cos, sin, num_heads)
@@ -72,8 +74,9 @@ def _check_inputs(qkv, cos, sin, num_heads, *, need_triton: bool) -> tuple[int, 
 
 # ----------------------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("fastrecur::rotary_attention_fwd", mutates_args=())
-def _rotary_attention_fwd(qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
-                          num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _rotary_attention_fwd(
+    qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor], num_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, S, H*hd], lse [B, H, S] fp32). The log-sum-exp output carries no gradient."""
     return _k.rotary_attention_fwd(qkv, cos, sin, num_heads)
 
@@ -86,9 +89,15 @@ def _(qkv, cos, sin, num_heads):
 
 
 @torch.library.custom_op("fastrecur::rotary_attention_bwd", mutates_args=())
-def _rotary_attention_bwd(grad_out: torch.Tensor, qkv: torch.Tensor, cos: Optional[torch.Tensor],
-                          sin: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
-                          num_heads: int) -> torch.Tensor:
+def _rotary_attention_bwd(
+    grad_out: torch.Tensor,
+    qkv: torch.Tensor,
+    cos: Optional[torch.Tensor],
+    sin: Optional[torch.Tensor],
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    num_heads: int,
+) -> torch.Tensor:
     """dqkv (contiguous, qkv.dtype) from the upstream gradient of ``out``."""
     if grad_out.stride(-1) != 1:  # autograd may hand over expanded/strided grads
         grad_out = grad_out.contiguous()
@@ -118,8 +127,9 @@ _rotary_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------------------------------------ public
-def rotary_attention(qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
-                     num_heads: int) -> torch.Tensor:
+def rotary_attention(
+    qkv: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor], num_heads: int
+) -> torch.Tensor:
     """Fused RoPE + softmax attention from the fused qkv projection; see the module docstring.
 
     Args:

@@ -17,6 +17,7 @@ Registered as ``torch.ops.fastrecur.stablemax_ce_fwd`` / ``_bwd`` custom ops (fa
 ``torch.compile(fullgraph=True)`` traces the public function; ``custom_op`` rather than ``triton_op`` for the reason
 given in ``fastrecur.ops.rotary_attention``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,18 +39,23 @@ def _check_inputs(logits, labels, ignore_index, *, need_triton: bool) -> None:
         check_triton_device("logits", logits)
     check_tensor("labels", labels, ndim=logits.dim() - 1, dtypes=LABEL_DTYPES, device=logits.device)
     if tuple(labels.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"labels must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, "
-                         f"got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, got {tuple(labels.shape)}"
+        )
     if logits.shape[-1] == 0:
         raise ValueError("logits must have at least one class (last dimension 0)")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or not (
-            _INT32_MIN <= ignore_index <= _INT32_MAX):
+    if (
+        isinstance(ignore_index, bool)
+        or not isinstance(ignore_index, int)
+        or not (_INT32_MIN <= ignore_index <= _INT32_MAX)
+    ):
         raise TypeError(f"ignore_index must be an int in the int32 range, got {ignore_index!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- reference
-def stablemax_cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor,
-                                      ignore_index: int = -100) -> torch.Tensor:
+def stablemax_cross_entropy_reference(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
     """Eager reference, the reference repos' exact op sequence (float64 ``labels.shape`` losses)."""
     _check_inputs(logits, labels, ignore_index, need_triton=False)
     return R.stablemax_cross_entropy(logits, labels, ignore_index)
@@ -63,8 +69,9 @@ def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_ind
 
 # ----------------------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("fastrecur::stablemax_ce_fwd", mutates_args=())
-def _stablemax_ce_fwd(logits: torch.Tensor, labels: torch.Tensor,
-                      ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _stablemax_ce_fwd(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss [B, S] float64, row sums of s(x) [B, S] float64). The row sums carry no gradient."""
     return _k.stablemax_ce_fwd(logits, labels, ignore_index)
 
@@ -76,8 +83,9 @@ def _(logits, labels, ignore_index):
 
 
 @torch.library.custom_op("fastrecur::stablemax_ce_bwd", mutates_args=())
-def _stablemax_ce_bwd(grad: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, rowsum: torch.Tensor,
-                      ignore_index: int) -> torch.Tensor:
+def _stablemax_ce_bwd(
+    grad: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, rowsum: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
     """Gradient w.r.t. the logits (contiguous, logits.dtype) from the float64 upstream gradient of the loss."""
     return _k.stablemax_ce_bwd(grad.to(torch.float64), logits, labels, rowsum, ignore_index)
 

@@ -9,6 +9,7 @@ Layout: h ``[..., D]`` with any strides (flattened to rows through strides when 
 anyway), the output y and the fp32 rstd per row -- gate/up and act are recomputed in the backward kernel.
 No double backward.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,12 +17,17 @@ from torch import Tensor
 
 from fastrecur.kernels import swiglu_mlp as _k
 
-from ._validate import check_same_dtype, check_tensor, check_triton_device
 from . import reference as R
+from ._validate import check_same_dtype, check_tensor, check_triton_device
 from .add_rms_norm import check_eps
 
-__all__ = ["swiglu_mlp_block", "swiglu_mlp_block_reference", "swiglu_reference", "check_block_args",
-           "register_block_autograd"]
+__all__ = [
+    "swiglu_mlp_block",
+    "swiglu_mlp_block_reference",
+    "swiglu_reference",
+    "check_block_args",
+    "register_block_autograd",
+]
 
 
 swiglu_reference = R.swiglu
@@ -90,12 +96,14 @@ def _(h, w_gate_up, w_down, eps):
 
 
 @torch.library.custom_op("fastrecur::swiglu_mlp_block_bwd", mutates_args=())
-def _bwd(dy: Tensor, h: Tensor, y: Tensor, rstd: Tensor, w_gate_up: Tensor, w_down: Tensor
-         ) -> tuple[Tensor, Tensor, Tensor]:
+def _bwd(
+    dy: Tensor, h: Tensor, y: Tensor, rstd: Tensor, w_gate_up: Tensor, w_down: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     d = h.shape[-1]
     dh = h.new_empty(h.shape)
-    _, dwgu, dwd = _k.swiglu_mlp_bwd(dy.reshape(-1, d), h.reshape(-1, d), y.reshape(-1, d), rstd.reshape(-1),
-                                     w_gate_up, w_down, dh=dh.view(-1, d))
+    _, dwgu, dwd = _k.swiglu_mlp_bwd(
+        dy.reshape(-1, d), h.reshape(-1, d), y.reshape(-1, d), rstd.reshape(-1), w_gate_up, w_down, dh=dh.view(-1, d)
+    )
     return dh, dwgu, dwd
 
 

@@ -11,6 +11,7 @@ Layout: h with any strides (the kernels index it through its strides; nothing is
 Saved for backward: h, the weights, the output y and the fp32 rstd per (batch, channel). The backward
 copies h once to ``[L, B*D]`` for the ``w_gate_up_t`` gradient GEMM. No double backward.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,8 @@ from torch import Tensor
 
 from fastrecur.kernels import token_mix as _k
 
-from ._validate import check_tensor
 from . import reference as R
+from ._validate import check_tensor
 from .swiglu_mlp import check_block_args, register_block_autograd
 
 __all__ = ["token_mix_block", "token_mix_block_reference"]
@@ -40,8 +41,9 @@ def _(h, w_gate_up_t, w_down_t, eps):
 
 
 @torch.library.custom_op("fastrecur::token_mix_block_bwd", mutates_args=())
-def _bwd(dy: Tensor, h: Tensor, y: Tensor, rstd: Tensor, w_gate_up_t: Tensor, w_down_t: Tensor
-         ) -> tuple[Tensor, Tensor, Tensor]:
+def _bwd(
+    dy: Tensor, h: Tensor, y: Tensor, rstd: Tensor, w_gate_up_t: Tensor, w_down_t: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     return _k.token_mix_bwd(dy, h, y, rstd, w_gate_up_t, w_down_t)
 
 

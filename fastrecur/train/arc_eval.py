@@ -23,6 +23,7 @@ Usage, independent of how the model is run::
         ev.update(batch["inputs"], preds, q_halt, batch["puzzle_identifiers"])
     metrics = ev.result(save_dir="runs/x")   # {"ARC/pass@1": ..., "ARC/pass@2": ..., ...}
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,14 @@ class ARCEvaluator:
     Raises :class:`~fastrecur.data.format.DatasetFormatError` (a ValueError) naming a missing or malformed file.
     """
 
-    def __init__(self, data_path: str, *, blank_identifier_id: int = 0, pass_ks: Sequence[int] = PASS_KS,
-                 save_dir: Optional[str] = None):
+    def __init__(
+        self,
+        data_path: str,
+        *,
+        blank_identifier_id: int = 0,
+        pass_ks: Sequence[int] = PASS_KS,
+        save_dir: Optional[str] = None,
+    ):
         root = os.fspath(data_path)
         self.save_dir = save_dir
         self.identifiers = self._load(root, "identifiers.json", list)
@@ -92,23 +99,26 @@ class ARCEvaluator:
     def _load(root: str, name: str, kind: type):
         path = os.path.join(root, name)
         if not os.path.isfile(path):
-            raise DatasetFormatError(f"ARC evaluation needs {path} (written by `fastrecur data arc`); "
-                                    f"is {root!r} an ARC dataset?")
+            raise DatasetFormatError(
+                f"ARC evaluation needs {path} (written by `fastrecur data arc`); is {root!r} an ARC dataset?"
+            )
         try:
             with open(path) as f:
                 data = json.load(f)
         except json.JSONDecodeError as e:
             raise DatasetFormatError(f"{path}: malformed JSON ({e})") from e
         if not isinstance(data, kind):
-            raise DatasetFormatError(f"{path}: expected a JSON {'list' if kind is list else 'object'}, "
-                             f"got {type(data).__name__}")
+            raise DatasetFormatError(
+                f"{path}: expected a JSON {'list' if kind is list else 'object'}, got {type(data).__name__}"
+            )
         return data
 
     def _augmentation(self, identifier: int) -> tuple:
         if identifier not in self._parsed:
             if not 0 <= identifier < len(self.identifiers):
-                raise ValueError(f"puzzle identifier {identifier} is outside identifiers.json "
-                                 f"(0..{len(self.identifiers) - 1})")
+                raise ValueError(
+                    f"puzzle identifier {identifier} is outside identifiers.json (0..{len(self.identifiers) - 1})"
+                )
             self._parsed[identifier] = parse_augmentation(self.identifiers[identifier])
         return self._parsed[identifier]
 
@@ -118,11 +128,14 @@ class ARCEvaluator:
         inputs, preds, ids = (np.asarray(torch.as_tensor(x).cpu()) for x in (inputs, preds, puzzle_identifiers))
         q = torch.as_tensor(q_halt_logits).detach().cpu().to(torch.float64).sigmoid().numpy()
         if inputs.ndim != 2 or preds.shape != inputs.shape:
-            raise ValueError(f"inputs and preds must both be [B, seq_len], got {list(inputs.shape)} and "
-                             f"{list(preds.shape)}")
+            raise ValueError(
+                f"inputs and preds must both be [B, seq_len], got {list(inputs.shape)} and {list(preds.shape)}"
+            )
         if ids.shape != (inputs.shape[0],) or q.shape != ids.shape:
-            raise ValueError(f"puzzle_identifiers and q_halt_logits must be [B={inputs.shape[0]}], got "
-                             f"{list(ids.shape)} and {list(q.shape)}")
+            raise ValueError(
+                f"puzzle_identifiers and q_halt_logits must be [B={inputs.shape[0]}], got "
+                f"{list(ids.shape)} and {list(q.shape)}"
+            )
         side = int(round(inputs.shape[1] ** 0.5))
         if side * side != inputs.shape[1]:
             raise ValueError(f"seq_len {inputs.shape[1]} is not a square canvas")
@@ -147,8 +160,9 @@ class ARCEvaluator:
         dist.all_gather_object(everyone, self.votes, group=group)
         return everyone
 
-    def result(self, save_dir: Optional[str] = None, *, rank: int = 0, world_size: int = 1,
-               group=None) -> Dict[str, float]:
+    def result(
+        self, save_dir: Optional[str] = None, *, rank: int = 0, world_size: int = 1, group=None
+    ) -> Dict[str, float]:
         """``{"ARC/pass@K": fraction}`` for each K, over the votes of all ranks (a collective when
         ``world_size > 1``: every rank must call it). Rank 0 writes ``save_dir/submission.json`` when given."""
         all_votes = self._gathered(world_size, group)

@@ -10,6 +10,7 @@ Examples::
 A run folder with a checkpoint is resumed exactly (``--resume auto``, the default); ``--resume never``
 refuses to reuse a folder that has one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,33 +21,70 @@ from .config import ARCH_PRESETS, RUN_PRESETS, TrainConfig, apply_overrides, loa
 
 # CLI flag -> TrainConfig field (flags default to None = "not given").
 _FLAGS = {
-    "global_batch_size": int, "epochs": int, "max_steps": int, "max_minutes": float, "lr": float, "lr_min_ratio": float,
-    "lr_warmup_steps": int, "weight_decay": float, "beta1": float, "beta2": float, "puzzle_emb_lr": float,
-    "puzzle_emb_weight_decay": float, "grad_clip_norm": float, "ema_rate": float, "seed": int, "eval_interval": int,
-    "eval_batch_size": int, "checkpoint_interval": int, "keep_checkpoints": int, "log_interval": int, "threads": int,
+    "global_batch_size": int,
+    "epochs": int,
+    "max_steps": int,
+    "max_minutes": float,
+    "lr": float,
+    "lr_min_ratio": float,
+    "lr_warmup_steps": int,
+    "weight_decay": float,
+    "beta1": float,
+    "beta2": float,
+    "puzzle_emb_lr": float,
+    "puzzle_emb_weight_decay": float,
+    "grad_clip_norm": float,
+    "ema_rate": float,
+    "seed": int,
+    "eval_interval": int,
+    "eval_batch_size": int,
+    "checkpoint_interval": int,
+    "keep_checkpoints": int,
+    "log_interval": int,
+    "threads": int,
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(RUN_PRESETS), help="a complete small run (dataset generated if missing)")
+    parser.add_argument(
+        "--preset", choices=sorted(RUN_PRESETS), help="a complete small run (dataset generated if missing)"
+    )
     parser.add_argument("--data", help="dataset folder with train/ (and test/ for evaluation)")
-    parser.add_argument("--out", help="run folder: checkpoints, metrics.csv, training.png (default runs/<preset or arch>)")
-    parser.add_argument("--arch", choices=sorted(ARCH_PRESETS), help="architecture with the reference's sizes (default trm)")
+    parser.add_argument(
+        "--out", help="run folder: checkpoints, metrics.csv, training.png (default runs/<preset or arch>)"
+    )
+    parser.add_argument(
+        "--arch", choices=sorted(ARCH_PRESETS), help="architecture with the reference's sizes (default trm)"
+    )
     parser.add_argument("--arch-config", help="reference arch YAML (hrm_v1.yaml, trm.yaml) or JSON")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="arch overrides, e.g. --set H_cycles=2 L_cycles=4 hidden_size=128 (variants: shared_layers, skip, "
-                             "grad_cycles)")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="arch overrides, e.g. --set H_cycles=2 L_cycles=4 hidden_size=128 (variants: shared_layers, skip, "
+        "grad_cycles)",
+    )
     parser.add_argument("--loss-type", choices=("stablemax_cross_entropy", "softmax_cross_entropy"))
     for name, typ in _FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
-    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="keep an EMA of the weights (TRM recipe)")
+    parser.add_argument(
+        "--ema", action=argparse.BooleanOptionalAction, default=None, help="keep an EMA of the weights (TRM recipe)"
+    )
     parser.add_argument("--freeze-weights", action="store_true", default=None, help="train only the puzzle embeddings")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: preset's, else auto)")
     parser.add_argument("--backend", default=None, choices=("auto", "eager", "triton", "cpp"))
     parser.add_argument("--progress", default=None, choices=("auto", "tqdm", "plain", "none"))
-    parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None,
-                        help="draw training.png at the end (default; needs matplotlib: pip install 'fastrecur[plot]')")
-    parser.add_argument("--resume", default="auto", help="auto (latest checkpoint in --out if any), never, or a checkpoint folder")
+    parser.add_argument(
+        "--plot",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw training.png at the end (default; needs matplotlib: pip install 'fastrecur[plot]')",
+    )
+    parser.add_argument(
+        "--resume", default="auto", help="auto (latest checkpoint in --out if any), never, or a checkpoint folder"
+    )
 
 
 def build_config(args) -> tuple:
@@ -119,13 +157,23 @@ def run(args) -> int:
         if world > 1:
             dist.barrier()
         train_ds = PuzzleDataset(config.data_path, split="train")
-        eval_ds = PuzzleDataset(config.data_path, split="test") if os.path.isdir(os.path.join(config.data_path, "test")) else None
+        eval_ds = (
+            PuzzleDataset(config.data_path, split="test")
+            if os.path.isdir(os.path.join(config.data_path, "test"))
+            else None
+        )
         if train_ds.num_train_batches(config.global_batch_size, seed=config.seed) < 1:
-            raise InputError(f"{config.data_path}/train has {len(train_ds)} examples, too few for one batch of "
-                             f"--global-batch-size {config.global_batch_size}: lower it or build a larger dataset")
+            raise InputError(
+                f"{config.data_path}/train has {len(train_ds)} examples, too few for one batch of "
+                f"--global-batch-size {config.global_batch_size}: lower it or build a larger dataset"
+            )
         if eval_ds is not None:
-            check_dataset_matches_model(train_ds.metadata, eval_ds.metadata, f"{config.data_path}/test",
-                                        f"the model of {config.data_path}/train")
+            check_dataset_matches_model(
+                train_ds.metadata,
+                eval_ds.metadata,
+                f"{config.data_path}/test",
+                f"the model of {config.data_path}/train",
+            )
         resume = args.resume
         if resume == "never":
             if latest_checkpoint(config.out_dir) is not None:

@@ -16,6 +16,7 @@ q_continue`` for HRM-style halting) and reports the prediction there. Reported o
 - on the test split of an ARC dataset (``fastrecur data arc``): ``ARC/pass@K`` by the reference's voting rule
   (:mod:`fastrecur.train.arc_eval`), and a Kaggle ``submission.json`` (``--submission``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,19 @@ def halting_rule(model, halting: str) -> str:
 
 
 @torch.no_grad()
-def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torch.device, *, rank: int = 0, world_size: int = 1,
-                   max_batches: Optional[int] = None, halting: str = "max_steps",
-                   max_steps: Optional[int] = None, arc=None) -> Dict[str, float]:
+def evaluate_model(
+    head: torch.nn.Module,
+    dataset,
+    batch_size: int,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    max_batches: Optional[int] = None,
+    halting: str = "max_steps",
+    max_steps: Optional[int] = None,
+    arc=None,
+) -> Dict[str, float]:
     """Metrics of ``head`` (an ``ACTLossHead``) on ``dataset`` (``iter_eval``); summed over ranks when
     distributed. ``halting`` and ``max_steps``: see the module docstring. ``arc``: an
     :class:`~fastrecur.train.arc_eval.ARCEvaluator`, given each row's final prediction and q_halt logit; its
@@ -96,9 +107,17 @@ def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torc
         lm = head.per_token_loss(res.logits, labels).sum(-1) / mask.sum(-1).clamp_min(1)
         use = valid_rows & has
         f = use.to(torch.float64)
-        sums += torch.stack([f.sum(), (tok * f).sum(), (exact & use).sum().to(torch.float64),
-                             (res.steps.to(torch.float64) * f).sum(), ((first + 1).to(torch.float64) * f).sum(),
-                             (exact_at_halt & use).sum().to(torch.float64), (lm.to(torch.float64) * f).sum()])
+        sums += torch.stack(
+            [
+                f.sum(),
+                (tok * f).sum(),
+                (exact & use).sum().to(torch.float64),
+                (res.steps.to(torch.float64) * f).sum(),
+                ((first + 1).to(torch.float64) * f).sum(),
+                (exact_at_halt & use).sum().to(torch.float64),
+                (lm.to(torch.float64) * f).sum(),
+            ]
+        )
     if world_size > 1:
         dist.all_reduce(sums)
     vals = sums.tolist()
@@ -111,9 +130,12 @@ def evaluate_model(head: torch.nn.Module, dataset, batch_size: int, device: torc
 
 
 def format_metrics(m: Dict[str, float]) -> str:
-    return (f"exact {m['exact_accuracy']:.4f} | token {m['accuracy']:.4f} | steps {m['steps']:.2f} | halt step {m['halt_step']:.2f} "
-            f"(exact there {m['exact_accuracy_at_halt']:.4f}) | lm_loss {m['lm_loss']:.4f} | n={m['count']}"
-            + "".join(f" | {k[4:]} {v:.4f}" for k, v in m.items() if k.startswith("ARC/")))
+    return (
+        f"exact {m['exact_accuracy']:.4f} | token {m['accuracy']:.4f} | steps {m['steps']:.2f} | halt step "
+        f"{m['halt_step']:.2f} "
+        f"(exact there {m['exact_accuracy_at_halt']:.4f}) | lm_loss {m['lm_loss']:.4f} | n={m['count']}"
+        + "".join(f" | {k[4:]} {v:.4f}" for k, v in m.items() if k.startswith("ARC/"))
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,18 +144,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "eager", "triton", "cpp"),
-                        help="auto (default): the fastest backend here (the C++ loop on the CPU when built)")
-    parser.add_argument("--halting", default="max_steps", choices=HALTING,
-                        help="max_steps (default, the reference's evaluation): every row runs the steps; q: each row "
-                             "stops where its Q head says halt")
-    parser.add_argument("--steps", type=positive_int, default=None,
-                        help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)")
-    parser.add_argument("--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy")
-    parser.add_argument("--max-batches", type=positive_int, default=None, help="stop after this many batches (quick look)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "eager", "triton", "cpp"),
+        help="auto (default): the fastest backend here (the C++ loop on the CPU when built)",
+    )
+    parser.add_argument(
+        "--halting",
+        default="max_steps",
+        choices=HALTING,
+        help="max_steps (default, the reference's evaluation): every row runs the steps; q: each row "
+        "stops where its Q head says halt",
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)",
+    )
+    parser.add_argument(
+        "--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy"
+    )
+    parser.add_argument(
+        "--max-batches", type=positive_int, default=None, help="stop after this many batches (quick look)"
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    parser.add_argument("--submission", default=None, metavar="DIR",
-                        help="ARC datasets: folder for submission.json (default: CHECKPOINT's folder)")
+    parser.add_argument(
+        "--submission",
+        default=None,
+        metavar="DIR",
+        help="ARC datasets: folder for submission.json (default: CHECKPOINT's folder)",
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,14 +194,23 @@ def run(args) -> int:
     except (CheckpointError, ValueError) as e:  # ValueError: a backend that cannot run this model
         raise InputError(str(e)) from e
     ds = PuzzleDataset(args.dataset, split=args.split)
-    check_dataset_matches_model(head.model.config, ds.metadata, f"{args.dataset} [{args.split}]",
-                                f"the model of {info['weights']}")
+    check_dataset_matches_model(
+        head.model.config, ds.metadata, f"{args.dataset} [{args.split}]", f"the model of {info['weights']}"
+    )
     from .arc_eval import evaluator_for
 
     ckpt_dir = args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(os.path.abspath(args.checkpoint))
     arc = evaluator_for(ds, args.submission or ckpt_dir)
-    m = evaluate_model(head, ds, args.batch_size, device, max_batches=args.max_batches, halting=args.halting,
-                       max_steps=args.steps, arc=arc)
+    m = evaluate_model(
+        head,
+        ds,
+        args.batch_size,
+        device,
+        max_batches=args.max_batches,
+        halting=args.halting,
+        max_steps=args.steps,
+        arc=arc,
+    )
     if arc is not None:
         print(f"ARC submission: {os.path.join(arc.save_dir, 'submission.json')}", file=sys.stderr)
     if args.json:

@@ -10,6 +10,7 @@ kept). For a model trained on ARC data (``fastrecur data arc``) give the input g
 ``--puzzle-id`` naming its task's identifier): the grids print as colours 0-9 cropped at their EOS border, and
 ``--png`` draws the input, each step's prediction and ``--target`` in the ARC palette.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,9 @@ def format_grid(cells: List[str], n: int, box: Optional[tuple]) -> str:
     for r in range(n):
         if box and r and r % box[0] == 0:
             lines.append("-+-".join(["-" * (2 * box[1] - 1)] * (n // box[1])))
-        row = cells[r * n:(r + 1) * n]
+        row = cells[r * n : (r + 1) * n]
         if box:
-            lines.append(" | ".join(" ".join(row[c:c + box[1]]) for c in range(0, n, box[1])))
+            lines.append(" | ".join(" ".join(row[c : c + box[1]]) for c in range(0, n, box[1])))
         else:
             lines.append(" ".join(row))
     return "\n".join(lines)
@@ -48,31 +49,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_mutually_exclusive_group(required=True)
     g.add_argument("--puzzle", help="Sudoku string, '.' or '0' for blanks (e.g. '1..4....2..1.3..')")
     g.add_argument("--tokens", help="token ids separated by spaces or commas (any dataset)")
-    g.add_argument("--grid", help="ARC: the input grid as JSON, e.g. '[[0,1],[2,3]]' (a model trained on "
-                                  "`fastrecur data arc`; its task: --puzzle-id, an index in identifiers.json)")
+    g.add_argument(
+        "--grid",
+        help="ARC: the input grid as JSON, e.g. '[[0,1],[2,3]]' (a model trained on "
+        "`fastrecur data arc`; its task: --puzzle-id, an index in identifiers.json)",
+    )
     parser.add_argument("--target", help="ARC: the expected output grid as JSON (each step marked right or wrong)")
     parser.add_argument("--png", help="ARC: draw the input, the prediction per ACT step and the target to this PNG")
-    parser.add_argument("--steps", type=positive_int, default=None,
-                        help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)")
-    parser.add_argument("--halting", default="max_steps", choices=("max_steps", "q"),
-                        help="max_steps (default): run all the steps; q: stop where the Q head says halt")
-    parser.add_argument("--puzzle-id", type=int, default=None, help="puzzle identifier (default: the dataset's blank id)")
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)",
+    )
+    parser.add_argument(
+        "--halting",
+        default="max_steps",
+        choices=("max_steps", "q"),
+        help="max_steps (default): run all the steps; q: stop where the Q head says halt",
+    )
+    parser.add_argument(
+        "--puzzle-id", type=int, default=None, help="puzzle identifier (default: the dataset's blank id)"
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", default="auto", choices=("auto", "eager", "triton", "cpp"),
-                        help="auto (default): the fastest backend here (the C++ loop on the CPU when built)")
-    parser.add_argument("--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "eager", "triton", "cpp"),
+        help="auto (default): the fastest backend here (the C++ loop on the CPU when built)",
+    )
+    parser.add_argument(
+        "--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy"
+    )
 
 
-def step_predictions(head, inputs: np.ndarray, puzzle_id: int, steps: int, device: torch.device, halting: str = "max_steps"):
+def step_predictions(
+    head, inputs: np.ndarray, puzzle_id: int, steps: int, device: torch.device, halting: str = "max_steps"
+):
     """The engine on one puzzle: yields ``(step, predicted tokens, q_halt logit)`` after each ACT step it ran."""
     from fastrecur import engine
 
     from .evaluate import halting_rule
 
-    batch = {"inputs": torch.as_tensor(inputs, dtype=torch.int32, device=device).view(1, -1),
-             "puzzle_identifiers": torch.tensor([puzzle_id], dtype=torch.int32, device=device)}
+    batch = {
+        "inputs": torch.as_tensor(inputs, dtype=torch.int32, device=device).view(1, -1),
+        "puzzle_identifiers": torch.tensor([puzzle_id], dtype=torch.int32, device=device),
+    }
     model = head.model.eval()  # the ACT model alone: no labels, so no loss to compute
-    res = engine.solve(model, batch, halting=halting_rule(model, halting), max_steps=steps, return_step_predictions=True)
+    res = engine.solve(
+        model, batch, halting=halting_rule(model, halting), max_steps=steps, return_step_predictions=True
+    )
     for t in range(int(res.steps[0])):
         yield t + 1, res.step_predictions[t, 0].cpu().numpy(), float(res.step_q_halt_logits[t, 0])
 
@@ -97,8 +123,9 @@ def run(args) -> int:
     try:
         target = None
         if (args.grid or args.target or args.png) and not arc_side:
-            raise ValueError("--grid, --target and --png need a model trained on ARC data (vocabulary 12, square "
-                             "seq_len)")
+            raise ValueError(
+                "--grid, --target and --png need a model trained on ARC data (vocabulary 12, square seq_len)"
+            )
         if args.png and importlib.util.find_spec("matplotlib") is None:
             raise ValueError("--png needs matplotlib: pip install 'fastrecur[plot]'")
         if args.target:
@@ -117,8 +144,9 @@ def run(args) -> int:
         if inputs.min() < 0 or inputs.max() >= cfg.vocab_size:
             raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got [{inputs.min()}, {inputs.max()}]")
         if args.puzzle_id is not None and not 0 <= args.puzzle_id < cfg.num_puzzle_identifiers:
-            raise ValueError(f"--puzzle-id must be in [0, {cfg.num_puzzle_identifiers}) for this model, "
-                             f"got {args.puzzle_id}")
+            raise ValueError(
+                f"--puzzle-id must be in [0, {cfg.num_puzzle_identifiers}) for this model, got {args.puzzle_id}"
+            )
     except ValueError as e:
         print(f"fastrecur solve: {e}", file=sys.stderr)
         return 2
@@ -127,15 +155,25 @@ def run(args) -> int:
         print("fastrecur solve: --steps must be >= 1", file=sys.stderr)
         return 2
     pid = args.puzzle_id if args.puzzle_id is not None else int(meta.get("blank_identifier_id", 0))
-    n = int(round(seq_len ** 0.5))
+    n = int(round(seq_len**0.5))
     box = None
     if sudoku:
         from fastrecur.data.sudoku import BOX_SHAPES
 
         box = BOX_SHAPES.get(n)
-    render = (lambda t: arc_text_grid(crop_grid(t, arc_side))) if arc_side else \
-        (lambda t: format_grid(_sudoku_cells(t), n, box)) if sudoku else (
-        lambda t: format_grid([str(x) for x in t.tolist()], n, None) if n * n == seq_len else " ".join(str(x) for x in t.tolist()))
+    render = (
+        (lambda t: arc_text_grid(crop_grid(t, arc_side)))
+        if arc_side
+        else (lambda t: format_grid(_sudoku_cells(t), n, box))
+        if sudoku
+        else (
+            lambda t: (
+                format_grid([str(x) for x in t.tolist()], n, None)
+                if n * n == seq_len
+                else " ".join(str(x) for x in t.tolist())
+            )
+        )
+    )
     print(f"puzzle ({info['weights']}):\n{render(inputs)}\n")
     prev = None
     preds = inputs
@@ -151,8 +189,9 @@ def run(args) -> int:
         right = "" if target is None else f"  ({'right' if np.array_equal(answer, target) else 'wrong'})"
         print(f"answer: {answer.tolist()}{right}")
         if args.png:
-            draw_arc_steps(args.png, crop_grid(inputs, arc_side), [g for g, _ in arc_steps], [q for _, q in arc_steps],
-                           target)
+            draw_arc_steps(
+                args.png, crop_grid(inputs, arc_side), [g for g, _ in arc_steps], [q for _, q in arc_steps], target
+            )
             print(f"drawn to {args.png}")
     elif sudoku:
         from fastrecur.data import decode_sudoku, is_valid_solution
@@ -162,7 +201,10 @@ def run(args) -> int:
         given = inputs != 1
         keeps = bool(np.all(preds[given] == inputs[given]))
         valid = "?" not in answer and is_valid_solution(decode_sudoku(preds))
-        print(f"answer: {answer}  ({'valid' if valid else 'NOT a valid'} solution, givens {'kept' if keeps else 'CHANGED'})")
+        print(
+            f"answer: {answer}  ({'valid' if valid else 'NOT a valid'} solution, givens "
+            f"{'kept' if keeps else 'CHANGED'})"
+        )
     else:
         print("answer: " + " ".join(str(x) for x in preds.tolist()))
     return 0

@@ -1,4 +1,5 @@
 """Comparisons shared by the fused-op tests (imported as ``from .helpers import ...``)."""
+
 import pytest
 import torch
 

@@ -2,6 +2,7 @@
 input dtype, forward and every input gradient; layouts, bad inputs, torch.compile and opcheck. Also the test
 that ``check_fused`` (the comparison every fused-op test uses) is not vacuous.
 """
+
 import pytest
 import torch
 
@@ -25,8 +26,9 @@ def test_weight(dtype):
     x = torch.randn(5, 48, dtype=dtype)
     r = torch.randn(5, 48, dtype=dtype)
     w = (1 + 0.5 * torch.randn(48)).to(dtype)
-    check_fused(lambda a, b, c: add_rms_norm(a, b, 1e-5, c),
-                lambda a, b, c: add_rms_norm_reference(a, b, 1e-5, c), [x, r, w])
+    check_fused(
+        lambda a, b, c: add_rms_norm(a, b, 1e-5, c), lambda a, b, c: add_rms_norm_reference(a, b, 1e-5, c), [x, r, w]
+    )
 
 
 def test_weightless_is_model_rms_norm():
@@ -103,8 +105,14 @@ def test_kernel_bwd_program_loop_and_batched_strides():
     rstd = torch.rsqrt(s.pow(2).mean(-1) + 1e-5)
     y64 = s * rstd[..., None] * w64
     ds64, dw64 = torch.autograd.grad(y64, [x64, w64], dy.double().transpose(1, 2))
-    ds, dw = rms_norm_bwd(dy.transpose(1, 2), rstd.float().contiguous(), x3=x.transpose(1, 2),
-                          r3=r.transpose(1, 2), weight=w, max_programs=2)
+    ds, dw = rms_norm_bwd(
+        dy.transpose(1, 2),
+        rstd.float().contiguous(),
+        x3=x.transpose(1, 2),
+        r3=r.transpose(1, 2),
+        weight=w,
+        max_programs=2,
+    )
     torch.testing.assert_close(ds.transpose(1, 2).double(), ds64, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dw.double(), dw64, rtol=1e-5, atol=1e-5)
 

@@ -2,13 +2,14 @@
 with the real Triton compiler for Hopper (sm_90a) and Ampere (sm_80) without spills -- no GPU needed, and the
 interpreter accepts code the compiler rejects. The compile runs once, in one subprocess without
 ``TRITON_INTERPRET`` (this process has it set), through ``fastrecur.kernel_report.kernel_rows``."""
+
 import importlib
 import json
 import os
 import pkgutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 
 import pytest
 import triton
@@ -42,8 +43,9 @@ def compiled_rows():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     # Run outside the repository: from its root, `python -c` would import the source tree (which lacks the
     # fastrecur.kernels mapping of an installed package) instead of the installed fastrecur.
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
-                          cwd=tempfile.gettempdir())
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, cwd=tempfile.gettempdir()
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -53,8 +55,11 @@ def test_compiles_for_hopper_and_ampere_without_spills(module, compiled_rows):
     """Each entry compiles for both targets (a cubin with resource facts, no error) without spills: no local
     memory and no stack frame (ptxas spills registers to the stack: LOCAL stays 0 then)."""
     rows = [r for r in compiled_rows if r["module"] == module]
-    expected = {(s["name"], t) for s in importlib.import_module(f"fastrecur.kernels.{module}").compile_targets()
-                for t in TARGETS}
+    expected = {
+        (s["name"], t)
+        for s in importlib.import_module(f"fastrecur.kernels.{module}").compile_targets()
+        for t in TARGETS
+    }
     assert {(r.get("kernel"), r.get("target")) for r in rows} == expected, rows
     for r in rows:
         assert "error" not in r, r

@@ -17,6 +17,7 @@ Vocabularies of one class are not drawn: stablemax's gradient is then exactly ze
   error of each (op, dtype, output) is printed and, with ``FASTRECUR_FUZZ_JSON=path``, written as JSON. A failing
   case is named by its op and index: ``case(op, index)`` rebuilds it (the seed is derived from both).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,7 @@ SAMPLE_CASES = 10  # per op in the default run
 # another order move ~10 eps; 4 eps in fp16/bf16; stablemax's loss is float64 whatever the logits' dtype (1e-12, as
 # its own test). Conversions to bf16 round to nearest even, as on a GPU (see _round_to_nearest_bf16).
 K = {torch.float32: 4.0, torch.float16: 4.0, torch.bfloat16: 4.0, torch.float64: 4.0}
-FLOOR = {torch.float32: 8 * 2.0 ** -23, torch.float16: 4 * 2.0 ** -10, torch.bfloat16: 4 * 2.0 ** -7,
-         torch.float64: 1e-12}
+FLOOR = {torch.float32: 8 * 2.0**-23, torch.float16: 4 * 2.0**-10, torch.bfloat16: 4 * 2.0**-7, torch.float64: 1e-12}
 
 
 @dataclass
@@ -96,27 +96,36 @@ def test_bf16_conversion_rounds_to_nearest():
         offs = tl.arange(0, n)
         tl.store(y_ptr + offs, tl.load(x_ptr + offs).to(tl.bfloat16))
 
-    x = torch.tensor([1.0 + 2 ** -8 + 2 ** -12, -(3.0 + 2 ** -7 + 2 ** -11), 1.0 + 2 ** -9, 0.1], dtype=torch.float32)
+    x = torch.tensor([1.0 + 2**-8 + 2**-12, -(3.0 + 2**-7 + 2**-11), 1.0 + 2**-9, 0.1], dtype=torch.float32)
     y = torch.empty(4, dtype=torch.bfloat16)
     to_bf16[(1,)](x, y, 4)
-    assert torch.equal(y, x.to(torch.bfloat16)) and y[0] > 1.0 + 2 ** -8
+    assert torch.equal(y, x.to(torch.bfloat16)) and y[0] > 1.0 + 2**-8
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Random inputs
 # ----------------------------------------------------------------------------------------------------------
-def _tensor(rng: random.Random, gen: torch.Generator, shape: Tuple[int, ...], dtype: torch.dtype, scale: float,
-            *, last_contiguous: bool = False) -> Tuple[torch.Tensor, str]:
+def _tensor(
+    rng: random.Random,
+    gen: torch.Generator,
+    shape: Tuple[int, ...],
+    dtype: torch.dtype,
+    scale: float,
+    *,
+    last_contiguous: bool = False,
+) -> Tuple[torch.Tensor, str]:
     """A random tensor of ``shape`` with a random layout: contiguous, a strided slice of a larger tensor, or a
     permuted view (the last dim kept contiguous when asked). Returns it and a word for the layout."""
-    layout = rng.choice(["contiguous", "sliced", "permuted"] if len(shape) > 1 or not last_contiguous
-                        else ["contiguous", "sliced"])
+    layout = rng.choice(
+        ["contiguous", "sliced", "permuted"] if len(shape) > 1 or not last_contiguous else ["contiguous", "sliced"]
+    )
     if layout == "sliced":
         steps = [rng.choice([1, 2, 3]) for _ in shape]
         if last_contiguous:
             steps[-1] = 1
-        big = torch.randn([s * st + rng.choice([0, 1]) for s, st in zip(shape, steps)], generator=gen,
-                          dtype=torch.float64)
+        big = torch.randn(
+            [s * st + rng.choice([0, 1]) for s, st in zip(shape, steps)], generator=gen, dtype=torch.float64
+        )
         t = (big * scale).to(dtype)[tuple(slice(0, s * st, st) for s, st in zip(shape, steps))]
     elif layout == "permuted":
         dims = list(range(len(shape)))
@@ -155,11 +164,14 @@ def _gen_swiglu(rng, gen, dtype):
     d, i = rng.choice([1, 2, 4, 8, 24, 32, 48, 64]), rng.choice([1, 3, 16, 40, 64, 96])
     s = _scale(rng)
     h, lh = _tensor(rng, gen, lead + (d,), dtype, s)
-    wgu, lg = _tensor(rng, gen, (2 * i, d), dtype, d ** -0.5)
-    wd, ld = _tensor(rng, gen, (d, i), dtype, i ** -0.5)
+    wgu, lg = _tensor(rng, gen, (2 * i, d), dtype, d**-0.5)
+    wd, ld = _tensor(rng, gen, (d, i), dtype, i**-0.5)
     eps = rng.choice([1e-5, 1e-2])
-    return ({"h": h, "w_gate_up": wgu, "w_down": wd}, {"eps": eps},
-            f"h {list(h.shape)} {lh}, I {i}, weights {lg}/{ld}, eps {eps:g}, scale {s:.2g}")
+    return (
+        {"h": h, "w_gate_up": wgu, "w_down": wd},
+        {"eps": eps},
+        f"h {list(h.shape)} {lh}, I {i}, weights {lg}/{ld}, eps {eps:g}, scale {s:.2g}",
+    )
 
 
 def _gen_token_mix(rng, gen, dtype):
@@ -167,11 +179,14 @@ def _gen_token_mix(rng, gen, dtype):
     i = rng.choice([1, 8, 24, 64])
     s = _scale(rng)
     h, lh = _tensor(rng, gen, (b, tokens, d), dtype, s)
-    wgu, lg = _tensor(rng, gen, (2 * i, tokens), dtype, tokens ** -0.5)
-    wd, ld = _tensor(rng, gen, (tokens, i), dtype, i ** -0.5)
+    wgu, lg = _tensor(rng, gen, (2 * i, tokens), dtype, tokens**-0.5)
+    wd, ld = _tensor(rng, gen, (tokens, i), dtype, i**-0.5)
     eps = rng.choice([1e-5, 1e-2])
-    return ({"h": h, "w_gate_up_t": wgu, "w_down_t": wd}, {"eps": eps},
-            f"h {list(h.shape)} {lh}, I {i}, weights {lg}/{ld}, eps {eps:g}, scale {s:.2g}")
+    return (
+        {"h": h, "w_gate_up_t": wgu, "w_down_t": wd},
+        {"eps": eps},
+        f"h {list(h.shape)} {lh}, I {i}, weights {lg}/{ld}, eps {eps:g}, scale {s:.2g}",
+    )
 
 
 def _rope_tables(seq: int, hd: int, base: float):
@@ -187,8 +202,11 @@ def _gen_rotary(rng, gen, dtype):
     qkv, lq = _tensor(rng, gen, (b, s_len, 3 * heads * hd), dtype, s, last_contiguous=True)
     rope = rng.random() < 0.75
     cos, sin = _rope_tables(s_len, hd, rng.choice([10000.0, 100.0])) if rope else (None, None)
-    return ({"qkv": qkv}, {"cos": cos, "sin": sin, "num_heads": heads},
-            f"qkv {list(qkv.shape)} {lq}, heads {heads}x{hd}, rope {rope}, scale {s:.2g}")
+    return (
+        {"qkv": qkv},
+        {"cos": cos, "sin": sin, "num_heads": heads},
+        f"qkv {list(qkv.shape)} {lq}, heads {heads}x{hd}, rope {rope}, scale {s:.2g}",
+    )
 
 
 def _gen_stablemax(rng, gen, dtype):
@@ -232,27 +250,38 @@ def _swiglu_conditioning(h, w_gate_up, w_down, dy, eps):
 
 # op -> (generator, fused call, reference call(inputs, fixed, fp64), conditioning(fp64 inputs, fixed, dy) or None)
 OPS: Dict[str, Tuple[Callable, Callable, Callable, Any]] = {
-    "add_rms_norm": (_gen_add_rms_norm,
-                     lambda t, f: add_rms_norm(t["x"], t["residual"], f["eps"], t.get("weight")),
-                     lambda t, f, fp64: R.add_rms_norm(t["x"], t["residual"], f["eps"], t.get("weight")),
-                     lambda t, f, dy: _norm_conditioning(t["x"], t["residual"], dy, f["eps"], t.get("weight"))),
-    "swiglu_mlp_block": (_gen_swiglu,
-                         lambda t, f: swiglu_mlp_block(t["h"], t["w_gate_up"], t["w_down"], f["eps"]),
-                         lambda t, f, fp64: R.swiglu_mlp_block(t["h"], t["w_gate_up"], t["w_down"], f["eps"]),
-                         lambda t, f, dy: _swiglu_conditioning(t["h"], t["w_gate_up"], t["w_down"], dy, f["eps"])),
-    "token_mix_block": (_gen_token_mix,
-                        lambda t, f: token_mix_block(t["h"], t["w_gate_up_t"], t["w_down_t"], f["eps"]),
-                        lambda t, f, fp64: R.token_mix_block(t["h"], t["w_gate_up_t"], t["w_down_t"], f["eps"]),
-                        lambda t, f, dy: _swiglu_conditioning(t["h"].transpose(1, 2), t["w_gate_up_t"],
-                                                              t["w_down_t"], dy.transpose(1, 2), f["eps"])),
-    "rotary_attention": (_gen_rotary,
-                         lambda t, f: rotary_attention(t["qkv"], f["cos"], f["sin"], f["num_heads"]),
-                         lambda t, f, fp64: R.rotary_attention(t["qkv"], *_rope64(f, fp64), f["num_heads"]),
-                         None),
-    "stablemax_cross_entropy": (_gen_stablemax,
-                                lambda t, f: stablemax_cross_entropy(t["logits"], f["labels"]),
-                                lambda t, f, fp64: R.stablemax_cross_entropy(t["logits"], f["labels"]),
-                                None),
+    "add_rms_norm": (
+        _gen_add_rms_norm,
+        lambda t, f: add_rms_norm(t["x"], t["residual"], f["eps"], t.get("weight")),
+        lambda t, f, fp64: R.add_rms_norm(t["x"], t["residual"], f["eps"], t.get("weight")),
+        lambda t, f, dy: _norm_conditioning(t["x"], t["residual"], dy, f["eps"], t.get("weight")),
+    ),
+    "swiglu_mlp_block": (
+        _gen_swiglu,
+        lambda t, f: swiglu_mlp_block(t["h"], t["w_gate_up"], t["w_down"], f["eps"]),
+        lambda t, f, fp64: R.swiglu_mlp_block(t["h"], t["w_gate_up"], t["w_down"], f["eps"]),
+        lambda t, f, dy: _swiglu_conditioning(t["h"], t["w_gate_up"], t["w_down"], dy, f["eps"]),
+    ),
+    "token_mix_block": (
+        _gen_token_mix,
+        lambda t, f: token_mix_block(t["h"], t["w_gate_up_t"], t["w_down_t"], f["eps"]),
+        lambda t, f, fp64: R.token_mix_block(t["h"], t["w_gate_up_t"], t["w_down_t"], f["eps"]),
+        lambda t, f, dy: _swiglu_conditioning(
+            t["h"].transpose(1, 2), t["w_gate_up_t"], t["w_down_t"], dy.transpose(1, 2), f["eps"]
+        ),
+    ),
+    "rotary_attention": (
+        _gen_rotary,
+        lambda t, f: rotary_attention(t["qkv"], f["cos"], f["sin"], f["num_heads"]),
+        lambda t, f, fp64: R.rotary_attention(t["qkv"], *_rope64(f, fp64), f["num_heads"]),
+        None,
+    ),
+    "stablemax_cross_entropy": (
+        _gen_stablemax,
+        lambda t, f: stablemax_cross_entropy(t["logits"], f["labels"]),
+        lambda t, f, fp64: R.stablemax_cross_entropy(t["logits"], f["labels"]),
+        None,
+    ),
 }
 
 
@@ -289,8 +318,9 @@ def measure(c: Case) -> Dict[str, Dict[str, float]]:
     y64 = ref(leaves64, c.fixed, True)
     g64 = dict(zip(leaves64, torch.autograd.grad(y64, list(leaves64.values()), dy64)))
     with torch.enable_grad():
-        kappa_out, kappa_grad = conditioning({k: v.detach() for k, v in leaves64.items()}, c.fixed, dy64) \
-            if conditioning else (1.0, 1.0)
+        kappa_out, kappa_grad = (
+            conditioning({k: v.detach() for k, v in leaves64.items()}, c.fixed, dy64) if conditioning else (1.0, 1.0)
+        )
     assert y.shape == y64.shape and y.dtype == out_dtype, (c.op, y.shape, y.dtype)
     rows = {"out": (y, y_lp, y64)}
     for k in c.inputs:
@@ -301,8 +331,12 @@ def measure(c: Case) -> Dict[str, Dict[str, float]]:
         err = rel_err(a, r) if torch.isfinite(a).all() else math.inf
         eager = rel_err(e, r)
         kappa = kappa_out if name == "out" else kappa_grad
-        out[name] = {"err": err, "eager_err": eager, "kappa": kappa,
-                     "bound": max(K[a.dtype] * eager, FLOOR[a.dtype] * kappa)}
+        out[name] = {
+            "err": err,
+            "eager_err": eager,
+            "kappa": kappa,
+            "bound": max(K[a.dtype] * eager, FLOOR[a.dtype] * kappa),
+        }
     return out
 
 
@@ -325,8 +359,10 @@ def run_cases(op: str, indices) -> Tuple[Dict[str, Dict[str, Any]], List[str]]:
             if m["kappa"] <= 2 and (key not in plain or m["err"] > plain[key]["err"]):
                 plain[key] = {"err": m["err"], "eager_err": m["eager_err"], "case": i}
             if not m["err"] <= m["bound"]:
-                failures.append(f"case({op!r}, {i}) [{DTYPE_NAMES[c.dtype]}] {q}: error {m['err']:.3g} > bound "
-                                f"{m['bound']:.3g} (eager {m['eager_err']:.3g}); {c.desc}")
+                failures.append(
+                    f"case({op!r}, {i}) [{DTYPE_NAMES[c.dtype]}] {q}: error {m['err']:.3g} > bound "
+                    f"{m['bound']:.3g} (eager {m['eager_err']:.3g}); {c.desc}"
+                )
     for key, w in worst.items():
         w["worst_well_conditioned"], w["ill_conditioned_cases"] = plain.get(key), ill[key]
     return worst, failures
@@ -336,12 +372,16 @@ def _summary(op: str, worst: Dict[str, Dict[str, Any]]) -> str:
     lines = [f"{op}: worst error vs fp64 (and eager's own error, bound, error/bound, kappa)"]
     for key in sorted(worst):
         w = worst[key]
-        lines.append(f"  {key:24s} {w['err']:.3g} (eager {w['eager_err']:.3g}, bound {w['bound']:.3g}, "
-                     f"{w['ratio']:.2f}, kappa {w['kappa']:.3g}) case {w['case']}")
+        lines.append(
+            f"  {key:24s} {w['err']:.3g} (eager {w['eager_err']:.3g}, bound {w['bound']:.3g}, "
+            f"{w['ratio']:.2f}, kappa {w['kappa']:.3g}) case {w['case']}"
+        )
         p = w["worst_well_conditioned"]
         if p:
-            lines.append(f"  {'':24s} kappa <= 2: {p['err']:.3g} (eager {p['eager_err']:.3g}) case {p['case']}; "
-                         f"{w['ill_conditioned_cases']} case(s) with kappa > 2")
+            lines.append(
+                f"  {'':24s} kappa <= 2: {p['err']:.3g} (eager {p['eager_err']:.3g}) case {p['case']}; "
+                f"{w['ill_conditioned_cases']} case(s) with kappa > 2"
+            )
     return "\n".join(lines)
 
 
@@ -367,8 +407,14 @@ def test_fuzz_full(op):
     worst, failures = run_cases(op, range(n))
     seconds = time.perf_counter() - t0
     print("\n" + _summary(op, worst) + f"\n  {n} cases in {seconds:.0f} s")
-    _FULL_RESULTS[op] = {"cases": n, "seconds": round(seconds, 1), "failures": failures, "worst": worst,
-                         "K": {str(d): k for d, k in K.items()}, "floor": {str(d): f for d, f in FLOOR.items()}}
+    _FULL_RESULTS[op] = {
+        "cases": n,
+        "seconds": round(seconds, 1),
+        "failures": failures,
+        "worst": worst,
+        "K": {str(d): k for d, k in K.items()},
+        "floor": {str(d): f for d, f in FLOOR.items()},
+    }
     path = os.environ.get("FASTRECUR_FUZZ_JSON")
     if path:
         tmp = path + ".tmp"

@@ -1,6 +1,7 @@
 """The Triton interpreter's version check: triton <= 3.6 cannot run the kernels under numpy >= 2.4 (it converts
 1-element arrays to ints, which numpy 2.4 refuses). The version pairs below were each run on this project's
 kernel tests (tests/ops/test_add_rms_norm.py): the failing one failed there, the others passed."""
+
 import pytest
 import torch
 
@@ -10,13 +11,16 @@ from fastrecur.ops import _validate
 from fastrecur.ops.add_rms_norm import add_rms_norm
 
 
-@pytest.mark.parametrize("triton_v,numpy_v,fails", [
-    ("3.6.0", "2.4.6", True),
-    ("3.6.0", "2.3.5", False),
-    ("3.7.0", "2.4.6", False),
-    ("3.8.0", "2.4.6", False),
-    ("3.6.0+git1234", "2.4.0rc1", True),
-])
+@pytest.mark.parametrize(
+    "triton_v,numpy_v,fails",
+    [
+        ("3.6.0", "2.4.6", True),
+        ("3.6.0", "2.3.5", False),
+        ("3.7.0", "2.4.6", False),
+        ("3.8.0", "2.4.6", False),
+        ("3.6.0+git1234", "2.4.0rc1", True),
+    ],
+)
 def test_interpreter_incompatibility(triton_v, numpy_v, fails):
     why = _validate.interpreter_incompatibility(triton_v, numpy_v)
     assert (why is not None) == fails

@@ -1,5 +1,6 @@
 """fastrecur.ops.rotary_attention: the Triton kernels (through the interpreter on CPU) against an independent fp64
 attention and against the eager reference in the input dtype; every qkv gradient; masking; strides; errors."""
+
 import math
 
 import pytest
@@ -67,12 +68,15 @@ def _check_fp32_against_fp64(qkv, cos, sin, H, config=None):
     assert rel_err(dqkv, qkv64.grad) <= 1e-4
 
 
-@pytest.mark.parametrize("B,S,H,hd,rope", [
-    (2, 14, 2, 16, True),    # single partial tile
-    (1, 97, 1, 32, True),    # Sudoku length: 1 query tile of 128, 2 key tiles, masked tails; batch 1
-    (2, 37, 2, 16, False),   # no RoPE
-    (1, 1, 2, 16, True),     # one position
-])
+@pytest.mark.parametrize(
+    "B,S,H,hd,rope",
+    [
+        (2, 14, 2, 16, True),  # single partial tile
+        (1, 97, 1, 32, True),  # Sudoku length: 1 query tile of 128, 2 key tiles, masked tails; batch 1
+        (2, 37, 2, 16, False),  # no RoPE
+        (1, 1, 2, 16, True),  # one position
+    ],
+)
 def test_fp32_matches_fp64(B, S, H, hd, rope):
     _check_fp32_against_fp64(*_inputs(B, S, H, hd, torch.float32, rope), H)
 
@@ -90,7 +94,7 @@ def test_fp32_odd_strides():
     B, S, H, hd = 2, 19, 2, 16
     C = 3 * H * hd
     buf = torch.randn(B, S + 5, C + 24)
-    qkv = buf[:, 3:3 + S, 8:8 + C]
+    qkv = buf[:, 3 : 3 + S, 8 : 8 + C]
     cos_full, sin_full = _rope_tables(S, 2 * hd)
     cos, sin = _rope_tables(S, hd)
     cos_wide = torch.cat((cos, cos_full), dim=1)[:, :hd]

@@ -1,5 +1,6 @@
 """fastrecur.ops.stablemax_ce: the fused stablemax cross-entropy kernels (through the interpreter on CPU) against
 an independent fp64 formula and the reference's eager op sequence; loss and logits gradient; the softmax helper."""
+
 import pytest
 import torch
 

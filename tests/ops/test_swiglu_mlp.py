@@ -1,6 +1,7 @@
 """fastrecur.ops.swiglu_mlp: rms_norm(h + SwiGLU(h)) through the Triton interpreter against eager torch
 (fp64 and the input dtype), output and the gradients of h, w_gate_up and w_down; layouts, bad inputs,
 torch.compile and opcheck."""
+
 import pytest
 import torch
 

@@ -1,6 +1,7 @@
 """fastrecur.ops.token_mix: TRM mlp_t (SwiGLU and rms_norm over the token axis) through the Triton
 interpreter against eager torch (fp64 and the input dtype), output and all three gradients; layouts, bad
 inputs, torch.compile and opcheck."""
+
 import pytest
 import torch
 
