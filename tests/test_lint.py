@@ -1,4 +1,5 @@
 """The tree passes the ruff configuration in pyproject.toml (lint rules and formatting), so CI keeps it so."""
+
 import importlib.util
 import os
 import subprocess
