@@ -80,6 +80,34 @@ def run_command(command: str, run: Callable[[argparse.Namespace], Optional[int]]
             raise
 
 
+def add_inference_arguments(parser: argparse.ArgumentParser, device_default: str = "cpu") -> None:
+    """The options every command that runs a trained model shares (eval, solve): --device, --backend,
+    --halting, --steps, --no-ema."""
+    parser.add_argument("--device", default=device_default, help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "eager", "triton", "cpp"),
+        help="auto (default): the fastest backend here (the C++ loop on the CPU when built)",
+    )
+    parser.add_argument(
+        "--halting",
+        default="max_steps",
+        choices=("max_steps", "q"),
+        help="max_steps (default, the reference's evaluation): every row runs the steps; q: each row stops where "
+        "its Q head says halt",
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)",
+    )
+    parser.add_argument(
+        "--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # argparse value types: an impossible value is an argparse error, i.e. one line naming the option
 # ---------------------------------------------------------------------------------------------------------

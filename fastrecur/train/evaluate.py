@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from fastrecur import engine
-from fastrecur.cli import InputError, check_dataset_matches_model, positive_int
+from fastrecur.cli import InputError, add_inference_arguments, check_dataset_matches_model, positive_int
 from fastrecur.cli import resolve_device as _resolve_device
 from fastrecur.models.loss import IGNORE_LABEL_ID
 
@@ -143,29 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="dataset folder (with train/ and test/)")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--batch-size", type=positive_int, default=256)
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", "eager", "triton", "cpp"),
-        help="auto (default): the fastest backend here (the C++ loop on the CPU when built)",
-    )
-    parser.add_argument(
-        "--halting",
-        default="max_steps",
-        choices=HALTING,
-        help="max_steps (default, the reference's evaluation): every row runs the steps; q: each row "
-        "stops where its Q head says halt",
-    )
-    parser.add_argument(
-        "--steps",
-        type=positive_int,
-        default=None,
-        help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)",
-    )
-    parser.add_argument(
-        "--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy"
-    )
+    add_inference_arguments(parser, device_default="auto")
     parser.add_argument(
         "--max-batches", type=positive_int, default=None, help="stop after this many batches (quick look)"
     )

@@ -21,7 +21,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from fastrecur.cli import InputError, positive_int
+from fastrecur.cli import InputError, add_inference_arguments
 
 
 def format_grid(cells: List[str], n: int, box: Optional[tuple]) -> str:
@@ -57,30 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="ARC: the expected output grid as JSON (each step marked right or wrong)")
     parser.add_argument("--png", help="ARC: draw the input, the prediction per ACT step and the target to this PNG")
     parser.add_argument(
-        "--steps",
-        type=positive_int,
-        default=None,
-        help="ACT steps (default: the model's halt_max_steps; more continue the same recursion)",
-    )
-    parser.add_argument(
-        "--halting",
-        default="max_steps",
-        choices=("max_steps", "q"),
-        help="max_steps (default): run all the steps; q: stop where the Q head says halt",
-    )
-    parser.add_argument(
         "--puzzle-id", type=int, default=None, help="puzzle identifier (default: the dataset's blank id)"
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", "eager", "triton", "cpp"),
-        help="auto (default): the fastest backend here (the C++ loop on the CPU when built)",
-    )
-    parser.add_argument(
-        "--no-ema", action="store_true", help="use the live weights even if the checkpoint has an EMA copy"
-    )
+    add_inference_arguments(parser)
 
 
 def step_predictions(
