@@ -22,7 +22,7 @@ import warnings
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 SUBCOMMANDS = {
-    "data": ("fastrecur.data.cli", "generate a puzzle dataset (Sudoku, maze) in the reference format"),
+    "data": ("fastrecur.data.cli", "build a puzzle dataset (Sudoku, maze, ARC-AGI) in the reference format"),
     "train": ("fastrecur.train.cli", "train HRM/TRM/SRM/flat with the reference recipe"),
     "eval": ("fastrecur.train.evaluate", "exact accuracy of a checkpoint on a dataset"),
     "solve": ("fastrecur.train.solve", "solve one puzzle, printing the prediction after each ACT step"),

@@ -142,8 +142,8 @@ def solve(
         :class:`SolveResult`.
 
     Raises:
-        TypeError / ValueError: invalid model, batch or options; RuntimeError: backend "cpp" without the
-        extension (``fastrecur._ext.status()`` says why).
+        TypeError / ValueError: invalid model, batch or options, or a backend that cannot run on the batch's
+        device here (:func:`fastrecur.backend.check_available` says why).
     """
     check_model(model)
     if halting not in HALTING:
@@ -160,10 +160,7 @@ def solve(
     device = batch["inputs"].device
     if cuda_graphs and device.type != "cuda":
         raise ValueError(f"cuda_graphs=True needs the batch on a CUDA device, got {device}")
-    runner = backend_lib.select(model.backend if backend is None else backend, device, model.config)
-    ok, why = runner.status()
-    if not ok:
-        raise RuntimeError(f"backend {runner.name!r} is not available here: {why}")
+    runner = backend_lib.check_available(model.backend if backend is None else backend, device, model.config)
 
     with torch.no_grad():
         x = inner.input_embeddings(batch["inputs"], batch["puzzle_identifiers"]).contiguous()

@@ -34,7 +34,7 @@ TINY_ARCH = [
     "forward_dtype=float32",
     "halt_max_steps=2",
 ]
-SUDOKU4 = "1..4....2..1.3.."
+SUDOKU4 = "3.1.......3....4"
 
 # (id, argv with {placeholders}, what the one line must contain). Placeholders: s4 / s6 (4x4 / 6x6 Sudoku datasets),
 # mixed (4x4 train split, 6x6 test split), run4 (a model trained on s4), truncated (its checkpoint folder with the
@@ -187,6 +187,7 @@ ROWS = [
     ("bench-ops", ["bench", "--ops", "softmax", "--out", "{tmp}/b"], "--ops: unknown ['softmax']"),
     ("bench-batches", ["bench", "--batches", "0,8", "--out", "{tmp}/b"], "--batches must be"),
     ("bench-iters-0", ["bench", "--iters", "0"], "--iters: must be >= 1"),
+    ("eval-submission-is-file", ["eval", "{run4}", "{s4}", "--submission", "{file}"], "is a file"),
     ("bench-dtype", ["bench", "--dtype", "int8"], "invalid choice: 'int8'"),
     ("bench-readout-missing", ["bench", "--readout", "{tmp}/none.json"], "no such file"),
     ("bench-out-is-file", ["bench", "--sections", "counters", "--out", "{file}", "--device", "cpu"], "is a file"),
@@ -414,3 +415,19 @@ def test_dataset_model_match():
         dict(seq_len=16, vocab_size=6, num_puzzle_identifiers=1, puzzle_emb_ndim=0),
         dict(seq_len=16, vocab_size=6, num_puzzle_identifiers=5),
     )
+
+
+def test_a_backend_that_cannot_run_here_is_refused_before_work(monkeypatch):
+    """--backend triton on a CPU without the interpreter (and the C++ loop on CUDA without its kernels) are
+    input errors named before anything runs: ``check_available``, which load_model, the Trainer and the engine
+    call."""
+    import torch
+
+    from fastrecur import backend
+    from fastrecur.ops import _validate
+
+    monkeypatch.setattr(_validate, "triton_interpreter_enabled", lambda: False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        backend.check_available("triton", torch.device("cpu"))
+    assert backend.check_available("auto", torch.device("cpu")).name in ("cpp", "eager")
+    assert backend.check_available("eager", torch.device("cpu")).name == "eager"

@@ -67,6 +67,28 @@ def select(name: str, device: torch.device, config=None) -> Backend:
     return _auto(device, config) if name == "auto" else _BACKENDS[name]
 
 
+def check_available(name: str, device: torch.device, config=None) -> Backend:
+    """The backend a model of ``config`` runs on with ``backend=name`` on ``device``, or ValueError saying why it
+    cannot run there ("auto" always can): not built or installed, Triton on a CPU without the interpreter, the C++
+    loop on CUDA without its CUDA kernels."""
+    device = torch.device(device)
+    chosen = select(name, device, config)
+    ok, why = chosen.status()
+    if ok and chosen.name == "triton" and device.type != "cuda":
+        from fastrecur.ops._validate import triton_interpreter_enabled
+
+        if not triton_interpreter_enabled():
+            ok, why = False, "the Triton kernels run on CUDA, or on the CPU only with TRITON_INTERPRET=1 (slow)"
+    if ok and chosen.name == "cpp" and device.type == "cuda":
+        from fastrecur import _ext
+
+        if not _ext.has_cuda_kernels():
+            ok, why = False, "the extension was built without its CUDA kernels"
+    if not ok:
+        raise ValueError(f"backend {name!r} cannot run on {device} here: {why}")
+    return chosen
+
+
 def check_fits(name: str, config) -> None:
     """ValueError when an explicitly chosen backend cannot run a model of ``config`` (checked at construction)."""
     if name != "auto":
@@ -75,4 +97,4 @@ def check_fits(name: str, config) -> None:
             raise ValueError(f"backend {name!r} cannot run this model: {why} (use backend='eager' or 'cpp')")
 
 
-__all__ = ["Backend", "NAMES", "backends", "check_fits", "get", "select", "validate_name"]
+__all__ = ["Backend", "NAMES", "backends", "check_available", "check_fits", "get", "select", "validate_name"]

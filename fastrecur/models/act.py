@@ -53,10 +53,10 @@ class ACTModel(nn.Module):
         """Called by subclasses once ``config`` exists: an explicitly chosen backend must cover the model."""
         backend_lib.check_fits(self.backend, self.config)
 
-    def execution_backend(self, device: torch.device) -> backend_lib.Backend:
+    def execution_backend(self, device) -> backend_lib.Backend:
         """The :class:`~fastrecur.backend.Backend` this model runs on for tensors on ``device`` ("auto" resolved
         by :func:`fastrecur.backend.select`)."""
-        return backend_lib.select(self.backend, device, self.config)
+        return backend_lib.select(self.backend, torch.device(device), self.config)
 
     @property
     def puzzle_emb(self):

@@ -29,7 +29,13 @@ import torch
 import torch.distributed as dist
 
 from fastrecur import engine
-from fastrecur.cli import InputError, add_inference_arguments, check_dataset_matches_model, positive_int
+from fastrecur.cli import (
+    InputError,
+    add_inference_arguments,
+    check_dataset_matches_model,
+    check_output_dir,
+    positive_int,
+)
 from fastrecur.cli import resolve_device as _resolve_device
 from fastrecur.models.loss import IGNORE_LABEL_ID
 
@@ -167,6 +173,8 @@ def run(args) -> int:
     from .state import CheckpointError, load_model
 
     device = resolve_device(args.device)
+    if args.submission:
+        check_output_dir(args.submission, "--submission")
     try:
         head, info = load_model(args.checkpoint, device, use_ema=not args.no_ema, backend=args.backend)
     except (CheckpointError, ValueError) as e:  # ValueError: a backend that cannot run this model
@@ -194,7 +202,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
     else:
-        print(f"{info['weights']} on {args.dataset} [{args.split}]: {format_metrics(m)}")
+        ran = head.model.execution_backend(device).name
+        dtype = head.model.config.forward_dtype
+        print(f"{info['weights']} on {args.dataset} [{args.split}] ({ran} backend, {dtype}): {format_metrics(m)}")
     return 0
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import tqdm
 
+from fastrecur.backend import check_available
 from fastrecur.models import ACTLossHead
 
 from .config import MODEL_CLASSES, TrainConfig, model_config, split_arch
@@ -147,6 +148,7 @@ class Trainer:
         with torch.device(self.device):
             model = MODEL_CLASSES[self.model_class](self.model_cfg, backend=config.backend)
             self.head = ACTLossHead(model, loss_type=self.loss_type)
+        check_available(config.backend, self.device, model.config)  # ValueError naming why not, before any work
         if world_size > 1:
             with torch.no_grad():
                 for t in list(self.head.parameters()) + list(self.head.buffers()):

@@ -47,7 +47,7 @@ def _sudoku_cells(tokens: np.ndarray) -> List[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="run folder, checkpoint folder, or .safetensors file beside a config.json")
     g = parser.add_mutually_exclusive_group(required=True)
-    g.add_argument("--puzzle", help="Sudoku string, '.' or '0' for blanks (e.g. '1..4....2..1.3..')")
+    g.add_argument("--puzzle", help="Sudoku string, '.' or '0' for blanks (e.g. '3.1.......3....4')")
     g.add_argument("--tokens", help="token ids separated by spaces or commas (any dataset)")
     g.add_argument(
         "--grid",

@@ -355,6 +355,9 @@ def load_model(
         state, weights = read_model_state(folder, use_ema)
     config_json = read_json(os.path.join(folder, "config.json"))
     head = build_model(config_json, device, backend)
+    from fastrecur.backend import check_available
+
+    check_available(backend, torch.device(device), head.model.config)  # ValueError naming why not
     try:
         load_checkpoint(head, state, strict=True)
     except ValueError as e:
