@@ -101,8 +101,7 @@ def make_stepper(inner, backend, cuda_graphs: bool = False) -> Stepper:
 
     Weights are read at every step (the C++ backend's cached casts follow in-place updates and replaced
     parameters). ``cuda_graphs=True`` replays a CUDA graph per shape (see :mod:`fastrecur.backend.graphs`)."""
-    if isinstance(backend, str):
-        backend = backend_lib.get(backend)
+    backend = backend_lib.get(backend)
     steps = tuple(inner.schedule.steps)
     if cuda_graphs:
         from fastrecur.backend.graphs import graphs_for

@@ -41,8 +41,11 @@ def backends() -> Dict[str, Tuple[bool, str]]:
     return {name: b.status() for name, b in _BACKENDS.items()}
 
 
-def get(name: str) -> Backend:
-    """The concrete backend called ``name`` ("eager", "triton" or "cpp"; not "auto": see :func:`select`)."""
+def get(name) -> Backend:
+    """The concrete backend called ``name`` ("eager", "triton" or "cpp"; not "auto": see :func:`select`); a
+    :class:`Backend` is returned as it is."""
+    if isinstance(name, Backend):
+        return name
     if name not in _BACKENDS:
         raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {name!r}")
     return _BACKENDS[name]
@@ -51,9 +54,7 @@ def get(name: str) -> Backend:
 def _auto(device: torch.device, config) -> Backend:
     cpp, triton = _BACKENDS["cpp"], _TRITON
     if device.type == "cuda":
-        from fastrecur import _ext
-
-        if cpp.status()[0] and _ext.has_cuda_kernels():
+        if cpp.has_cuda_kernels():
             return cpp
         if triton.status()[0] and triton.supports(config)[0]:
             return triton
@@ -79,11 +80,8 @@ def check_available(name: str, device: torch.device, config=None) -> Backend:
 
         if not triton_interpreter_enabled():
             ok, why = False, "the Triton kernels run on CUDA, or on the CPU only with TRITON_INTERPRET=1 (slow)"
-    if ok and chosen.name == "cpp" and device.type == "cuda":
-        from fastrecur import _ext
-
-        if not _ext.has_cuda_kernels():
-            ok, why = False, "the extension was built without its CUDA kernels"
+    if ok and chosen.name == "cpp" and device.type == "cuda" and not chosen.has_cuda_kernels():
+        ok, why = False, "the extension was built without its CUDA kernels"
     if not ok:
         raise ValueError(f"backend {name!r} cannot run on {device} here: {why}")
     return chosen

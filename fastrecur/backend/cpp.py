@@ -15,6 +15,7 @@ mode; None picks it).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -58,6 +59,13 @@ def _cast_level_weights(inner) -> Dict[str, list]:
     return levels
 
 
+@functools.lru_cache(maxsize=1)  # the library is loaded once per process; every ACT step asks ("auto")
+def _probe() -> Tuple[bool, str, bool]:
+    """(available, reason, has CUDA kernels)."""
+    ok = _ext.available()
+    return ok, _ext.status(), ok and _ext.has_cuda_kernels()
+
+
 class CppBackend(Backend):
     """The C++ in-place loop (CPU kernels, CUDA kernels where built) for every no-grad step."""
 
@@ -70,7 +78,11 @@ class CppBackend(Backend):
         self._eager = EagerBackend()
 
     def status(self) -> Tuple[bool, str]:
-        return (True, _ext.status()) if _ext.available() else (False, _ext.status())
+        return _probe()[:2]
+
+    def has_cuda_kernels(self) -> bool:
+        """Whether the loaded extension was built with its CUDA kernels."""
+        return _probe()[2]
 
     def tail_backend(self, inner, device: torch.device) -> Backend:
         """The backend for the grad tail of a training step on ``device``."""

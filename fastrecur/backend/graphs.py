@@ -58,15 +58,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import get
 from .base import Backend, RunFn
-
-
-def _as_backend(backend: Union[str, Backend]) -> Backend:
-    if isinstance(backend, Backend):
-        return backend
-    from fastrecur.backend import get
-
-    return get(backend)  # ValueError for an unknown name
 
 
 def bucket_size(n: int) -> int:
@@ -134,7 +127,7 @@ class GraphCache:
         self._guard = None
 
     def key(self, steps: Tuple, backend: Union[str, Backend], x: torch.Tensor) -> Tuple:
-        backend = _as_backend(backend)
+        backend = get(backend)
         inner = self._get_inner()
         b = bucket_size(x.shape[0]) if self.bucket else x.shape[0]
         return (steps, backend.name, b) + tuple(x.shape[1:]) + (x.dtype, x.device, weights_key(inner))
@@ -147,7 +140,7 @@ class GraphCache:
 
         ``states`` must hold every carried state the steps read, each a contiguous [B, S, D] tensor like ``x``
         that may be written (it receives the result)."""
-        backend = _as_backend(backend)
+        backend = get(backend)
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[0] < 1:
             raise ValueError(f"x must be a non-empty [B, S, D] tensor, got {getattr(x, 'shape', type(x).__name__)}")
         self._check_device(x)

@@ -85,7 +85,6 @@ def trace(model, batch: Mapping[str, torch.Tensor], steps: Optional[int] = None,
         prev[step.target] = states[step.target]
 
     eager = backend_lib.get("eager")
-    on_q_continue = getattr(model, "halt_on_q_continue", False)
     inner.observer = observe
     try:
         with torch.no_grad():
@@ -101,7 +100,7 @@ def trace(model, batch: Mapping[str, torch.Tensor], steps: Optional[int] = None,
                 rec = records[-1]
                 rec.preds = logits.argmax(-1)
                 rec.q_halt, rec.q_continue = q_halt, q_continue
-                rec.halted = (q_halt > q_continue) if on_q_continue else (q_halt > 0)
+                rec.halted = model.q_says_halt(q_halt, q_continue)
                 if keep_states:
                     rec.states = {k: v.clone() for k, v in carry.as_dict().items()}
     finally:

@@ -153,7 +153,7 @@ class TransformerBaseline(ACTModel):
             return new_carry, outputs
         with torch.no_grad():
             steps = new_carry.steps
-            halted = new_carry.halted | (outputs["q_halt_logits"] > outputs["q_continue_logits"])
+            halted = new_carry.halted | self.q_says_halt(outputs["q_halt_logits"], outputs["q_continue_logits"])
             if not training:
                 outputs["actual_steps"] = steps.float()
             else:

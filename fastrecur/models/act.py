@@ -58,6 +58,11 @@ class ACTModel(nn.Module):
         by :func:`fastrecur.backend.select`)."""
         return backend_lib.select(self.backend, torch.device(device), self.config)
 
+    def q_says_halt(self, q_halt: torch.Tensor, q_continue: torch.Tensor) -> torch.Tensor:
+        """Where this model's Q head says halt (bool, shape of ``q_halt``): ``q_halt > q_continue`` with
+        ``halt_on_q_continue`` (HRM), else ``q_halt > 0`` (TRM's ``no_ACT_continue``)."""
+        return q_halt > q_continue if self.halt_on_q_continue else q_halt > 0
+
     @property
     def puzzle_emb(self):
         return self.inner.puzzle_emb
@@ -153,10 +158,7 @@ class ACTModel(nn.Module):
             halted = is_last_step
             # Evaluation always runs halt_max_steps, so a batch halts together.
             if self.training and self.config.halt_max_steps > 1:
-                if self.halt_on_q_continue:
-                    halted = halted | (q_halt > q_continue)
-                else:
-                    halted = halted | (q_halt > 0)
+                halted = halted | self.q_says_halt(q_halt, q_continue)
                 # Exploration: a random minimum number of steps for some rows (same RNG calls as the reference).
                 min_halt_steps = (torch.rand_like(q_halt) < self.config.halt_exploration_prob) * torch.randint_like(
                     new_steps, low=2, high=self.config.halt_max_steps + 1

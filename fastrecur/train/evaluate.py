@@ -88,7 +88,6 @@ def evaluate_model(
     head.eval()
     model = head.model
     mode = halting_rule(model, halting)
-    on_q_continue = getattr(model, "halt_on_q_continue", False)
     sums = torch.zeros(len(_KEYS), dtype=torch.float64, device=device)
     if arc is not None:
         arc.reset()
@@ -103,7 +102,7 @@ def evaluate_model(
         if arc is not None:  # padding rows carry the blank identifier, which the evaluator skips
             arc.update(batch["inputs"], res.predictions, res.q_halt_logits, batch["puzzle_identifiers"])
         # Where the Q head would first have halted each row (the last step if never): what ACT would cost.
-        wants = (res.step_q_halt_logits > res.step_q_continue_logits) if on_q_continue else (res.step_q_halt_logits > 0)
+        wants = model.q_says_halt(res.step_q_halt_logits, res.step_q_continue_logits)
         wants[-1] = True
         first = wants.to(torch.int8).argmax(0)  # [B] 0-based step index
         preds_at_halt = res.step_predictions.gather(0, first.view(1, -1, 1).expand(1, -1, labels.shape[1]))[0]
