@@ -227,6 +227,47 @@ def extension_kwargs(with_cuda: bool, rel_to: str | None = None) -> dict:
     return kwargs
 
 
+def build_cpu_variant(
+    build_dir: str,
+    isa: str | None = None,
+    extra_cflags: tuple = (),
+    extra_ldflags: tuple = (),
+    drop_cflags: tuple = (),
+    name: str = "fastrecur_C_variant",
+) -> str:
+    """Build the CPU part of the extension with other flags into ``build_dir`` (torch.utils.cpp_extension.load,
+    same sources and flags as setup.py otherwise) and return the library's path, to be loaded with
+    ``FASTRECUR_EXT_LIBRARY`` (scripts/asan_check.sh: sanitizers; tests/test_isa_variants.py: the instruction
+    sets this machine's own build does not use). ``isa``: one of CPU_ISA_FLAGS (None: as setup.py picks it)."""
+    from torch.utils.cpp_extension import load
+
+    if isa is not None and isa not in CPU_ISA_FLAGS:
+        raise ValueError(f"isa must be one of {', '.join(CPU_ISA_FLAGS)}, got {isa!r}")
+    saved = os.environ.get("FASTRECUR_CPU_ISA")
+    try:
+        if isa is not None:
+            os.environ["FASTRECUR_CPU_ISA"] = isa
+        kw = extension_kwargs(with_cuda=False)
+    finally:
+        if saved is None:
+            os.environ.pop("FASTRECUR_CPU_ISA", None)
+        else:
+            os.environ["FASTRECUR_CPU_ISA"] = saved
+    os.makedirs(build_dir, exist_ok=True)
+    cflags = [f for f in kw["extra_compile_args"]["cxx"] if f not in drop_cflags] + list(extra_cflags)
+    load(
+        name=name,
+        sources=kw["sources"],
+        extra_include_paths=kw["include_dirs"],
+        extra_cflags=cflags,
+        extra_ldflags=kw["extra_link_args"] + list(extra_ldflags),
+        build_directory=build_dir,
+        is_python_module=False,
+        verbose=False,
+    )
+    return os.path.join(build_dir, f"{name}.so")
+
+
 def get_extensions(setup_dir: str):
     """(ext_modules, cmdclass) for setup(); empty when FASTRECUR_NO_EXT is set."""
     if _truthy("FASTRECUR_NO_EXT"):

@@ -27,11 +27,15 @@ inline int64_t token_rows(int64_t L, const at::Tensor& x) {
 // Per-item mode (CPU only): each thread runs the whole program on its own batch items with single-threaded
 // GEMMs, so a block's intermediates (up to a few MB per item) stay in that core's cache instead of streaming
 // through memory between ops, and threads wait for each other once per call (loop.h). Chosen when there are at
-// least as many items as threads; with fewer, the whole batch goes through each op and the threads split
-// the op. Same results either way up to GEMM rounding (the GEMMs see other shapes).
+// least as many items as threads, and more than one thread; otherwise the whole batch goes through each op and
+// the threads split the op. On one thread there is no waiting to save, and the larger GEMMs of the whole batch
+// win (TRM-MLP Sudoku ACT step at batch 8 on the EPYC, fp32: 2283 ms whole batch, 2483 ms per item; bf16
+// equal; on two threads per item won in bf16, 553 against 596 ms, and tied in fp32). Same results either way
+// up to GEMM rounding (the GEMMs see other shapes).
 inline bool use_per_item(const at::Tensor& x, int64_t mode) {
   if (mode >= 0) return mode == 1 && x.is_cpu();
-  return x.is_cpu() && x.size(0) > 1 && x.size(0) >= at::get_num_threads();
+  const int64_t threads = at::get_num_threads();
+  return x.is_cpu() && threads > 1 && x.size(0) > 1 && x.size(0) >= threads;
 }
 
 // Items per chunk in the per-item mode: 2 for 16-bit types when the batch splits evenly (two items' bf16

@@ -16,13 +16,9 @@ ROOT="$ROOT" LD_PRELOAD="$LIBASAN:$LIBUBSAN" ASAN_OPTIONS=detect_leaks=0 "$PY" -
 import os, sys
 sys.path.insert(0, os.path.join(os.environ["ROOT"], "csrc"))
 import build_config
-from torch.utils.cpp_extension import load
-kw = build_config.extension_kwargs(with_cuda=False)
-san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-g", "-O1"]
-cflags = [f for f in kw["extra_compile_args"]["cxx"] if f != "-O3"] + san
-load(name="fastrecur_C_asan", sources=kw["sources"], extra_include_paths=kw["include_dirs"],
-     extra_cflags=cflags, extra_ldflags=kw.get("extra_link_args", []) + ["-fsanitize=address,undefined"], build_directory=sys.argv[1],
-     is_python_module=False, verbose=False)
+san = ("-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-g", "-O1")
+build_config.build_cpu_variant(sys.argv[1], extra_cflags=san, extra_ldflags=("-fsanitize=address,undefined",),
+                               drop_cflags=("-O3",), name="fastrecur_C_asan")
 PYEOF
 SO="$TMP/fastrecur_C_asan.so"
 [[ -f "$SO" ]] || { echo "sanitizer build produced no $SO" >&2; exit 1; }

@@ -162,8 +162,8 @@ def run_steps_cpp(
         eps: RMSNorm epsilon.
         per_item: CPU only. True: each thread runs whole level calls on its own batch items, so a block's
             intermediates stay in its core's cache; False: the whole batch goes through each op and the threads
-            split the op; None (default): per item when the batch has at least as many items as threads.
-            Results agree to GEMM rounding.
+            split the op; None (default): per item when torch uses two or more threads and the batch has at
+            least as many items as threads. Results agree to GEMM rounding.
 
     Raises:
         RuntimeError: the extension is not built (see ``fastrecur._ext.status()``).
