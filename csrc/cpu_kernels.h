@@ -40,9 +40,9 @@ using fVec = at::vec::Vectorized<float>;
 constexpr int64_t kV = fVec::size();
 constexpr int64_t kMaxHeadDim = 1024;  // largest RoPE head_dim the ops accept (the CUDA kernels' limit too)
 // Token-axis norm: bytes of a row each task handles (a strip of kStripBytes / sizeof(T) columns). Four cache
-// lines per row keep the hardware prefetchers streaming when the strip's rows lie far apart (the mixer's
-// [S, B * D] operand): on the EPYC, bf16 at batch 64 ran at 23 % of a copy with two lines (64 columns), 35 %
-// with four; eight were slower again.
+// lines per row rather than two (64 bf16 columns, as before): fewer, longer runs through the strided rows of
+// the mixer's [S, B * D] operand and more independent accumulators (bf16 on the EPYC, one thread: 65 us
+// against 73 at batch 8, 1.48 ms against 1.70 at batch 64).
 constexpr int64_t kStripBytes = 256;
 constexpr int64_t kGrainElems = 32768; // rough work per parallel task, in elements
 static_assert(kStripBytes % (2 * kV * 4) == 0, "a strip must hold whole pairs of every dtype");
@@ -239,7 +239,7 @@ inline fVec round_to(const fVec& v) {
 // AVX-512 the halves are the even and the odd elements of 32 consecutive values: one 512-bit load, then a
 // shift (even) and a mask (odd) widen them, and the store packs them back with one rounding instruction and
 // one word permute. Zen 4 runs the lane-crossing widen of the 16-at-a-time path (vpmovzxwd) at a fraction
-// of this rate (the bf16 injection sum at batch 8: 40 % of a copy that way, 51 % this way, on the EPYC of
+// of this rate (the bf16 injection sum at batch 8: 43 % of a copy that way, 51 % this way, on the EPYC of
 // benchmarks/results). Elsewhere the halves are the first and the second kV elements. Kernels only combine
 // lanes of the same position, so the order shows nowhere except in fp32 scratch the kernel itself writes and
 // reads back (the same order both times). pload(p, n) / pstore(p, v, n): a tail of 0 < n < kP elements.
@@ -403,7 +403,7 @@ inline Pair pload_f32(const float* p) { return {fVec::loadu(p), fVec::loadu(p + 
 // back in a permuted lane order that only the sums of squares and the scale see (the same for every slot
 // at the same column offset, so column-wise scales line up too), and store_kept undoes both orders with one
 // word permute. That halves the conversions of the integer rounding (bf16 add + norm at batch 8 on the EPYC:
-// 41 % of a copy, against 32 % with the integer rounding and 28 % with the 16-at-a-time path).
+// 41 % of a copy, against 32 % with the integer rounding and 30 % with the 16-at-a-time path).
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
 template <typename T>
 constexpr bool kKeepBlocked = std::is_same_v<T, c10::BFloat16>;
@@ -630,12 +630,6 @@ void swiglu(T* out, int64_t os, const T* gate, int64_t gs, const T* up, int64_t 
       const T* g = gate + r * gs;
       const T* u = up + r * us;
       for (int64_t c = 0; c < full; c += kP) {
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-        // 1 KB ahead: the arithmetic is slow enough that the hardware prefetchers fall behind when gate and up
-        // come from L3 (fp32 at batch 8 on the EPYC: 33 % of a copy without, 50 % with).
-        _mm_prefetch(reinterpret_cast<const char*>(g + c) + 1024, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(u + c) + 1024, _MM_HINT_T0);
-#endif
         pstore(o + c, f(pload(g + c), pload(u + c)));
       }
       if (tail) pstore(o + full, f(pload(g + full, tail), pload(u + full, tail)), tail);
