@@ -19,6 +19,10 @@
 #   roofline  python -m fastrecur.bench.roofline --device cuda (each loop kernel against a copy of its bytes).
 #   floor     benchmarks/act_step_floor.py, the eval ACT step against its GEMM floor (TRM-MLP bf16, no compile).
 #   kernels   `fastrecur bench --quick --sections kernels` (not in the default list).
+#   cpu       the host CPU, for issue 16's AMX goal (not in the default list; a 2nd call: GPU_STEPS="cpu"): when
+#             lscpu shows amx_bf16, the CPU kernel roofline and the eval ACT step against its GEMM floor in bf16 and
+#             fp32 at batches 1, 8 and 64 on all the host's cores (a GPU host is often a Xeon with AMX); otherwise
+#             it only records lscpu.
 # The machine returns at most 8 files, so every log and result is packed into $OUT/gpu-results.tgz after each step
 # (a later step's timeout cannot lose an earlier one's results); the built extension is copied to $OUT too (carry it
 # back in .gpu-carry/ for a call on a fresh machine). torch.compile's caches live in gpu-out/ (TORCHINDUCTOR_CACHE_DIR,
@@ -107,6 +111,18 @@ for step in $STEPS; do
     kernels)
       run "$(limit 120)" "$PY" -m fastrecur.bench --device cuda --quick --sections kernels --out "$WORK" > "$log" 2>&1
       rc=$?; tail -5 "$log" ;;
+    cpu)
+      lscpu > "$WORK/lscpu.txt" 2>&1
+      if [[ "$DRY" != 1 ]] && ! grep -qw amx_bf16 "$WORK/lscpu.txt"; then
+        echo "no AMX-BF16 on this host CPU: cpu step skipped" | tee "$log"
+      else
+        run "$(limit 60 200)" "$PY" -m fastrecur.bench.roofline --device cpu --batches 1,8,64 --rounds 10 \
+          --out "$WORK" > "$log" 2>&1
+        run "$(limit 400)" "$PY" benchmarks/act_step_floor.py --device cpu --archs trm_mlp \
+          --dtypes bfloat16,float32 --batches 1,8,64 --no-compile --iters 5 --iters-large 2 --no-roofline \
+          --out "$WORK" >> "$log" 2>&1
+        rc=$?; grep "^|" "$log" | head -60
+      fi ;;
     *) echo "unknown step $step"; rc=2 ;;
   esac
   echo "== $step rc=$rc in $(( $(date +%s) - s0 )) s (total $(( $(date +%s) - T0 )) s)"
