@@ -19,6 +19,9 @@ import pytest
 from fastrecur import _ext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The build runs with this interpreter's bin folder first on PATH: a venv's ninja (pip install ninja) is found
+# even when the venv is not activated.
+BUILD_PATH = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 sys.path.insert(0, os.path.join(ROOT, "csrc"))
 import build_config  # noqa: E402
 
@@ -26,7 +29,9 @@ pytestmark = [
     pytest.mark.skipif(not _ext.available(), reason="the extension is not built"),
     pytest.mark.skipif(os.environ.get("FASTRECUR_SKIP_ISA_VARIANTS") == "1", reason="FASTRECUR_SKIP_ISA_VARIANTS=1"),
     pytest.mark.skipif(bool(os.environ.get("FASTRECUR_EXT_LIBRARY")), reason="already testing a variant build"),
-    pytest.mark.skipif(shutil.which("ninja") is None or shutil.which("c++") is None, reason="needs ninja and c++"),
+    pytest.mark.skipif(
+        shutil.which("ninja", path=BUILD_PATH) is None or shutil.which("c++") is None, reason="needs ninja and c++"
+    ),
 ]
 
 
@@ -56,6 +61,7 @@ def test_kernels_built_for(isa, tmp_path):
         ],
         capture_output=True,
         text=True,
+        env=dict(os.environ, PATH=BUILD_PATH),
         timeout=900,
     )
     assert build.returncode == 0, build.stderr[-4000:]
