@@ -70,6 +70,11 @@ ROWS = [
     ("train-device-name", ["train", "--data", "{s4}", "--device", "gpu"], "device must be"),
     ("train-bad-override", ["train", "--data", "{s4}", "--set", "hidden_size"], "must be KEY=VALUE"),
     (
+        "train-override-not-a-number",
+        ["train", "--data", "{s4}", "--set", "hidden_size=abc"],
+        "TRM config: 'hidden_size' must be int, got str ('abc')",
+    ),
+    (
         "train-model-config",
         [
             "train",

@@ -16,7 +16,14 @@ import torch
 import fastrecur
 from fastrecur.data import PuzzleDataset, build_sudoku_dataset
 from fastrecur.train import TrainConfig, Trainer, apply_overrides, load_arch_file, load_model
-from fastrecur.train.config import ARCH_PRESETS, model_config, split_arch
+from fastrecur.train.config import (
+    ARCH_PRESETS,
+    MODEL_CLASSES,
+    MODEL_KEYS,
+    check_arch_values,
+    model_config,
+    split_arch,
+)
 from fastrecur.train.evaluate import evaluate_model
 from fastrecur.train.state import CheckpointError, resolve_checkpoint_dir
 
@@ -172,6 +179,31 @@ def test_config_errors(tmp_path):
         TrainConfig.from_dict({"lrr": 1})
     with pytest.raises(ValueError, match="global_batch_size"):
         TrainConfig(global_batch_size=0).validate()
+
+
+@pytest.mark.parametrize("arch", ["trm", "hrm", "srm", "flat"])
+def test_a_bad_value_is_named_under_the_key_that_holds_it(arch):
+    """--set hidden_size=abc: the presets copy hidden_size into puzzle_emb_ndim (``${.hidden_size}``), and the
+    model checks puzzle_emb_ndim first; the error must name hidden_size, its value and the type expected."""
+    cls = split_arch(ARCH_PRESETS[arch])[0]
+    with pytest.raises(TypeError) as e:
+        check_arch_values(apply_overrides(ARCH_PRESETS[arch], ["hidden_size=abc"]))
+    assert str(e.value) == f"{cls} config: 'hidden_size' must be int, got str ('abc')"
+    with pytest.raises(TypeError, match=r"'puzzle_emb_ndim' must be int, got str \('x'\)"):
+        check_arch_values(apply_overrides(ARCH_PRESETS[arch], ["puzzle_emb_ndim=x"]))  # a key set directly
+    with pytest.raises(TypeError, match=r"'hidden_size' must be int, got str \('abc'\)"):
+        TrainConfig(arch=apply_overrides(ARCH_PRESETS[arch], ["hidden_size=abc"])).validate()
+    check_arch_values(ARCH_PRESETS[arch])  # the presets themselves pass
+
+
+def test_model_keys_are_what_each_class_accepts():
+    """MODEL_KEYS (the early check) lists exactly the keys each constructor validates: the constructor's own
+    unknown-key error names them."""
+    assert set(MODEL_KEYS) == set(MODEL_CLASSES)
+    for name, cls in MODEL_CLASSES.items():
+        with pytest.raises(ValueError, match="unknown key") as e:
+            cls({"not_a_key": 1})
+        assert str(e.value).endswith(f"known keys: {sorted(MODEL_KEYS[name])}"), name
 
 
 def test_cli_build_config():
