@@ -3,6 +3,7 @@ HRM with mlp_t, against outputs and gradients of the reference code (tests/fixtu
 every arch file of both reference repositories (tests/fixtures/reference_arch) accepted with its meaning."""
 
 import glob
+import itertools
 import json
 import os
 
@@ -172,6 +173,35 @@ def test_baseline_without_act_runs_every_step_in_training():
         model.inner.q_head.bias.copy_(torch.tensor([5.0, -5.0]))
     carry, _ = model(carry=model.initial_carry(case["batch"]), batch=case["batch"])
     assert carry.halted.tolist() == [True, True]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_baseline_halts_by_the_reference_rule_without_touching_the_module_mode(training):
+    """The reference's ``Model_ACTV2.forward``: adaptive halting (``q_halt > q_continue``) iff ``halt_max_steps > 1``
+    and ``act_enabled`` in training / ``act_inference`` in evaluation; ``actual_steps`` only in adaptive evaluation.
+    The module's mode is the caller's throughout: before, after, and as code running inside forward (a pre-hook on
+    the inner model) sees it."""
+    case = load_case("transformers_baseline")
+    batch = case["batch"]
+    for act_enabled, act_inference, halt_max_steps, q_bias in itertools.product(
+        [True, False], [True, False], [1, 3], [[5.0, -5.0], [-5.0, 5.0]]
+    ):
+        flags = dict(act_enabled=act_enabled, act_inference=act_inference, halt_max_steps=halt_max_steps)
+        model = TransformerBaseline(dict(case["config"], **flags), backend="eager").train(training)
+        model.load_state_dict(case["state"])
+        with torch.no_grad():
+            model.inner.q_head.bias.copy_(torch.tensor(q_bias))  # q_halt > q_continue for both rows, or <
+        seen = []
+        model.inner.register_forward_pre_hook(lambda m, args: seen.append([x.training for x in model.modules()]))
+        adaptive = halt_max_steps > 1 and (act_enabled if training else act_inference)
+        q_halts = q_bias[0] > q_bias[1]
+        carry, out = model(carry=model.initial_carry(batch), batch=batch)
+        assert torch.all((out["q_halt_logits"] > out["q_continue_logits"]) == q_halts)
+        assert carry.halted.tolist() == [halt_max_steps == 1 or (adaptive and q_halts)] * 2, flags
+        assert ("actual_steps" in out) == (adaptive and not training), flags
+        assert model.uses_adaptive_halting() == adaptive, flags
+        assert seen == [[training] * len(list(model.modules()))], flags
+        assert all(m.training == training for m in model.modules()), flags
 
 
 # ----- schedules and refusals -----

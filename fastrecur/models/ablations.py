@@ -131,46 +131,25 @@ class TransformerBaseline(ACTModel):
         )
         self._check_backend_fits()
 
+    def uses_adaptive_halting(self) -> bool:
+        """The reference's rule: ``halt_max_steps > 1`` and ``act_enabled`` in training, ``act_inference`` in
+        evaluation (the :meth:`ACTModel.uses_adaptive_halting` hook; reads ``self.training``, never sets it)."""
+        c = self.config
+        return c.halt_max_steps > 1 and (c.act_enabled if self.training else c.act_inference)
+
     def forward(self, carry: ACTCarry, batch: Mapping[str, torch.Tensor], compute_target_q: bool = False):
         """One ACT step: ``(carry, outputs)`` as :meth:`ACTModel.forward`, halting as the class docstring says.
 
         Args:
             compute_target_q: also return ``target_q_continue`` (training with adaptive halting only), from a
                 second no-grad step on the new carry.
+
+        Errors: ``TypeError`` for a ``compute_target_q`` that is not a bool; the batch and carry checks of
+        :meth:`ACTModel.forward`.
         """
         if not isinstance(compute_target_q, bool):
             raise TypeError(f"compute_target_q must be a bool, got {type(compute_target_q).__name__}")
-        training = self.training
-        # The base class halts only at halt_max_steps when this module (not its children) is in eval mode; the
-        # reference's adaptive halting is added below. Children keep their mode (the puzzle embedding's matters).
-        self.training = False
-        try:
-            new_carry, outputs = super().forward(carry, batch)
-        finally:
-            self.training = training
-        c = self.config
-        if c.halt_max_steps <= 1 or not (c.act_enabled if training else c.act_inference):
-            return new_carry, outputs
-        with torch.no_grad():
-            steps = new_carry.steps
-            halted = new_carry.halted | self.q_says_halt(outputs["q_halt_logits"], outputs["q_continue_logits"])
-            if not training:
-                outputs["actual_steps"] = steps.float()
-            else:
-                # Exploration: the reference's RNG calls, in its order.
-                min_halt_steps = (
-                    torch.rand_like(outputs["q_halt_logits"]) < c.halt_exploration_prob
-                ) * torch.randint_like(steps, low=2, high=c.halt_max_steps + 1)
-                halted = halted & (steps >= min_halt_steps)
-                if compute_target_q:
-                    backend = self.execution_backend(batch["inputs"].device)
-                    _, _, (next_halt, next_continue) = self.inner(
-                        new_carry.inner_carry, new_carry.current_data, backend=backend
-                    )
-                    outputs["target_q_continue"] = torch.sigmoid(
-                        torch.where(new_carry.halted, next_halt, torch.maximum(next_halt, next_continue))
-                    )
-        return ACTCarry(new_carry.inner_carry, steps, halted, new_carry.current_data), outputs
+        return self._act_step(carry, batch, compute_target_q=compute_target_q)
 
 
 __all__ = ["TRMHier6", "TRMSingleZ", "TransformerBaseline"]

@@ -32,6 +32,10 @@ class ACTCarry:
 class ACTModel(nn.Module):
     """Base class: subclasses set ``self.config`` and ``self.inner`` and say how halting works.
 
+    Halting hooks (read at every step; none of them changes module state):
+        :meth:`uses_adaptive_halting`: whether the step may halt rows before ``halt_max_steps``.
+        :meth:`q_says_halt`: where the Q head says halt.
+
     Attributes:
         halt_on_q_continue: halt when ``q_halt > q_continue`` and train Q-continue on a bootstrapped target
             (HRM); otherwise halt when ``q_halt > 0`` and produce no target (TRM's ``no_ACT_continue``).
@@ -62,6 +66,16 @@ class ACTModel(nn.Module):
         """Where this model's Q head says halt (bool, shape of ``q_halt``): ``q_halt > q_continue`` with
         ``halt_on_q_continue`` (HRM), else ``q_halt > 0`` (TRM's ``no_ACT_continue``)."""
         return q_halt > q_continue if self.halt_on_q_continue else q_halt > 0
+
+    def uses_adaptive_halting(self) -> bool:
+        """Whether this ACT step halts rows where :meth:`q_says_halt` (never past ``halt_max_steps``), with
+        exploration in training; otherwise every row halts at ``halt_max_steps`` exactly.
+
+        Default (HRM, TRM, as the reference ``*_ACTV1``): in training with ``halt_max_steps > 1``; evaluation
+        runs ``halt_max_steps`` steps, so a batch halts together. Subclasses whose reference halts otherwise
+        override this hook (:class:`~fastrecur.models.TransformerBaseline`) instead of ``forward``.
+        """
+        return self.training and self.config.halt_max_steps > 1
 
     @property
     def puzzle_emb(self):
@@ -129,6 +143,16 @@ class ACTModel(nn.Module):
         )
 
     def forward(self, carry: ACTCarry, batch: Mapping[str, torch.Tensor]):
+        """One ACT step: ``(carry, outputs)`` with ``outputs`` ``logits`` [batch, seq_len, vocab_size],
+        ``q_halt_logits`` and ``q_continue_logits`` [batch] fp32, and ``target_q_continue`` [batch] in training
+        with adaptive halting and ``halt_on_q_continue``. Errors: ``TypeError``/``ValueError`` for a batch or
+        carry that does not fit (see :meth:`check_batch`)."""
+        return self._act_step(carry, batch, compute_target_q=self.halt_on_q_continue)
+
+    def _act_step(self, carry: ACTCarry, batch: Mapping[str, torch.Tensor], compute_target_q: bool):
+        """:meth:`forward`, with the bootstrapped ``target_q_continue`` when ``compute_target_q`` (training with
+        adaptive halting only); in evaluation with adaptive halting, ``outputs["actual_steps"]`` (fp32 [batch])
+        holds the steps taken so far."""
         self.check_batch(batch)
         if not isinstance(carry, ACTCarry):
             raise TypeError(f"carry must come from initial_carry() or forward(), got {type(carry).__name__}")
@@ -156,20 +180,21 @@ class ACTModel(nn.Module):
             new_steps = new_steps + 1
             is_last_step = new_steps >= self.config.halt_max_steps
             halted = is_last_step
-            # Evaluation always runs halt_max_steps, so a batch halts together.
-            if self.training and self.config.halt_max_steps > 1:
+            if self.uses_adaptive_halting():
                 halted = halted | self.q_says_halt(q_halt, q_continue)
-                # Exploration: a random minimum number of steps for some rows (same RNG calls as the reference).
-                min_halt_steps = (torch.rand_like(q_halt) < self.config.halt_exploration_prob) * torch.randint_like(
-                    new_steps, low=2, high=self.config.halt_max_steps + 1
-                )
-                halted = halted & (new_steps >= min_halt_steps)
-                if self.halt_on_q_continue:
-                    # Bootstrapped Q target from a second inner step on the new carry (no replay buffer).
-                    _, _, (next_q_halt, next_q_continue) = self.inner(new_inner, new_data, backend=backend)
-                    outputs["target_q_continue"] = torch.sigmoid(
-                        torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
-                    )
+                if not self.training:
+                    outputs["actual_steps"] = new_steps.float()
+                else:
+                    # Exploration: a random minimum number of steps for some rows (the reference's RNG calls).
+                    explore = torch.rand_like(q_halt) < self.config.halt_exploration_prob
+                    min_halt_steps = explore * torch.randint_like(new_steps, low=2, high=self.config.halt_max_steps + 1)
+                    halted = halted & (new_steps >= min_halt_steps)
+                    if compute_target_q:
+                        # Bootstrapped Q target from a second inner step on the new carry (no replay buffer).
+                        _, _, (next_q_halt, next_q_continue) = self.inner(new_inner, new_data, backend=backend)
+                        outputs["target_q_continue"] = torch.sigmoid(
+                            torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
+                        )
         return ACTCarry(new_inner, new_steps, halted, new_data), outputs
 
     def extra_repr(self) -> str:
