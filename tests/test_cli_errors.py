@@ -36,10 +36,10 @@ TINY_ARCH = [
 ]
 SUDOKU4 = "3.1.......3....4"
 
-# (id, argv with {placeholders}, what the one line must contain). Placeholders: s4 / s6 (4x4 / 6x6 Sudoku datasets),
-# mixed (4x4 train split, 6x6 test split), run4 (a model trained on s4), truncated (its checkpoint folder with the
-# weights file cut to 100 bytes), mismatched (with a config.json of another hidden size), tmp (an empty folder),
-# file (a plain file).
+# (id, argv with {placeholders}, what the one line must contain, with placeholders too). Placeholders: s4 / s6
+# (4x4 / 6x6 Sudoku datasets), mixed (4x4 train split, 6x6 test split), run4 (a model trained on s4), truncated
+# (its checkpoint folder with the weights file cut to 100 bytes), mismatched (with a config.json of another hidden
+# size), tmp (an empty folder), file (a plain file).
 ROWS = [
     # fastrecur itself
     ("unknown-command", ["solv", "{run4}"], "unknown command 'solv'"),
@@ -136,6 +136,25 @@ ROWS = [
         "does not exist",
     ),
     (
+        "train-resume-file",
+        [
+            "train",
+            "--data",
+            "{s4}",
+            "--out",
+            "{tmp}/r",
+            "--device",
+            "cpu",
+            "--set",
+            *TINY_ARCH,
+            "--global-batch-size",
+            "8",
+            "--resume",
+            "{file}",
+        ],
+        "checkpoint '{file}' is a file, not a checkpoint",
+    ),
+    (
         "train-test-split-mismatch",
         [
             "train",
@@ -156,6 +175,7 @@ ROWS = [
     ("eval-no-args", ["eval"], "required: checkpoint, dataset"),
     ("eval-missing-checkpoint", ["eval", "{tmp}/none", "{s4}"], "does not exist"),
     ("eval-dataset-as-checkpoint", ["eval", "{s4}", "{s4}"], "neither a run folder"),
+    ("eval-file-as-checkpoint", ["eval", "{file}", "{s4}"], "checkpoint '{file}' is a file, not a checkpoint"),
     (
         "eval-truncated-checkpoint",
         ["eval", "{truncated}", "{s4}", "--no-ema", "--device", "cpu"],
@@ -294,7 +314,7 @@ def _command(argv):
     [pytest.param(a, s, id=i) for i, a, s in ROWS] + [pytest.param(a, s, id=i, marks=NO_CUDA) for i, a, s in CUDA_ROWS],
 )
 def test_bad_input_is_one_line_and_status_2(argv, says, places, tmp_path, capsys):
-    argv = _argv(argv, places, tmp_path)
+    argv, (says,) = _argv(argv, places, tmp_path), _argv([says], places, tmp_path)
     status, err = _one_line(argv, capsys)
     assert status == 2, (status, err)
     assert len(err) == 1, err

@@ -272,6 +272,9 @@ def test_fit_writes_run_folder_and_eval_matches_reload(data_dir, tmp_path, one_t
     assert summary["eval"]["count"] == 12 and summary["eval"]["steps"] == 3.0
     ck = resolve_checkpoint_dir(str(out))
     assert os.path.basename(ck) == "step_00000012"
+    assert resolve_checkpoint_dir(os.path.join(ck, "model.safetensors")) == ck  # a file inside a checkpoint
+    with pytest.raises(CheckpointError, match=r"^checkpoint '[^']*metrics.csv' is a file, not a checkpoint"):
+        resolve_checkpoint_dir(str(out / "metrics.csv"))  # a file outside one: named, not its folder
     assert sorted(os.listdir(ck)) == ["config.json", "ema.safetensors", "model.safetensors", "train_state.pt"]
     assert sorted(os.listdir(out / "checkpoints")) == [
         "latest.json",

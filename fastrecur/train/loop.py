@@ -35,6 +35,7 @@ from .state import (
     check_run_folder,
     read_model_state,
     read_train_state,
+    resolve_checkpoint_dir,
     restore_fallback,
     rng_state,
     save_run_checkpoint,
@@ -365,6 +366,8 @@ class Trainer:
                 shared = [folder]
                 dist.broadcast_object_list(shared, src=0)
                 folder = shared[0]
+        elif os.path.isfile(folder):  # a file inside a checkpoint folder; anything else is refused, naming it
+            folder = resolve_checkpoint_dir(folder)
 
         state = read_train_state(folder)
         weights, _ = read_model_state(folder, use_ema=False)

@@ -168,12 +168,24 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def _is_checkpoint_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model.safetensors"))
+
+
 def resolve_checkpoint_dir(path: str) -> str:
     """The checkpoint folder for ``path``: a run folder (``OUT``), its ``checkpoints`` folder (both follow
-    ``latest.json``), a checkpoint folder, or a ``.safetensors`` file inside one."""
+    ``latest.json``), a checkpoint folder, or a file inside one (its ``model.safetensors``, say). Raises
+    :class:`CheckpointError` naming ``path`` for anything else (a missing path, a file outside a checkpoint
+    folder, a folder that is neither)."""
     path = os.fspath(path)
     if os.path.isfile(path):
-        path = os.path.dirname(os.path.abspath(path))
+        folder = os.path.dirname(os.path.abspath(path))
+        if not _is_checkpoint_folder(folder):
+            raise CheckpointError(
+                f"checkpoint {path!r} is a file, not a checkpoint: give a run folder (the --out of fastrecur train), "
+                "a checkpoint folder (config.json + model.safetensors) or a file inside one"
+            )
+        return folder
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     for base in (path, os.path.join(path, "checkpoints")):
@@ -183,7 +195,7 @@ def resolve_checkpoint_dir(path: str) -> str:
             if not isinstance(info.get("dir"), str):
                 raise CheckpointError(f"{latest!r} has no 'dir'")
             return os.path.join(base, info["dir"])
-    if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model.safetensors")):
+    if _is_checkpoint_folder(path):
         return path
     raise CheckpointError(
         f"{path!r} is neither a run folder with checkpoints/{LATEST} nor a checkpoint folder "
