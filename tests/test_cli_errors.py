@@ -320,6 +320,21 @@ def test_bad_input_is_one_line_and_status_2(argv, says, places, tmp_path, capsys
     assert len(err) == 1, err
     assert err[0].startswith(_command(argv) + ": "), err
     assert says in err[0], err
+    if argv[0] == "train" and "--out" in argv and argv[argv.index("--out") + 1].startswith(str(tmp_path)):
+        assert os.listdir(tmp_path) == [], "an input error left a run folder behind"
+
+
+def test_a_train_input_error_leaves_no_run_folder(places, tmp_path, capsys):
+    """fastrecur train creates its --out folder only once every input is accepted: a new folder (and its new
+    parents) is not created, an existing one is left as it was."""
+    bad = ["train", "--data", places["s4"], "--device", "cpu", "--set", *TINY_ARCH, "--global-batch-size", "64"]
+    status, err = _one_line(bad + ["--out", str(tmp_path / "new" / "run")], capsys)
+    assert status == 2 and "too few for one batch" in err[0], err
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "mine").mkdir()
+    status, err = _one_line(bad + ["--out", str(tmp_path / "mine")], capsys)
+    assert status == 2 and "too few for one batch" in err[0], err
+    assert os.listdir(tmp_path) == ["mine"] and os.listdir(tmp_path / "mine") == []
 
 
 def test_catalogue_lists_every_row():

@@ -578,8 +578,11 @@ def test_run_folder_not_writable_is_refused(tmp_path):
 
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(CheckpointError, match="cannot be written"):
-        check_run_folder(str(blocker / "run"))
+    for create in (True, False):
+        with pytest.raises(CheckpointError, match="cannot be written"):
+            check_run_folder(str(blocker / "run"), create=create)
+    check_run_folder(str(tmp_path / "new" / "run"), create=False)  # can be written, and is not created
+    assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
 def _break_save(monkeypatch):

@@ -146,7 +146,9 @@ def run(args) -> int:
     try:
         config, spec = build_config(args)
         resolve_device(config.device)  # a device this machine lacks: refused before any work
-        check_run_folder(config.out_dir, plot=config.plot)  # before any work: the run's files can be written
+        # Before any work: the run's files can be written. The folder itself is created by Trainer.fit, after every
+        # input (dataset, model config, checkpoint to resume) has been accepted: an input error leaves none behind.
+        check_run_folder(config.out_dir, plot=config.plot, create=False)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise InputError(str(e)) from e
     rank, world = init_distributed(config.device)

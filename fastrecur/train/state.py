@@ -26,6 +26,7 @@ checkpoint folder and resumes from it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -52,10 +53,13 @@ class CheckpointError(ValueError):
 
 
 # ----- before training: can the run folder be written? -----
-def check_run_folder(out_dir: str, plot: bool = True) -> None:
+def check_run_folder(out_dir: str, plot: bool = True, create: bool = True) -> None:
     """Raise :class:`CheckpointError` (before any work) unless a run's files can be written into ``out_dir``:
     ``safetensors`` (the weights) imports, ``matplotlib`` (``training.png``) imports when ``plot``, and ``out_dir``
-    can be created and written (a temporary file is written and removed)."""
+    can be written (a temporary file is written and removed). With ``create`` the folder is created; without it
+    nothing is created: the temporary file goes into ``out_dir`` if it exists, else into its nearest existing
+    parent, where ``out_dir`` will be created (``fastrecur train`` checks so before its inputs are all validated,
+    so that an input error leaves no empty run folder behind)."""
     try:
         import safetensors.torch  # noqa: F401
     except ImportError as e:
@@ -71,9 +75,15 @@ def check_run_folder(out_dir: str, plot: bool = True) -> None:
                 f"the training plot needs matplotlib, which cannot be imported ({e}): "
                 "pip install 'fastrecur[plot]', or train with --no-plot"
             ) from None
+    folder = os.path.abspath(out_dir)
+    while not create and not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+        if create:
+            os.makedirs(out_dir, exist_ok=True)
+        elif not os.path.isdir(folder):
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder!r} is a file, not a folder")
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as e:
         raise CheckpointError(
