@@ -550,6 +550,35 @@ def _cli_train(data_dir, out, *extra):
     ]
 
 
+def test_resume_from_a_run_folder_takes_its_newest_checkpoint(data_dir, tmp_path, capsys, one_thread):
+    """--resume RUN (an earlier run's --out) resumes RUN's newest checkpoint, the one RUN/checkpoints/latest.json
+    names, exactly as --resume RUN/checkpoints/step_N does; a run folder without latest.json is refused, naming
+    the checkpoint folders it holds."""
+    from fastrecur.cli import main
+
+    run = tmp_path / "run"
+    steps = ("--checkpoint-interval", "2", "--keep-checkpoints", "3", "--no-plot")
+    assert main(_cli_train(data_dir, run, "--max-steps", "4", *steps)) == 0
+    assert sorted(os.listdir(run / "checkpoints")) == ["latest.json", "step_00000002", "step_00000004"]
+    capsys.readouterr()
+    by_run, by_step = tmp_path / "by_run", tmp_path / "by_step"
+    assert main(_cli_train(data_dir, by_run, "--max-steps", "6", "--no-plot", "--resume", str(run))) == 0
+    newest = os.path.join(str(run), "checkpoints", "step_00000004")
+    assert f"resumed from {newest} at step 4" in capsys.readouterr().out
+    assert main(_cli_train(data_dir, by_step, "--max-steps", "6", "--no-plot", "--resume", newest)) == 0
+    a, b = load_model(str(by_run), use_ema=False)[0], load_model(str(by_step), use_ema=False)[0]
+    assert_same_weights(a.model.state_dict(), b.model.state_dict())
+    os.remove(run / "checkpoints" / "latest.json")
+    capsys.readouterr()
+    assert main(_cli_train(data_dir, tmp_path / "none", "--max-steps", "6", "--resume", str(run))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"fastrecur train: {str(run)!r} has no checkpoints/latest.json naming its newest complete checkpoint; it "
+        "holds checkpoints/step_00000002, checkpoints/step_00000004: give one of them"
+    ]
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize("missing,extra,says", [("safetensors", (), "safetensors"), ("matplotlib", (), "--no-plot")])
 def test_train_checks_it_can_write_its_files_before_any_work(
     data_dir, tmp_path, capsys, monkeypatch, missing, extra, says

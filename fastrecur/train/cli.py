@@ -8,7 +8,9 @@ Examples::
     torchrun --nproc_per_node 4 -m fastrecur.train.cli --data ... --out ...  # NCCL on GPU, gloo on CPU
 
 A run folder with a checkpoint is resumed exactly (``--resume auto``, the default); ``--resume never``
-refuses to reuse a folder that has one.
+refuses to reuse a folder that has one; ``--resume RUN`` takes another run folder and resumes its newest
+checkpoint (named by ``RUN/checkpoints/latest.json``, written after each checkpoint is complete), or give a
+checkpoint folder ``RUN/checkpoints/step_N``.
 """
 
 from __future__ import annotations
@@ -83,7 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw training.png at the end (default; needs matplotlib: pip install 'fastrecur[plot]')",
     )
     parser.add_argument(
-        "--resume", default="auto", help="auto (latest checkpoint in --out if any), never, or a checkpoint folder"
+        "--resume",
+        default="auto",
+        help="auto (default: the newest checkpoint in --out, if any), never (refuse an --out that has one), a run "
+        "folder (the --out of an earlier run: its newest checkpoint, the one OUT/checkpoints/latest.json names), a "
+        "checkpoint folder (OUT/checkpoints/step_N), or a *.fallback.pt file (written when saving a checkpoint failed)",
     )
 
 

@@ -109,7 +109,8 @@ class Trainer:
             start_batch)`` (``fastrecur.data.PuzzleDataset``).
         eval_ds: dataset with ``iter_eval(batch_size, *, rank, world_size)``, or None (no evaluation).
         rank, world_size: this process's place in ``torch.distributed`` (initialised by the caller when > 1).
-        resume: a checkpoint folder to resume from, ``"auto"`` (the latest in ``config.out_dir`` if any) or None.
+        resume: what to resume from (a run folder, a checkpoint folder or a fallback file: :meth:`load`),
+            ``"auto"`` (the latest checkpoint in ``config.out_dir`` if any) or None.
         log: where messages go (rank 0 only).
     """
 
@@ -355,9 +356,10 @@ class Trainer:
         return folder
 
     def load(self, folder: str) -> None:
-        """Resume from a checkpoint folder, or from a fallback file written when a checkpoint could not be
-        (it is first restored as a checkpoint folder of this run). Everything is read and checked before
-        anything is applied."""
+        """Resume from a run folder (the newest checkpoint, which its ``checkpoints/latest.json`` names), a
+        checkpoint folder (``OUT/checkpoints/step_N``) or a file inside one, or from a fallback file written when
+        a checkpoint could not be (it is first restored as a checkpoint folder of this run). Everything is read
+        and checked before anything is applied."""
         from fastrecur.checkpoint import load_checkpoint
 
         if os.path.isfile(folder) and folder.endswith(".fallback.pt"):
@@ -366,7 +368,7 @@ class Trainer:
                 shared = [folder]
                 dist.broadcast_object_list(shared, src=0)
                 folder = shared[0]
-        elif os.path.isfile(folder):  # a file inside a checkpoint folder; anything else is refused, naming it
+        else:  # a run folder (its newest checkpoint), a checkpoint folder or a file inside one
             folder = resolve_checkpoint_dir(folder)
 
         state = read_train_state(folder)

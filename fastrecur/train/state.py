@@ -184,9 +184,10 @@ def _is_checkpoint_folder(path: str) -> bool:
 
 def resolve_checkpoint_dir(path: str) -> str:
     """The checkpoint folder for ``path``: a run folder (``OUT``), its ``checkpoints`` folder (both follow
-    ``latest.json``), a checkpoint folder, or a file inside one (its ``model.safetensors``, say). Raises
-    :class:`CheckpointError` naming ``path`` for anything else (a missing path, a file outside a checkpoint
-    folder, a folder that is neither)."""
+    ``latest.json`` to the newest complete checkpoint), a checkpoint folder, or a file inside one (its
+    ``model.safetensors``, say). Raises :class:`CheckpointError` naming ``path`` for anything else (a missing
+    path, a file outside a checkpoint folder, a folder that is neither; one that holds ``step_N`` folders but no
+    ``latest.json`` gets them listed)."""
     path = os.fspath(path)
     if os.path.isfile(path):
         folder = os.path.dirname(os.path.abspath(path))
@@ -207,6 +208,19 @@ def resolve_checkpoint_dir(path: str) -> str:
             return os.path.join(base, info["dir"])
     if _is_checkpoint_folder(path):
         return path
+    found = [
+        os.path.join(sub, name) if sub else name
+        for sub in ("", "checkpoints")
+        if os.path.isdir(os.path.join(path, sub))
+        for name in sorted(os.listdir(os.path.join(path, sub)))
+        if name.startswith("step_")
+    ]
+    if found:  # no latest.json: none of them is known to be complete (it is written after the folder)
+        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+        raise CheckpointError(
+            f"{path!r} has no checkpoints/{LATEST} naming its newest complete checkpoint; it holds {shown}: "
+            "give one of them"
+        )
     raise CheckpointError(
         f"{path!r} is neither a run folder with checkpoints/{LATEST} nor a checkpoint folder "
         "(config.json + model.safetensors)"
