@@ -5,6 +5,7 @@ Tiny models (hidden 16, one layer) on a tiny generated 4x4 Sudoku set, CPU, one 
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -577,6 +578,24 @@ def test_resume_from_a_run_folder_takes_its_newest_checkpoint(data_dir, tmp_path
         "holds checkpoints/step_00000002, checkpoints/step_00000004: give one of them"
     ]
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("mode", ["none", "plain", "tqdm", "auto"])
+def test_progress_modes_all_print_the_evaluations(data_dir, tmp_path, capsys, mode, one_thread):
+    """--progress picks the progress display only (a tqdm bar for auto/tqdm, a line per --log-interval steps and
+    per checkpoint for plain, nothing for none); every mode prints each evaluation's line and the final one."""
+    from fastrecur.cli import main
+
+    every = ("--max-steps", "4", "--eval-interval", "2", "--log-interval", "1", "--checkpoint-interval", "2")
+    capsys.readouterr()
+    assert main(_cli_train(data_dir, tmp_path / "r", *every, "--no-plot", "--progress", mode)) == 0
+    out = capsys.readouterr().out
+    evals = re.findall(r"\[eval @ step (\d+)\] exact \d\.\d{4} \| token \d\.\d{4}", out)
+    assert evals == ["2", "4"], out
+    assert re.search(r"^done: step 4 in .* \| eval: exact ", out, flags=re.M), out
+    assert (re.findall(r"^step (\d)/4 \| loss", out, flags=re.M) == ["1", "2", "3", "4"]) == (mode == "plain"), out
+    assert ("checkpoint saved: step 4 ->" in out) == (mode == "plain"), out
+    assert ("4/4 [" in out) == (mode in ("auto", "tqdm")), out  # the tqdm bar
 
 
 @pytest.mark.parametrize("missing,extra,says", [("safetensors", (), "safetensors"), ("matplotlib", (), "--no-plot")])

@@ -77,7 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--freeze-weights", action="store_true", default=None, help="train only the puzzle embeddings")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: preset's, else auto)")
     parser.add_argument("--backend", default=None, choices=("auto", "eager", "triton", "cpp"))
-    parser.add_argument("--progress", default=None, choices=("auto", "tqdm", "plain", "none"))
+    parser.add_argument(
+        "--progress",
+        default=None,
+        choices=("auto", "tqdm", "plain", "none"),
+        help="the progress display: a tqdm bar (auto, the default, and tqdm), a line every --log-interval steps and "
+        "one per checkpoint (plain), or none; the evaluation results are printed in every mode",
+    )
     parser.add_argument(
         "--plot",
         action=argparse.BooleanOptionalAction,

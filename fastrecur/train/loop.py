@@ -63,16 +63,19 @@ def metadata_dict(metadata: Any) -> Dict[str, Any]:
 
 
 class Progress:
-    """A tqdm bar (modes ``auto``, ``tqdm``), a printed line every ``log_interval`` steps (``plain``), or nothing."""
+    """How a run reports on rank 0 (``enabled``): the progress display is a tqdm bar (modes ``auto``, ``tqdm``), a
+    printed line every ``log_interval`` steps (``plain``) or nothing (``none``); messages (:meth:`write`: the
+    evaluation results, the time budget reached) are printed in every mode, above the bar when there is one."""
 
     def __init__(self, mode: str, total: int, initial: int, enabled: bool, log: Callable[[str], None]):
-        self.log, self.bar, self.enabled = log, None, enabled and mode != "none"
+        self.log, self.bar, self.enabled = log, None, enabled
+        self.show_steps = enabled and mode != "none"
         self.total, self.t0, self.s0 = total, time.time(), initial
-        if self.enabled and mode in ("auto", "tqdm"):
+        if self.show_steps and mode in ("auto", "tqdm"):
             self.bar = tqdm.tqdm(total=total, initial=initial, dynamic_ncols=True, file=sys.stdout)
 
     def update(self, step: int, text: str) -> None:
-        if not self.enabled:
+        if not self.show_steps:
             return
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
