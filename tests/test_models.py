@@ -9,50 +9,40 @@ import fastrecur
 from fastrecur.models import HRM, SRM, TRM, ACTLossHead, FlatRecurrence
 from golden import build, load_case
 
-
-def sudoku_config(**over):
-    cfg = dict(
-        batch_size=2,
-        seq_len=81,
-        puzzle_emb_ndim=512,
-        num_puzzle_identifiers=1,
-        vocab_size=11,
-        H_cycles=2,
-        L_cycles=2,
-        H_layers=4,
-        L_layers=4,
-        hidden_size=512,
-        expansion=4,
-        num_heads=8,
-        pos_encodings="rope",
-        halt_max_steps=16,
-        halt_exploration_prob=0.1,
-    )
-    cfg.update(over)
-    return cfg
+# The small config the model tests share (hidden 16, 2 heads of 8, one block per level, 2 x 2 cycles, 4 ACT steps,
+# fp32, no exploration); other test files build theirs from it with tiny_config(**overrides).
+TINY = dict(
+    batch_size=3,
+    seq_len=6,
+    puzzle_emb_ndim=16,
+    num_puzzle_identifiers=4,
+    vocab_size=5,
+    H_cycles=2,
+    L_cycles=2,
+    H_layers=1,
+    L_layers=1,
+    hidden_size=16,
+    expansion=2,
+    num_heads=2,
+    pos_encodings="rope",
+    halt_max_steps=4,
+    halt_exploration_prob=0.0,
+    forward_dtype="float32",
+)
 
 
 def tiny_config(**over):
-    cfg = dict(
-        batch_size=3,
-        seq_len=6,
-        puzzle_emb_ndim=16,
-        num_puzzle_identifiers=4,
-        vocab_size=5,
-        H_cycles=2,
-        L_cycles=2,
-        H_layers=1,
-        L_layers=1,
-        hidden_size=16,
-        expansion=2,
-        num_heads=2,
-        pos_encodings="rope",
-        halt_max_steps=4,
-        halt_exploration_prob=0.0,
-        forward_dtype="float32",
-    )
-    cfg.update(over)
-    return cfg
+    """``TINY`` with the keys of ``over`` replaced or added (a new dict)."""
+    return dict(TINY, **over)
+
+
+def sudoku_config(**over):
+    """The reference's Sudoku-Extreme HRM (hidden 512, 8 heads, 4 blocks per level, 16 ACT steps, bf16), as
+    :func:`tiny_config` with ``over``."""
+    sudoku = tiny_config(batch_size=2, seq_len=81, puzzle_emb_ndim=512, num_puzzle_identifiers=1, vocab_size=11)
+    sudoku.update(H_layers=4, L_layers=4, hidden_size=512, expansion=4, num_heads=8, halt_max_steps=16)
+    sudoku.update(halt_exploration_prob=0.1, forward_dtype="bfloat16")
+    return dict(sudoku, **over)
 
 
 def tiny_batch(cfg, b=3, seed=0):
@@ -176,7 +166,7 @@ def test_hrm_q_target_present_in_training():
 
 
 def test_trm_no_act_continue_false_gives_hrm_target():
-    cfg = dict(tiny_config(), puzzle_emb_len=1, no_ACT_continue=False)
+    cfg = tiny_config(puzzle_emb_len=1, no_ACT_continue=False)
     model = TRM(cfg).train()
     batch = tiny_batch(cfg)
     _, out = model(carry=model.initial_carry(batch), batch=batch)

@@ -153,7 +153,7 @@ def test_variant_state_dict_keys():
     assert flat == {
         k for k in hrm_keys if not k.startswith("inner.H_level") and k not in ("inner.H_init", "inner.L_init")
     } | {"inner.z_init"}
-    trm_keys = set(TRM(dict(tiny_config(L_layers=2), puzzle_emb_len=1)).state_dict())
+    trm_keys = set(TRM(tiny_config(L_layers=2, puzzle_emb_len=1)).state_dict())
     assert set(make("srm")[0].state_dict()) == (trm_keys - {"inner.H_init", "inner.L_init"}) | {"inner.z_init"}
 
 
@@ -161,7 +161,7 @@ def test_grad_window_grows_saved_memory():
     """More cycles with gradient keep more activations for backward (what grad_cycles trades)."""
     sizes = {}
     for g in (1, 3):
-        cfg = dict(tiny_config(H_cycles=3, L_cycles=2), puzzle_emb_len=1, grad_cycles=g)
+        cfg = tiny_config(H_cycles=3, L_cycles=2, puzzle_emb_len=1, grad_cycles=g)
         model = TRM(cfg).train()
         batch = tiny_batch(cfg)
         total = [0]
