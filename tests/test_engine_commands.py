@@ -88,25 +88,8 @@ def sudoku_dir(tmp_path_factory):
 
 def _sudoku_head(backend, seed=0):
     torch.manual_seed(seed)
-    cfg = dict(
-        batch_size=4,
-        seq_len=16,
-        puzzle_emb_ndim=0,
-        num_puzzle_identifiers=1,
-        vocab_size=6,
-        H_cycles=2,
-        L_cycles=2,
-        H_layers=0,
-        L_layers=1,
-        hidden_size=32,
-        expansion=2,
-        num_heads=2,
-        pos_encodings="rope",
-        halt_max_steps=4,
-        halt_exploration_prob=0.0,
-        forward_dtype="float32",
-        puzzle_emb_len=0,
-    )
+    cfg = tiny_config(batch_size=4, seq_len=16, vocab_size=6, num_puzzle_identifiers=1, hidden_size=32, H_layers=0)
+    cfg.update(puzzle_emb_ndim=0, puzzle_emb_len=0)  # no puzzle embedding
     model = TRM(cfg, backend=backend)
     with torch.no_grad():  # spread the Q head so that rows halt at different steps
         model.inner.q_head.weight.normal_(0, 0.5)
