@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml setup.py $(SOURCES)
 
 install: $(STAMP)
 
-# Generates 4x4 Sudoku puzzles into data/, trains a small TRM on the CPU (about 3 minutes), evaluates, and
+# Generates 4x4 Sudoku puzzles into data/, trains a small TRM on the CPU (about 4 minutes), evaluates, and
 # writes runs/demo/ (checkpoints, metrics.csv, training.png); then draws the recursion into runs/demo/inspect/.
 train: $(STAMP)
 	$(VENV)/bin/fastrecur train --preset sudoku-4x4-cpu --out runs/demo
