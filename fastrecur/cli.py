@@ -161,10 +161,28 @@ def resolve_device(name: str):
     return dev
 
 
-def check_output_dir(path: str, option: str = "--out") -> None:
+def check_output_dir(path: str, option: str = "--out", create: bool = False) -> None:
     """Raise :class:`InputError` when the output folder ``path`` cannot be a folder: it exists as a file, or a
-    file sits where one of its parent folders would be. Nothing is created here."""
+    file sits where one of its parent folders would be. Nothing is created here unless ``create``: then the
+    folder is made and a probe file written and removed in it, so a folder that cannot be created or written
+    (``/proc/x``, a read-only mount, even as root) is an error naming ``option`` before any work."""
     import os
+
+    if create:
+        import tempfile
+
+        check_output_dir(path, option)
+        try:
+            os.makedirs(path, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+            os.close(fd)
+            os.remove(probe)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            raise InputError(
+                f"{option} {path!r}: cannot create or write this folder ({reason}); choose another {option}"
+            )
+        return
 
     p = os.path.abspath(os.fspath(path))
     while p and not os.path.exists(p):

