@@ -97,6 +97,8 @@ ROWS = [
     ("train-arch-config-missing", ["train", "--data", "{s4}", "--arch-config", "{tmp}/none.yaml"], "does not exist"),
     ("train-max-steps-0", ["train", "--data", "{s4}", "--max-steps", "0"], "max_steps must be"),
     ("train-lr-negative", ["train", "--data", "{s4}", "--lr", "-1"], "lr must be"),
+    ("train-lr-nan", ["train", "--data", "{s4}", "--out", "{tmp}/r", "--lr", "nan"], "lr must be a finite number"),
+    ("train-beta2-1", ["train", "--data", "{s4}", "--out", "{tmp}/r", "--beta2", "1"], "beta2 must be in [0, 1)"),
     ("train-not-int", ["train", "--data", "{s4}", "--global-batch-size", "abc"], "invalid int value: 'abc'"),
     (
         "train-batch-over-dataset",

@@ -182,6 +182,59 @@ def test_config_errors(tmp_path):
         TrainConfig(global_batch_size=0).validate()
 
 
+def _float_flags():
+    from fastrecur.train.cli import _FLAGS
+
+    return [name for name, typ in _FLAGS.items() if typ is float]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("name", _float_flags())
+def test_every_numeric_train_option_refuses_a_non_finite_value_before_any_work(data_dir, tmp_path, capsys, name, value):
+    """--lr nan (and every other float option, nan or +-inf) is one line naming the option, status 2, and no run
+    folder: refused by TrainConfig.validate, before the first step (it was a TypeError from the optimiser)."""
+    from fastrecur.cli import main
+
+    out = tmp_path / "r"
+    flag = "--" + name.replace("_", "-")
+    assert main(["train", "--data", data_dir, "--out", str(out), "--device", "cpu", f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fastrecur train: {name} must be a finite number, got "), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flag,value,says",
+    [
+        ("--beta1", "1", "beta1 must be in [0, 1), got 1.0"),  # Adam's bias correction 1 - beta1**t would be 0
+        ("--beta2", "1.5", "beta2 must be in [0, 1), got 1.5"),
+        ("--ema-rate", "-0.1", "ema_rate must be in [0, 1], got -0.1"),
+        ("--lr-min-ratio", "2", "lr_min_ratio must be in [0, 1], got 2.0"),
+        ("--weight-decay", "-1", "weight_decay must be a number >= 0, got -1.0"),
+        ("--puzzle-emb-lr", "-1", "puzzle_emb_lr must be a number >= 0, got -1.0"),
+        ("--puzzle-emb-weight-decay", "-1", "puzzle_emb_weight_decay must be a number >= 0, got -1.0"),
+        ("--grad-clip-norm", "0", "grad_clip_norm must be > 0 or None, got 0.0"),
+        ("--max-minutes", "0", "max_minutes must be > 0 or None, got 0.0"),
+        ("--lr-warmup-steps", "-1", "lr_warmup_steps must be an int >= 0, got -1"),
+        ("--eval-interval", "-1", "eval_interval must be an int >= 0, got -1"),
+        ("--checkpoint-interval", "-1", "checkpoint_interval must be an int >= 0, got -1"),
+        ("--log-interval", "0", "log_interval must be an int >= 1, got 0"),
+        ("--keep-checkpoints", "0", "keep_checkpoints must be an int >= 1, got 0"),
+        ("--eval-batch-size", "0", "eval_batch_size must be an int >= 1 or None, got 0"),
+        ("--threads", "0", "threads must be an int >= 1 or None, got 0"),
+        ("--epochs", "0", "epochs must be an int >= 1, got 0"),
+        ("--seed", "-1", "seed must be an int >= 0, got -1"),
+    ],
+)
+def test_numeric_train_options_out_of_range_are_refused_before_any_work(data_dir, tmp_path, capsys, flag, value, says):
+    from fastrecur.cli import main
+
+    out = tmp_path / "r"
+    assert main(["train", "--data", data_dir, "--out", str(out), "--device", "cpu", f"{flag}={value}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"fastrecur train: {says}"]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("arch", ["trm", "hrm", "srm", "flat"])
 def test_a_bad_value_is_named_under_the_key_that_holds_it(arch):
     """--set hidden_size=abc: the presets copy hidden_size into puzzle_emb_ndim (``${.hidden_size}``), and the
