@@ -157,6 +157,26 @@ ROWS = [
         "checkpoint '{file}' is a file, not a checkpoint",
     ),
     (
+        "train-resume-other-model",
+        [
+            "train",
+            "--data",
+            "{s4}",
+            "--out",
+            "{tmp}/r",
+            "--device",
+            "cpu",
+            "--set",
+            *TINY_ARCH,
+            "hidden_size=32",
+            "--global-batch-size",
+            "8",
+            "--resume",
+            "{run4}",
+        ],
+        "holds another model than this run's: hidden_size is 16 there, 32 in this run",
+    ),
+    (
         "train-test-split-mismatch",
         [
             "train",

@@ -633,6 +633,27 @@ def test_resume_from_a_run_folder_takes_its_newest_checkpoint(data_dir, tmp_path
     assert not (tmp_path / "none").exists()
 
 
+def test_resume_of_another_model_names_the_keys_that_differ(data_dir, tmp_path, capsys, one_thread):
+    """--resume of a checkpoint trained with other model options (here hidden_size 16, resumed with 32 and another
+    loss) is refused before anything is loaded, naming each differing key of its config.json with both values (it
+    was an optimiser-count or a shape error); the run folder asked for is not created."""
+    from fastrecur.cli import main
+
+    run = tmp_path / "run"
+    assert main(_cli_train(data_dir, run, "--max-steps", "2", "--no-plot")) == 0
+    capsys.readouterr()
+    other = ("--set", "hidden_size=32", "--loss-type", "softmax_cross_entropy")
+    assert main(_cli_train(data_dir, tmp_path / "new", "--max-steps", "4", "--resume", str(run), *other)) == 2
+    step = os.path.join(str(run), "checkpoints", "step_00000002")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"fastrecur train: {step!r} holds another model than this run's: hidden_size is 16 there, 32 in this run; "
+        "loss_type is 'stablemax_cross_entropy' there, 'softmax_cross_entropy' in this run; give the options it "
+        "was trained with (--preset, --arch, --set, --global-batch-size) or another --out"
+    ]
+    assert not (tmp_path / "new").exists()
+    assert main(_cli_train(data_dir, tmp_path / "new", "--max-steps", "4", "--resume", str(run), "--no-plot")) == 0
+
+
 @pytest.mark.parametrize("mode", ["none", "plain", "tqdm", "auto"])
 def test_progress_modes_all_print_the_evaluations(data_dir, tmp_path, capsys, mode, one_thread):
     """--progress picks the progress display only (a tqdm bar for auto/tqdm, a line per --log-interval steps and

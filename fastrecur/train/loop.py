@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -33,6 +34,7 @@ from .state import (
     carry_from_state,
     carry_to_state,
     check_run_folder,
+    read_json,
     read_model_state,
     read_train_state,
     resolve_checkpoint_dir,
@@ -358,6 +360,31 @@ class Trainer:
             raise CheckpointError(failure)
         return folder
 
+    def check_same_model(self, folder: str) -> None:
+        """Raise :class:`CheckpointError` unless the checkpoint folder's ``config.json`` describes this run's model:
+        the same class, model config (the batch size per rank included) and loss; names the first differing
+        keys with both values (a run resumed without the options it was started with, say)."""
+        saved = read_json(os.path.join(folder, "config.json"))
+        if not isinstance(saved.get("model_config"), dict):
+            raise CheckpointError(f"{folder!r}: config.json has no model_config: not written by fastrecur train?")
+        mine = json.loads(json.dumps(self.config_json(), default=str))  # as saved: JSON types
+
+        def flat(cfg):
+            return {"model_class": cfg.get("model_class"), **cfg["model_config"], "loss_type": cfg.get("loss_type")}
+
+        theirs, ours = flat(saved), flat(mine)
+        missing = "(absent)"
+        diff = [k for k in dict.fromkeys(list(ours) + list(theirs)) if theirs.get(k, missing) != ours.get(k, missing)]
+        if diff:
+            shown = "; ".join(
+                f"{k} is {theirs.get(k, missing)!r} there, {ours.get(k, missing)!r} in this run" for k in diff[:3]
+            )
+            more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+            raise CheckpointError(
+                f"{folder!r} holds another model than this run's: {shown}{more}; give the options it was trained "
+                "with (--preset, --arch, --set, --global-batch-size) or another --out"
+            )
+
     def load(self, folder: str) -> None:
         """Resume from a run folder (the newest checkpoint, which its ``checkpoints/latest.json`` names), a
         checkpoint folder (``OUT/checkpoints/step_N``) or a file inside one, or from a fallback file written when
@@ -374,6 +401,7 @@ class Trainer:
         else:  # a run folder (its newest checkpoint), a checkpoint folder or a file inside one
             folder = resolve_checkpoint_dir(folder)
 
+        self.check_same_model(folder)
         state = read_train_state(folder)
         weights, _ = read_model_state(folder, use_ema=False)
         ema_weights = read_model_state(folder, use_ema=True)[0] if self.ema is not None else None
