@@ -177,6 +177,27 @@ ROWS = [
         "holds another model than this run's: hidden_size is 16 there, 32 in this run",
     ),
     (
+        "train-resume-already-done",
+        [
+            "train",
+            "--data",
+            "{s4}",
+            "--out",
+            "{tmp}/r",
+            "--device",
+            "cpu",
+            "--set",
+            *TINY_ARCH,
+            "--global-batch-size",
+            "8",
+            "--max-steps",
+            "1",
+            "--resume",
+            "{run4}",
+        ],
+        "is already at step 1 and this run stops at step 1",
+    ),
+    (
         "train-test-split-mismatch",
         [
             "train",

@@ -654,6 +654,62 @@ def test_resume_of_another_model_names_the_keys_that_differ(data_dir, tmp_path, 
     assert main(_cli_train(data_dir, tmp_path / "new", "--max-steps", "4", "--resume", str(run), "--no-plot")) == 0
 
 
+def test_run_folder_of_a_resume_path(tmp_path):
+    from fastrecur.train.state import run_folder_of
+
+    step = tmp_path / "run" / "checkpoints" / "step_00000002"
+    step.mkdir(parents=True)
+    (step / "model.safetensors").write_bytes(b"")
+    (tmp_path / "run" / "checkpoints" / "step_00000004.fallback.pt").write_bytes(b"")
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "step_00000001.fallback.pt").write_bytes(b"")
+    run = str(tmp_path / "run")
+    assert run_folder_of(run) == run
+    assert run_folder_of(run + "/") == run
+    assert run_folder_of(run + "/checkpoints") == run
+    assert run_folder_of(str(step)) == run
+    assert run_folder_of(str(step / "model.safetensors")) == run
+    assert run_folder_of(run + "/checkpoints/step_00000004.fallback.pt") == run
+    assert run_folder_of(str(tmp_path / "alone" / "step_00000001.fallback.pt")) is None  # the temp folder's
+    assert run_folder_of(str(tmp_path / "alone")) is None
+
+
+def test_resume_without_out_continues_in_the_resumed_run_folder(data_dir, tmp_path, capsys, monkeypatch, one_thread):
+    """--resume RUN (or RUN/checkpoints/step_N) without --out writes its checkpoints and metrics into RUN (it
+    wrote them to runs/default); a --max-steps the checkpoint has already reached is refused in one line (it
+    printed done and did nothing)."""
+    from fastrecur.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert main(_cli_train(data_dir, run, "--max-steps", "2", "--no-plot")) == 0
+    capsys.readouterr()
+
+    def resume(what, steps):
+        argv = _cli_train(data_dir, run, "--max-steps", str(steps), "--no-plot", "--resume", what)
+        i = argv.index("--out")
+        return main(argv[:i] + argv[i + 2 :])
+
+    assert resume("run", 4) == 0
+    assert f"| out: {os.path.normpath('run')}" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == ["run"]  # no runs/default
+    assert sorted(os.listdir(run / "checkpoints")) == ["latest.json", "step_00000002", "step_00000004"]
+    assert resume(os.path.join("run", "checkpoints", "step_00000004"), 6) == 0
+    assert os.listdir(tmp_path) == ["run"]
+    assert sorted(os.listdir(run / "checkpoints")) == ["latest.json", "step_00000004", "step_00000006"]
+    with open(run / "metrics.csv") as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["2", "4", "6"]
+    capsys.readouterr()
+    newest = os.path.join("run", "checkpoints", "step_00000006")
+    for steps in (6, 3):
+        assert resume("run", steps) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"fastrecur train: the checkpoint {newest!r} is already at step 6 and this run stops at step {steps}: "
+            "raise --max-steps (or --epochs) to train on"
+        ]
+    assert sorted(os.listdir(run / "checkpoints")) == ["latest.json", "step_00000004", "step_00000006"]
+
+
 @pytest.mark.parametrize("mode", ["none", "plain", "tqdm", "auto"])
 def test_progress_modes_all_print_the_evaluations(data_dir, tmp_path, capsys, mode, one_thread):
     """--progress picks the progress display only (a tqdm bar for auto/tqdm, a line per --log-interval steps and

@@ -20,6 +20,7 @@ import os
 import sys
 
 from .config import ARCH_PRESETS, RUN_PRESETS, TrainConfig, apply_overrides, load_arch_file
+from .state import run_folder_of
 
 # CLI flag -> TrainConfig field (flags default to None = "not given").
 _FLAGS = {
@@ -127,7 +128,11 @@ def build_config(args) -> tuple:
         values["data_path"] = os.path.join("data", args.preset)
     else:
         raise ValueError("--data is required (or a --preset that generates its dataset)")
-    values["out_dir"] = args.out or os.path.join("runs", name)
+    if args.out:
+        values["out_dir"] = args.out
+    else:  # --resume RUN (or a checkpoint inside RUN) continues in RUN
+        resumed = run_folder_of(args.resume) if args.resume not in ("auto", "never") else None
+        values["out_dir"] = resumed or os.path.join("runs", name)
     return TrainConfig.from_dict(values).validate(), dataset_spec
 
 

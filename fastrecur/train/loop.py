@@ -114,8 +114,9 @@ class Trainer:
             start_batch)`` (``fastrecur.data.PuzzleDataset``).
         eval_ds: dataset with ``iter_eval(batch_size, *, rank, world_size)``, or None (no evaluation).
         rank, world_size: this process's place in ``torch.distributed`` (initialised by the caller when > 1).
-        resume: what to resume from (a run folder, a checkpoint folder or a fallback file: :meth:`load`),
-            ``"auto"`` (the latest checkpoint in ``config.out_dir`` if any) or None.
+        resume: what to resume from (a run folder, a checkpoint folder or a fallback file: :meth:`load`; one
+            already at the run's last step raises :class:`CheckpointError`), ``"auto"`` (the latest checkpoint in
+            ``config.out_dir`` if any) or None.
         log: where messages go (rank 0 only).
     """
 
@@ -193,12 +194,13 @@ class Trainer:
         self.last_eval: Optional[Dict[str, float]] = None
         self.history: List[Dict[str, Any]] = []
 
+        explicit = resume not in (None, "auto")
         if resume == "auto":
             from .state import latest_checkpoint
 
             resume = latest_checkpoint(config.out_dir)
         if resume is not None:
-            self.load(resume)
+            self.load(resume, must_train=explicit)
 
     # ----- config.json -----
     def config_json(self) -> Dict[str, Any]:
@@ -363,14 +365,17 @@ class Trainer:
     def check_same_model(self, folder: str) -> None:
         """Raise :class:`CheckpointError` unless the checkpoint folder's ``config.json`` describes this run's model:
         the same class, model config (the batch size per rank included) and loss; names the first differing
-        keys with both values (a run resumed without the options it was started with, say)."""
+        keys with both values (a run resumed without the options it was started with, say).
+        ``num_puzzle_identifiers`` may differ: a dataset rebuilt with other puzzles resets the puzzle embeddings
+        with a warning (:func:`fastrecur.checkpoint.load_checkpoint`)."""
         saved = read_json(os.path.join(folder, "config.json"))
         if not isinstance(saved.get("model_config"), dict):
             raise CheckpointError(f"{folder!r}: config.json has no model_config: not written by fastrecur train?")
         mine = json.loads(json.dumps(self.config_json(), default=str))  # as saved: JSON types
 
         def flat(cfg):
-            return {"model_class": cfg.get("model_class"), **cfg["model_config"], "loss_type": cfg.get("loss_type")}
+            model = {k: v for k, v in cfg["model_config"].items() if k != "num_puzzle_identifiers"}
+            return {"model_class": cfg.get("model_class"), **model, "loss_type": cfg.get("loss_type")}
 
         theirs, ours = flat(saved), flat(mine)
         missing = "(absent)"
@@ -385,11 +390,12 @@ class Trainer:
                 "with (--preset, --arch, --set, --global-batch-size) or another --out"
             )
 
-    def load(self, folder: str) -> None:
+    def load(self, folder: str, must_train: bool = False) -> None:
         """Resume from a run folder (the newest checkpoint, which its ``checkpoints/latest.json`` names), a
         checkpoint folder (``OUT/checkpoints/step_N``) or a file inside one, or from a fallback file written when
         a checkpoint could not be (it is first restored as a checkpoint folder of this run). Everything is read
-        and checked before anything is applied."""
+        and checked before anything is applied; with ``must_train`` (an explicit ``--resume``) a checkpoint already
+        at this run's last step is refused (the run would do nothing)."""
         from fastrecur.checkpoint import load_checkpoint
 
         if os.path.isfile(folder) and folder.endswith(".fallback.pt"):
@@ -403,6 +409,11 @@ class Trainer:
 
         self.check_same_model(folder)
         state = read_train_state(folder)
+        if must_train and state["step"] >= self.total_steps:
+            raise CheckpointError(
+                f"the checkpoint {folder!r} is already at step {state['step']} and this run stops at step "
+                f"{self.total_steps}: raise --max-steps (or --epochs) to train on"
+            )
         weights, _ = read_model_state(folder, use_ema=False)
         ema_weights = read_model_state(folder, use_ema=True)[0] if self.ema is not None else None
         if self.ema is not None and not os.path.isfile(os.path.join(folder, "ema.safetensors")):

@@ -227,6 +227,22 @@ def resolve_checkpoint_dir(path: str) -> str:
     )
 
 
+def run_folder_of(path: str) -> Optional[str]:
+    """The run folder that ``path`` (what ``--resume`` takes) belongs to, or None: a run folder (it has a
+    ``checkpoints`` folder) itself, ``RUN`` for ``RUN/checkpoints``, ``RUN/checkpoints/step_N``, a file inside
+    that (``model.safetensors``) or ``RUN/checkpoints/step_N.fallback.pt``; None for a checkpoint folder or
+    fallback file outside a run folder (the temp folder). Spelled as given (normalised), not made absolute."""
+    p = os.path.normpath(os.fspath(path))
+    if os.path.isfile(p):
+        p = os.path.dirname(p) or "."
+    if os.path.isdir(os.path.join(p, "checkpoints")):
+        return p
+    for up in (p, os.path.dirname(p)):
+        if os.path.basename(os.path.abspath(up)) == "checkpoints":
+            return os.path.dirname(up) or "."
+    return None
+
+
 def latest_checkpoint(out_dir: str) -> Optional[str]:
     """The latest complete checkpoint folder of a run, or None if it has none yet."""
     if not os.path.isfile(os.path.join(out_dir, "checkpoints", LATEST)):
@@ -416,6 +432,7 @@ __all__ = [
     "resolve_checkpoint_dir",
     "restore_fallback",
     "rng_state",
+    "run_folder_of",
     "save_run_checkpoint",
     "set_rng_state",
     "write_fallback",
