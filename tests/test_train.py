@@ -316,6 +316,29 @@ def test_carry_persists_and_halted_rows_take_new_data(data_dir, tmp_path, one_th
     )
 
 
+def test_train_metrics_of_a_window_without_halted_rows_are_empty_not_zero(data_dir, tmp_path, one_thread):
+    """Accuracy, exact accuracy, q_halt accuracy and steps average over the rows that halted in the logging window
+    (the reference's ``count``); in a window where none did they are empty in metrics.csv and ``n/a`` in the log
+    line (they were written as 0.0), while the losses (per sample of the batch) are still written."""
+    import csv
+
+    arch = dict(TINY_ARCH, halt_max_steps=3, halt_exploration_prob=0.0)
+    cfg = tiny_config(data_dir, tmp_path, arch=arch, ema=False, max_steps=4, log_interval=1, progress="plain")
+    lines = []
+    Trainer(cfg, datasets(data_dir)[0], None, log=lines.append).fit()
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
+    per_row = ("train_accuracy", "train_exact_accuracy", "train_q_halt_accuracy", "train_steps")
+    # q_halt starts at -5 and exploration is off: no row halts before halt_max_steps=3, then every row does.
+    for r in rows[:2] + rows[3:]:
+        assert all(r[k] == "" for k in per_row) and float(r["train_lm_loss"]) > 0, r
+    assert float(rows[2]["train_steps"]) == 3.0 and 0 <= float(rows[2]["train_accuracy"]) <= 1, rows[2]
+    shown = [ln for ln in lines if ln.startswith("step ")]
+    assert len(shown) == 4 and all(" acc n/a exact n/a steps n/a " in shown[i] for i in (0, 1, 3)), shown
+    assert " steps 3.0 " in shown[2] and "n/a" not in shown[2], shown
+
+
 def test_fit_writes_run_folder_and_eval_matches_reload(data_dir, tmp_path, one_thread):
     out = tmp_path / "run"
     cfg = tiny_config(data_dir, out, eval_interval=6, checkpoint_interval=6, keep_checkpoints=1)

@@ -101,6 +101,19 @@ class Progress:
             self.bar.close()
 
 
+def _train_line(train: Dict[str, Optional[float]], lr: float) -> str:
+    """The progress text of a logging window's train metrics; ``n/a`` for an average over no halted rows."""
+
+    def fmt(key: str, spec: str) -> str:
+        v = train[key]
+        return "n/a" if v is None else format(v, spec)
+
+    return (
+        f"loss {fmt('lm_loss', '.4f')} acc {fmt('accuracy', '.3f')} exact {fmt('exact_accuracy', '.3f')} "
+        f"steps {fmt('steps', '.1f')} lr {lr:.2e}"
+    )
+
+
 def _log(text: str) -> None:
     print(text, flush=True)
 
@@ -263,19 +276,25 @@ class Trainer:
         self._acc = vals if self._acc is None else self._acc + vals
         self._acc_steps += 1
 
-    def _flush_train_metrics(self) -> Optional[Dict[str, float]]:
-        """Train metrics over the steps since the last call, reduced over ranks (reference normalisation:
-        losses per sample of the global batch, the rest per halted row)."""
+    def _flush_train_metrics(self) -> Optional[Dict[str, Optional[float]]]:
+        """Train metrics over the steps since the last call, reduced over ranks (the reference's normalisation,
+        ``pretrain.py``: losses per sample of the global batch, the rest per halted row, the rows its
+        ``ACTLossHead`` counts in ``count``). The per-halted-row metrics are None when no row halted in the window
+        (an average over no rows; the reference divides by ``max(count, 1)`` and logs 0, which reads as a
+        measured 0)."""
         if self._acc is None:
             return None
         acc = self._acc
         if self.world_size > 1:
             dist.all_reduce(acc)
         vals = acc.tolist()
-        count = max(vals[0], 1.0)
-        out = {}
+        count = vals[0]
+        out: Dict[str, Optional[float]] = {}
         for k, v in zip(TRAIN_KEYS, vals[1:]):
-            out[k] = v / (self.config.global_batch_size * self._acc_steps) if k.endswith("loss") else v / count
+            if k.endswith("loss"):
+                out[k] = v / (self.config.global_batch_size * self._acc_steps)
+            else:
+                out[k] = v / count if count > 0 else None
         self._acc, self._acc_steps = None, 0
         return out
 
@@ -538,11 +557,7 @@ class Trainer:
                     self.last_eval = ev
                 if self.is_main and do_log:
                     self._csv_row(train_m, ev)
-                    progress.update(
-                        self.step,
-                        f"loss {train_m['lm_loss']:.4f} acc {train_m['accuracy']:.3f} "
-                        f"exact {train_m['exact_accuracy']:.3f} steps {train_m['steps']:.1f} lr {self.lr:.2e}",
-                    )
+                    progress.update(self.step, _train_line(train_m, self.lr))
                     if ev is not None:
                         progress.write(f"[eval @ step {self.step}] {format_metrics(ev)}")
                 if last or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
