@@ -37,6 +37,7 @@ from fastrecur import bench as fb
 from fastrecur.backend import graphs
 from fastrecur.bench import roofline
 from fastrecur.checkpoint import atomic_write
+from fastrecur.cli import InputError, check_output_dir, positive_int, run_command
 
 # Profiler names of the fused kernels (csrc/dispatch.h FR_RECORD labels), reported one by one.
 FUSED = (
@@ -261,20 +262,35 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = fb.ModuleParser(
+        "act_step_floor", prog="python benchmarks/act_step_floor.py", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--archs", default="trm_mlp", help=f"comma-separated subset of {','.join(fb.ARCHS)}")
-    p.add_argument("--dtypes", default="bfloat16,float32")
-    p.add_argument("--batches", default="1,64")
-    p.add_argument("--iters", type=int, default=20, help="steps timed per variant at batch <= 8")
-    p.add_argument("--iters-large", type=int, default=5, help="steps timed per variant at batch > 8")
+    p.add_argument(
+        "--dtypes", default="bfloat16,float32", help=f"comma-separated subset of {','.join(fb.KERNEL_DTYPES)}"
+    )
+    p.add_argument("--batches", default="1,64", help="comma-separated batch sizes >= 1 (default 1,64)")
+    p.add_argument("--iters", type=positive_int, default=20, help="steps timed per variant at batch <= 8")
+    p.add_argument("--iters-large", type=positive_int, default=5, help="steps timed per variant at batch > 8")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--no-roofline", action="store_true", help="skip the kernel roofline table")
     p.add_argument("--out", default=None, help="write OUT/act-step-floor-<device>-<date>/results.{json,md}")
-    a = p.parse_args(argv)
+    return run_command("act_step_floor", run, p.parse_args(argv))
+
+
+def run(a: argparse.Namespace) -> int:
+    """Check every argument before any work, then time the cases and print (and write) the tables."""
+    archs = fb.parse_subset("--archs", a.archs, fb.ARCHS)
+    dtypes = fb.parse_subset("--dtypes", a.dtypes, fb.KERNEL_DTYPES)
+    batches = fb.parse_batches("--batches", a.batches)
     device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no GPU here")
     if not _ext.available():
-        raise SystemExit(_ext.status())
+        raise InputError(_ext.status())
+    if a.out is not None:
+        check_output_dir(a.out, create=True)
     meta = dict(
         fb.environment(device, quick=False),
         cpu_isa=_ext.cpu_isa(),
@@ -285,9 +301,9 @@ def main(argv=None) -> int:
     )
     print(meta["device_line"], flush=True)
     rows = []
-    for arch in a.archs.split(","):
-        for dtype in a.dtypes.split(","):
-            for batch in (int(b) for b in a.batches.split(",")):
+    for arch in archs:
+        for dtype in dtypes:
+            for batch in batches:
                 row = run_case(arch, dtype, batch, device, a.iters if batch <= 8 else a.iters_large, not a.no_compile)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -299,9 +315,7 @@ def main(argv=None) -> int:
         try:
             meta["roofline_clock"] = roofline.clock_name(device)
             meta["roofline_device_line"] = roofline.device_line(device)
-            results["roofline"] = roofline.kernel_roofline(
-                device, [getattr(torch, d) for d in a.dtypes.split(",")], [int(b) for b in a.batches.split(",")]
-            )
+            results["roofline"] = roofline.kernel_roofline(device, [getattr(torch, d) for d in dtypes], batches)
         finally:
             torch.set_num_threads(threads)
     meta["loadavg_end"] = fb._loadavg()

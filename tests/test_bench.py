@@ -199,3 +199,84 @@ def test_triton_launches_counted_per_kernel():
     assert counts["triton"] == 2 and counts["total"] == counts["aten"] + 2
     with bench.TritonLaunchCounter(execute=False) as dry:
         assert bench.count_launches(fn, CPU, dry)["triton"] == 2
+
+
+# ----------------------------------------------------------------- argument errors of the benchmark scripts
+def _act_step_floor_main():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "act_step_floor.py"
+    spec = importlib.util.spec_from_file_location("act_step_floor", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _status_and_err(main, argv, capsys):
+    try:
+        status = main(argv)
+    except SystemExit as e:  # argparse's errors (one line, exit status 2)
+        status = e.code
+    return status, capsys.readouterr()
+
+
+BAD_BENCH_ARGUMENTS = [
+    (["--threads", "-1"], "argument --threads: must be >= 1, got -1"),
+    (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    (["--dtypes", "int8"], "--dtypes: unknown ['int8']"),
+    (["--dtypes", "float32,float64"], "--dtypes: unknown ['float64']"),
+    (["--batches", "0"], "--batches must be comma-separated integers >= 1"),
+    (["--batches", "1,x"], "--batches must be comma-separated integers >= 1"),
+    (["--out", "{file}"], "--out '{file}': '{file}' is a file"),
+    (["--out", "/proc/fastrecur-nope"], "--out '/proc/fastrecur-nope': cannot create"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    BAD_BENCH_ARGUMENTS
+    + [
+        (["--kernels", "foo"], "--kernels: unknown ['foo']"),
+        (["--kernels", ""], "--kernels: no name given"),
+        (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+    ],
+)
+def test_roofline_argument_errors(tmp_path, capsys, monkeypatch, argv, message):
+    # One line naming the argument, exit 2, before any work: no kernel is timed, no thread count set.
+    from fastrecur.bench import roofline
+
+    timed = []
+    monkeypatch.setattr(roofline, "kernel_roofline", lambda *a, **k: timed.append(a) or [])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: timed.append(n))
+    (tmp_path / "f").write_text("x")
+    argv = [x.replace("{file}", str(tmp_path / "f")) for x in argv]
+    status, cap = _status_and_err(roofline.main, ["--batches", "1", *argv], capsys)
+    assert status == 2 and cap.err.startswith("fastrecur bench.roofline: ") and cap.err.count("\n") == 1, cap.err
+    assert message.replace("{file}", str(tmp_path / "f")) in cap.err
+    assert timed == [] and cap.out == ""
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    BAD_BENCH_ARGUMENTS[2:]
+    + [
+        (["--archs", "gpt"], "--archs: unknown ['gpt']"),
+        (["--iters", "0"], "argument --iters: must be >= 1, got 0"),
+        (["--iters-large", "-2"], "argument --iters-large: must be >= 1, got -2"),
+    ],
+)
+def test_act_step_floor_argument_errors(tmp_path, capsys, argv, message):
+    main = _act_step_floor_main()
+    (tmp_path / "f").write_text("x")
+    argv = [x.replace("{file}", str(tmp_path / "f")) for x in argv]
+    status, cap = _status_and_err(main, ["--batches", "1", *argv], capsys)
+    assert status == 2 and cap.err.startswith("fastrecur act_step_floor: ") and cap.err.count("\n") == 1, cap.err
+    assert message.replace("{file}", str(tmp_path / "f")) in cap.err
+    assert cap.out == ""  # nothing timed (the device line is the first thing a run prints)
+
+
+def test_bench_output_folder_checked_before_work(capsys):
+    status, cap = _status_and_err(bench.main, ["--sections", "counters", "--out", "/proc/fastrecur-nope"], capsys)
+    assert status == 2 and "fastrecur bench: --out '/proc/fastrecur-nope': cannot create" in cap.err
+    assert cap.out == ""

@@ -29,6 +29,8 @@ from .common import (
     _log,
     environment,
     measure_roofline,
+    parse_batches,
+    parse_subset,
     triton_usable,
 )
 from .counters import run_counters, run_grad_cycles
@@ -98,39 +100,23 @@ def _csv(s: Optional[str]) -> List[str]:
     return [x for x in (s or "").split(",") if x]
 
 
-def _subset(option: str, given: List[str], known) -> List[str]:
-    """The comma-separated choices of ``option``, each one of ``known``; an :class:`InputError` otherwise."""
-    bad = [x for x in given if x not in known]
-    if bad:
-        raise InputError(f"{option}: unknown {bad}; choose from {','.join(known)}")
-    return given
-
-
-def _batch_sizes(text: Optional[str]) -> List[int]:
-    try:
-        sizes = [int(b) for b in _csv(text)]
-    except ValueError:
-        sizes = []
-    if text is not None and (not sizes or min(sizes) < 1):
-        raise InputError(f"--batches must be comma-separated integers >= 1, e.g. 1,8; got {text!r}")
-    return sizes
-
-
 def _resolve(a: argparse.Namespace, device: torch.device) -> argparse.Namespace:
     """Fill the defaults that depend on --quick and the device; an :class:`InputError` for impossible values."""
     small = a.quick and device.type == "cpu"
     a.hidden = a.hidden or (128 if small else 512)
-    a.batch_list = _batch_sizes(a.batches) or ([1, 8] if small else [1, 8] if a.quick else [1, 64, 768])
+    a.batch_list = (parse_batches("--batches", a.batches) if a.batches is not None else []) or (
+        [1, 8] if small else [1, 8] if a.quick else [1, 64, 768]
+    )
     a.kernel_scale = a.kernel_scale or ("quick" if a.quick else "full")
     if a.warmup is None:
         a.warmup = 1 if small else (2 if a.quick else 3)
     if a.iters is None:
         a.iters = 3 if small else (5 if a.quick else 15)
-    a.arch_list = _subset("--archs", _csv(a.archs), ARCHS)
-    a.section_list = _subset("--sections", _csv(a.sections), SECTIONS)
-    _subset("--ops", _csv(a.ops), KERNEL_OPS)
+    a.arch_list = parse_subset("--archs", a.archs, ARCHS)
+    a.section_list = parse_subset("--sections", a.sections, SECTIONS)
+    parse_subset("--ops", a.ops, KERNEL_OPS, allow_empty=True)
     a.compile_archs = (
-        set(_subset("--compile-models", _csv(a.compile_models), ARCHS))
+        set(parse_subset("--compile-models", a.compile_models, ARCHS, allow_empty=True))
         if a.compile_models is not None
         else ({"trm_mlp"} if small else set(ARCHS))
     )
@@ -147,7 +133,7 @@ def run(a: argparse.Namespace) -> int:
         return 0
     device = resolve_device(a.device)
     a = _resolve(a, device)
-    check_output_dir(a.out)
+    check_output_dir(a.out, create=True)
     if a.threads:
         torch.set_num_threads(a.threads)
     dtype = getattr(torch, a.dtype)

@@ -6,18 +6,64 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
+
+from fastrecur.cli import CommandParser, InputError, report_input_error
 
 EPS = 1e-5
 SOLVE_STEPS = 16
 ARCHS = ("hrm", "trm", "trm_mlp", "srm", "flat")
 ARCH_LABELS = {"hrm": "HRM", "trm": "TRM-att", "trm_mlp": "TRM-MLP", "srm": "SRM", "flat": "Flat"}
 KERNEL_OPS = ("add_rms_norm", "swiglu_mlp_block", "token_mix_block", "rotary_attention", "stablemax_cross_entropy")
+KERNEL_DTYPES = ("bfloat16", "float16", "float32")  # the dtypes the fused kernels take
 TRITON_CPU_ENV = "FASTRECUR_BENCH_TRITON_CPU"
 TRITON_LAUNCH_RANGE = "fastrecur_bench::triton_launch::"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command-line arguments of the benchmark scripts
+
+
+class ModuleParser(CommandParser):
+    """The parser of a ``python -m fastrecur.X`` or ``python benchmarks/X.py`` script: one-line errors
+    ``fastrecur X: message (see PROG --help)`` on stderr and exit status 2 (:class:`fastrecur.cli.CommandParser`),
+    ``X`` being ``command``."""
+
+    def __init__(self, command: str, **kwargs):
+        super().__init__(**kwargs)
+        self.command = command
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        report_input_error(self.command, f"{message} (see {self.prog} --help)")
+        sys.exit(2)
+
+
+def parse_subset(option: str, text: Optional[str], known: Sequence[str], allow_empty: bool = False) -> List[str]:
+    """The comma-separated names of ``option``'s value ``text``, each one of ``known``; an
+    :class:`~fastrecur.cli.InputError` naming ``option`` otherwise (or when empty, unless ``allow_empty``)."""
+    given = [x for x in (text or "").split(",") if x]
+    bad = [x for x in given if x not in known]
+    if bad:
+        raise InputError(f"{option}: unknown {bad}; choose from {','.join(known)}")
+    if not (given or allow_empty):
+        raise InputError(f"{option}: no name given; choose a comma-separated subset of {','.join(known)}")
+    return given
+
+
+def parse_batches(option: str, text: str) -> List[int]:
+    """The comma-separated batch sizes (ints >= 1) of ``option``'s value ``text``; an
+    :class:`~fastrecur.cli.InputError` naming ``option`` otherwise."""
+    try:
+        sizes = [int(b) for b in text.split(",") if b]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise InputError(f"{option} must be comma-separated integers >= 1, e.g. 1,8; got {text!r}")
+    return sizes
 
 
 def _triton_version() -> Optional[str]:

@@ -27,7 +27,18 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .common import _loadavg, _sync, device_name, environment
+from fastrecur.cli import InputError, check_output_dir, positive_int, run_command
+
+from .common import (
+    KERNEL_DTYPES,
+    ModuleParser,
+    _loadavg,
+    _sync,
+    device_name,
+    environment,
+    parse_batches,
+    parse_subset,
+)
 
 # Sudoku TRM-MLP dimensions: positions (81 cells + 16 puzzle-embedding rows), hidden, channel-MLP width,
 # attention heads and head size (the RoPE kernel rotates the q and k heads: 2 * 8 heads of 64).
@@ -218,38 +229,52 @@ def markdown(rows: List[dict], header: str, clock: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastrecur.bench.roofline", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m fastrecur.bench.roofline``."""
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtypes", default="bfloat16,float16,float32")
-    p.add_argument("--batches", default="1,8,64")
+    p.add_argument(
+        "--dtypes", default=",".join(KERNEL_DTYPES), help=f"comma-separated subset of {','.join(KERNEL_DTYPES)}"
+    )
+    p.add_argument("--batches", default="1,8,64", help="comma-separated batch sizes >= 1 (default 1,8,64)")
     p.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated subset of {','.join(KERNELS)}")
-    p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--rounds", type=positive_int, default=30, help="timing rounds, >= 1 (default 30)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads, >= 1 (default: torch's)")
     p.add_argument("--out", default=None, help="write OUT/kernel-roofline-<device>-<date>/results.{json,md}")
-    a = p.parse_args(argv)
 
-    def fail(msg: str) -> int:
-        print(f"fastrecur bench.roofline: {msg}", file=sys.stderr)
-        return 2
 
-    try:
-        dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
-        batches = [int(b) for b in a.batches.split(",")]
-    except (AttributeError, ValueError):
-        return fail(f"--dtypes must name torch dtypes and --batches integers, got {a.dtypes!r} / {a.batches!r}")
-    kernels = a.kernels.split(",")
-    if any(k not in KERNELS for k in kernels) or min(batches) < 1 or a.rounds < 1:
-        return fail(f"--kernels must be a subset of {','.join(KERNELS)}, --batches >= 1, --rounds >= 1")
+def check_arguments(a: argparse.Namespace) -> argparse.Namespace:
+    """Parse the comma-separated options into ``a.dtype_list``, ``a.batch_list``, ``a.kernel_list`` and check
+    ``--device``, ``--out`` (made here) and the extension, before any work; an
+    :class:`~fastrecur.cli.InputError` naming the option (or saying why the extension cannot run)."""
+    a.dtype_list = [getattr(torch, d) for d in parse_subset("--dtypes", a.dtypes, KERNEL_DTYPES)]
+    a.batch_list = parse_batches("--batches", a.batches)
+    a.kernel_list = parse_subset("--kernels", a.kernels, KERNELS)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no GPU here")
+    from fastrecur import _ext
+
+    if not _ext.available():
+        raise InputError(_ext.status())
+    if a.device == "cuda" and not _ext.has_cuda_kernels():
+        raise InputError(f"--device cuda: the extension has no CUDA kernels: {_ext.status()}")
+    if a.out is not None:
+        check_output_dir(a.out, create=True)
+    return a
+
+
+def main(argv=None) -> int:
+    p = ModuleParser("bench.roofline", prog="python -m fastrecur.bench.roofline", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run_command("bench.roofline", run, p.parse_args(argv))
+
+
+def run(a: argparse.Namespace) -> int:
+    """Check the arguments, time the kernels, print the table (and write it under ``--out``)."""
+    a = check_arguments(a)
     device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return fail("--device cuda: no GPU here")
     if a.threads:
         torch.set_num_threads(a.threads)
-    try:
-        rows = kernel_roofline(device, dtypes, batches, kernels, a.rounds)
-    except RuntimeError as e:
-        return fail(str(e))
+    rows = kernel_roofline(device, a.dtype_list, a.batch_list, a.kernel_list, a.rounds)
     meta = dict(
         environment(device, quick=False),
         device_line=device_line(device),
