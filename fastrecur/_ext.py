@@ -89,13 +89,40 @@ def cpu_isa() -> str:
     return str(torch.ops.fastrecur_C.cpu_isa()) if available() else ""
 
 
-def status() -> str:
-    """One line saying whether the extension is usable, and if not, why."""
-    if not available():
+def _not_built_reason() -> str:
+    """Why ``fastrecur._C`` did not load, saying where the imported package is: running ``python -m fastrecur...``
+    from the root of a source checkout imports that checkout (the current folder comes first on
+    ``sys.path``), which has no built extension unless it was built in place."""
+    if _OVERRIDE or _MISMATCH:
+        return f"fastrecur._C is not available ({_IMPORT_ERROR})"
+    package = os.path.dirname(os.path.abspath(__file__))
+    built = sorted(f for f in os.listdir(package) if f.startswith("_C.") and f.endswith((".so", ".pyd")))
+    if built:
         return (
-            f"fastrecur._C is not available ({_IMPORT_ERROR}); build it with "
-            "`pip install --no-build-isolation -e .` (unset FASTRECUR_NO_EXT)"
+            f"fastrecur._C at {os.path.join(package, built[0])} could not be loaded ({_IMPORT_ERROR}); it was "
+            "probably built against another torch: rebuild it (pip install --no-build-isolation -e . in a source "
+            "checkout, else reinstall fastrecur)"
         )
+    checkout = os.path.isfile(os.path.join(os.path.dirname(package), "setup.py"))
+    where = (
+        f"fastrecur._C is not available: the imported fastrecur package is at {package}, which has no built extension"
+    )
+    fix = (
+        "run from another folder (to import the installed fastrecur) or build in place with "
+        "`pip install --no-build-isolation -e .`"
+    )
+    if checkout:
+        return f"{where}; it is a source checkout: {fix}"
+    return (
+        f"{where}; if that is a source checkout, {fix}; otherwise reinstall fastrecur with a C++ compiler "
+        "(FASTRECUR_NO_EXT unset)"
+    )
+
+
+def status() -> str:
+    """One line saying whether the extension is usable, and if not, why (and where the imported package is)."""
+    if not available():
+        return _not_built_reason()
     cuda = "with CUDA kernels" if has_cuda_kernels() else "CPU only (built without nvcc or a CUDA build of torch)"
     return f"fastrecur._C loaded from {_C.__file__}, {cuda}, CPU kernels for {cpu_isa()}"
 

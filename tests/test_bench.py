@@ -280,3 +280,34 @@ def test_bench_output_folder_checked_before_work(capsys):
     status, cap = _status_and_err(bench.main, ["--sections", "counters", "--out", "/proc/fastrecur-nope"], capsys)
     assert status == 2 and "fastrecur bench: --out '/proc/fastrecur-nope': cannot create" in cap.err
     assert cap.out == ""
+
+
+# ------------------------------------------- the extension's status when the imported package has no _C
+@pytest.mark.parametrize("layout", ["checkout", "installed", "checkout-with-stale-library"])
+def test_extension_status_names_the_imported_package(tmp_path, monkeypatch, layout):
+    # `python -m fastrecur.bench.roofline` from a source checkout's root imports that checkout, not the installed
+    # package: the message must say where the imported package is and what to do, not only "build it".
+    from fastrecur import _ext
+
+    package = tmp_path / "fastrecur"
+    package.mkdir()
+    if layout.startswith("checkout"):
+        (tmp_path / "setup.py").write_text("")
+    if layout.endswith("stale-library"):
+        (package / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    monkeypatch.setattr(_ext, "__file__", str(package / "_ext.py"))
+    monkeypatch.setattr(_ext, "_C", None)
+    monkeypatch.setattr(_ext, "_OVERRIDE", None)
+    monkeypatch.setattr(_ext, "_MISMATCH", None)
+    monkeypatch.setattr(_ext, "_IMPORT_ERROR", "ImportError: cannot import name '_C' from 'fastrecur'")
+    text = _ext.status()
+    if layout == "checkout-with-stale-library":
+        assert f"fastrecur._C at {package}/_C.cpython-311-x86_64-linux-gnu.so could not be loaded" in text
+        assert "another torch" in text
+        return
+    assert f"the imported fastrecur package is at {package}, which has no built extension" in text
+    assert "run from another folder" in text and "pip install --no-build-isolation -e ." in text
+    assert ("it is a source checkout" in text) == (layout == "checkout")
+    assert ("reinstall fastrecur" in text) == (layout == "installed")
+    with pytest.raises(RuntimeError, match="imported fastrecur package is at"):
+        _ext.ops()
