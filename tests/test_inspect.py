@@ -129,6 +129,44 @@ def test_inspect_command_writes_pngs_and_json(tmp_path, capsys):
     assert "16" in err or "cells" in err
     assert cli.run(p.parse_args([str(tmp_path / "run"), "--puzzle", "1..4....2..1.3..", "--out", str(out / "p")])) == 0
 
+    # The errors name the user's option, not encode_sudoku's parameter (inspect and solve alike).
+    capsys.readouterr()
+    assert cli.run(p.parse_args([str(tmp_path / "run"), "--puzzle", "1..4....2..1.3.9", "--out", str(out)])) == 2
+    assert (
+        capsys.readouterr().err
+        == "fastrecur inspect: --puzzle: characters ['9'] are not digits 1..4 or blanks '.'/'0'\n"
+    )
+    from fastrecur.cli import main
+
+    for argv, line in [
+        (["--tokens", "a b c"], "fastrecur solve: --tokens: 'a' is not an integer; give token ids separated by spaces"),
+        (["--tokens", " , "], "fastrecur solve: --tokens: no token ids given"),
+        (["--puzzle", "1..4....2..1.3.9"], "fastrecur solve: --puzzle: characters ['9'] are not digits 1..4"),
+    ]:
+        assert main(["solve", str(tmp_path / "run"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(line) and err.count("\n") == 1, err
+
+
+def test_one_rendering_of_sudoku_cells():
+    # A predicted pad token (0) prints as '?' in solve's grids and inspect's alike, never as '.' (a blank).
+    import numpy as np
+
+    from fastrecur.inspect.plots import sudoku_cell_chars, text_grid
+    from fastrecur.train import solve
+
+    tokens = np.array([0, 1, 2, 3, 4, 5, 6, 2, 3, 4, 5, 2, 3, 4, 5, 2])  # pad, blank, digits 1..4, then 5 = digit 4
+    assert sudoku_cell_chars(tokens) == ["?", ".", "1", "2", "3", "4", "?", "1", "2", "3", "4", "1", "2", "3", "4", "1"]
+    inputs = np.ones(16, dtype=np.int64)  # no givens
+    first_row = text_grid(tokens, inputs, None, (2, 2)).splitlines()[0]
+    assert first_row.split()[:2] == ["?", "."], first_row
+    assert solve.format_grid(sudoku_cell_chars(tokens), 4, (2, 2)).splitlines()[0].startswith("? . | 1 2")
+    import argparse
+
+    p = argparse.ArgumentParser()
+    solve.add_arguments(p)
+    assert "'?' not a digit (the pad token 0 predicted)" in " ".join(p.format_help().split())  # documented
+
 
 def test_trace_of_cpp_model_runs_eager_and_matches():
     """Which path a trace takes on the C++ backend: the eager loop (the C++ loop reports no per-update numbers),

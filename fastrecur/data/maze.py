@@ -220,9 +220,10 @@ def generate_mazes(
     return out
 
 
-def encode_maze(text: Union[str, Sequence[str]]) -> np.ndarray:
+def encode_maze(text: Union[str, Sequence[str]], *, name: str = "text") -> np.ndarray:
     """Tokens (uint8, length size*size) of a square maze given as rows of ``"# SGo"`` (a newline-separated
-    string or a list of row strings)."""
+    string or a list of row strings). Errors (ValueError, TypeError) start with ``name``: a command passes its
+    option's name (``--puzzle``)."""
     if isinstance(text, str):
         rows = text.split("\n")
         while rows and rows[-1] == "":  # a trailing newline is harmless
@@ -230,20 +231,20 @@ def encode_maze(text: Union[str, Sequence[str]]) -> np.ndarray:
     elif isinstance(text, (list, tuple)) and all(isinstance(r, str) for r in text):
         rows = list(text)
     else:
-        raise TypeError(f"text: expected a string or a list of row strings, got {type(text).__name__}")
+        raise TypeError(f"{name}: expected a string or a list of row strings, got {type(text).__name__}")
     if not rows:
-        raise ValueError("text: empty maze")
+        raise ValueError(f"{name}: empty maze")
     size = len(rows)
     bad_len = [i for i, r in enumerate(rows) if len(r) != size]
     if bad_len:
         raise ValueError(
-            f"text: the maze must be square ({size} rows of {size} characters); row {bad_len[0]} has "
+            f"{name}: the maze must be square ({size} rows of {size} characters); row {bad_len[0]} has "
             f"{len(rows[bad_len[0]])} characters"
         )
     flat = "".join(rows)
     bad = sorted(set(flat) - set(CHARSET))
     if bad:
-        raise ValueError(f"text: characters {bad!r} are outside the maze alphabet {CHARSET!r}")
+        raise ValueError(f"{name}: characters {bad!r} are outside the maze alphabet {CHARSET!r}")
     lut = {ch: i + 1 for i, ch in enumerate(CHARSET)}
     return np.array([lut[ch] for ch in flat], dtype=np.uint8)
 

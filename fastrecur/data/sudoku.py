@@ -354,15 +354,16 @@ def augment_sudoku(puzzle: np.ndarray, solution: np.ndarray, rng: np.random.Gene
     return apply(p), apply(s)
 
 
-def encode_sudoku(text_or_grid: GridLike, n: Optional[int] = None) -> np.ndarray:
+def encode_sudoku(text_or_grid: GridLike, n: Optional[int] = None, *, name: str = "text_or_grid") -> np.ndarray:
     """Tokens (uint8, length n*n) of a puzzle or solution: blank -> 1, digit d -> d + 1.
 
     Accepts an n*n-character string with '.' or '0' for blanks (whitespace ignored) or a flat / n x n integer
-    array with 0 for blanks; ``n`` (optional) checks the size.
+    array with 0 for blanks; ``n`` (optional) checks the size. Errors (ValueError, TypeError) start with
+    ``name``: a command passes its option's name (``--puzzle``).
     """
     if n is not None:
         n = _check_size(n)
-    grid = _as_grid(text_or_grid, n, "text_or_grid")
+    grid = _as_grid(text_or_grid, n, name)
     return (grid.reshape(-1) + 1).astype(np.uint8)
 
 

@@ -20,7 +20,16 @@ import torch
 from fastrecur.cli import check_dataset_matches_model, check_output_dir, positive_int, resolve_device
 from fastrecur.ops.reference import IGNORE_LABEL_ID
 
-from .plots import arc_text_grid, draw_accuracy, draw_arc_steps, draw_bars, draw_residuals, draw_sudoku_steps, text_grid
+from .plots import (
+    CELL_LEGEND,
+    arc_text_grid,
+    draw_accuracy,
+    draw_arc_steps,
+    draw_bars,
+    draw_residuals,
+    draw_sudoku_steps,
+    text_grid,
+)
 from .pr import participation_ratio
 from .trace import trace
 
@@ -28,7 +37,11 @@ from .trace import trace
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run folder, checkpoint folder, or .safetensors file beside a config.json")
     p.add_argument("dataset", nargs="?", help="dataset folder (reference format); or give --puzzle")
-    p.add_argument("--puzzle", help="one Sudoku ('.' or '0' for blanks) or maze (rows of '# SGo' separated by '/')")
+    p.add_argument(
+        "--puzzle",
+        help="one Sudoku ('.' or '0' for blanks) or maze (rows of '# SGo' separated by '/'); Sudoku grids print "
+        f"[d] for a given, d* changed, d! a violation; {CELL_LEGEND}",
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--max-examples", type=positive_int, default=256, help="examples traced from the dataset")
     p.add_argument("--steps", type=positive_int, default=None, help="ACT steps (default: the model's halt_max_steps)")
@@ -48,9 +61,9 @@ def _puzzle_batch(text: str, cfg) -> dict:
     from fastrecur.data import encode_maze, encode_sudoku
 
     if set(text) <= set("# SGo/\n"):
-        tokens = encode_maze(text.replace("/", "\n"))
+        tokens = encode_maze(text.replace("/", "\n"), name="--puzzle")
     else:
-        tokens = encode_sudoku(text)
+        tokens = encode_sudoku(text, name="--puzzle")
     if tokens.size != cfg.seq_len:
         raise ValueError(f"--puzzle has {tokens.size} cells but the model takes seq_len={cfg.seq_len}")
     if int(tokens.max()) >= cfg.vocab_size:

@@ -22,6 +22,24 @@ def sudoku_violations(digits: np.ndarray, box: Tuple[int, int]) -> np.ndarray:
     return bad
 
 
+# The one rendering of a Sudoku cell token, shared by ``fastrecur solve`` and ``fastrecur inspect``: a digit,
+# BLANK_CHAR for the blank token (1), NOT_A_DIGIT_CHAR for the pad token (0, "pad token predicted") or any id
+# above the digits -- never '.', which would pass a predicted pad for a blank cell.
+BLANK_CHAR = "."
+NOT_A_DIGIT_CHAR = "?"
+CELL_LEGEND = "cells: digits; '.' blank; '?' not a digit (the pad token 0 predicted)"
+
+
+def sudoku_cell_chars(tokens: np.ndarray) -> List[str]:
+    """Token ids (0 pad, 1 blank, d+1 digit d) -> one character per cell: the digit, ``'.'`` for blank,
+    ``'?'`` for the pad token or an id above the digits."""
+    n = int(round(np.asarray(tokens).size ** 0.5))
+    return [
+        BLANK_CHAR if t == 1 else (str(t - 1) if 2 <= t <= n + 1 else NOT_A_DIGIT_CHAR)
+        for t in np.asarray(tokens).reshape(-1).tolist()
+    ]
+
+
 def sudoku_digits(tokens: np.ndarray) -> np.ndarray:
     """Token ids (0 pad, 1 blank, d+1 digit d) -> ``[n, n]`` digits with 0 for blank or out-of-range."""
     n = int(round(tokens.size**0.5))
@@ -32,20 +50,24 @@ def sudoku_digits(tokens: np.ndarray) -> np.ndarray:
 
 def text_grid(pred: np.ndarray, inputs: np.ndarray, prev: Optional[np.ndarray], box: Optional[Tuple[int, int]]) -> str:
     """A Sudoku grid for the terminal: ``[d]`` given, `` d*`` changed since the previous step, `` d!`` violation
-    (a repeated digit, or a given the prediction overwrote)."""
+    (a repeated digit, or a given the prediction overwrote); cells as :func:`sudoku_cell_chars` (``?``: the pad
+    token predicted)."""
     digits, given_digits = sudoku_digits(pred), sudoku_digits(inputs)
+    chars = sudoku_cell_chars(pred)
     given = given_digits > 0
     n = digits.shape[0]
     # A violation: a repeated digit, or a given the prediction overwrote.
     bad = (sudoku_violations(digits, box) if box else np.zeros_like(given)) | (given & (digits != given_digits))
-    changed = np.zeros_like(given) if prev is None else (sudoku_digits(prev) != digits)
+    changed = (
+        np.zeros_like(given) if prev is None else (np.asarray(prev).reshape(n, n) != np.asarray(pred).reshape(n, n))
+    )
     lines = []
     for r in range(n):
         if box and r and r % box[0] == 0:
             lines.append("-" * (4 * n + 2 * (n // box[1] - 1)))
         cells = []
         for c in range(n):
-            d = str(digits[r, c]) if digits[r, c] else "."
+            d = chars[r * n + c]
             mark = "!" if bad[r, c] else "*" if changed[r, c] else " "
             cell = f"[{d}]" if given[r, c] and not bad[r, c] else f" {d}" + mark
             cells.append(cell + (" |" if box and (c + 1) % box[1] == 0 and c + 1 < n else ""))
@@ -81,7 +103,7 @@ def draw_sudoku_steps(
         ax.axis("off")
         if i >= k:
             continue
-        digits = sudoku_digits(preds[i])
+        digits, chars = sudoku_digits(preds[i]), sudoku_cell_chars(preds[i])
         bad = sudoku_violations(digits, box) | (given & (digits != given_digits))
         changed = np.zeros_like(given) if prev is None else digits != sudoku_digits(prev)
         prev = preds[i]
@@ -91,23 +113,24 @@ def draw_sudoku_steps(
             for c in range(n):
                 if changed[r, c]:
                     ax.add_patch(plt.Rectangle((c, r), 1, 1, color="0.85"))
-                if digits[r, c]:
+                char = chars[r * n + c]
+                if char != BLANK_CHAR:
                     ax.text(
                         c + 0.5,
                         r + 0.55,
-                        str(digits[r, c]),
+                        char,
                         ha="center",
                         va="center",
                         fontsize=max(6, 60 // n),
                         fontweight="bold" if given[r, c] else "normal",
-                        color="red" if bad[r, c] else "black",
+                        color="red" if bad[r, c] or char == NOT_A_DIGIT_CHAR else "black",
                     )
         for j in range(n + 1):
             lw = 1.6 if j % box[1] == 0 else 0.4
             ax.plot([j, j], [0, n], color="black", lw=lw if j % box[1] == 0 else 0.4)
             ax.plot([0, n], [j, j], color="black", lw=1.6 if j % box[0] == 0 else 0.4)
         ax.set_title(f"step {i + 1}  q_halt {q_halt[i]:+.1f}", fontsize=9)
-    fig.suptitle("prediction per ACT step (bold: given, red: violation, grey: changed)", fontsize=10)
+    fig.suptitle("prediction per ACT step (bold: given, red: violation or ?, grey: changed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fastrecur.cli import InputError, add_inference_arguments
+from fastrecur.inspect.plots import CELL_LEGEND, NOT_A_DIGIT_CHAR, sudoku_cell_chars
 
 
 def format_grid(cells: List[str], n: int, box: Optional[tuple]) -> str:
@@ -38,16 +39,24 @@ def format_grid(cells: List[str], n: int, box: Optional[tuple]) -> str:
     return "\n".join(lines)
 
 
-def _sudoku_cells(tokens: np.ndarray) -> List[str]:
-    """Token ids -> cell characters: 1 blank '.', d+1 digit d, anything else '?'."""
-    n = int(round(len(tokens) ** 0.5))
-    return ["." if t == 1 else (str(t - 1) if 2 <= t <= n + 1 else "?") for t in tokens.tolist()]
+def parse_tokens(text: str, option: str = "--tokens") -> np.ndarray:
+    """Token ids separated by spaces or commas -> int64 array; a ValueError naming ``option`` for an empty list
+    or an entry that is not an integer."""
+    parts = text.replace(",", " ").split()
+    bad = [p for p in parts if not p.lstrip("+-").isdigit()]
+    if bad or not parts:
+        what = f"{bad[0]!r} is not an integer" if bad else "no token ids given"
+        raise ValueError(f"{option}: {what}; give token ids separated by spaces or commas, e.g. '1 2 3'")
+    return np.array([int(p) for p in parts], dtype=np.int64)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="run folder, checkpoint folder, or .safetensors file beside a config.json")
     g = parser.add_mutually_exclusive_group(required=True)
-    g.add_argument("--puzzle", help="Sudoku string, '.' or '0' for blanks (e.g. '3.1.......3....4')")
+    g.add_argument(
+        "--puzzle",
+        help=f"Sudoku string, '.' or '0' for blanks (e.g. '3.1.......3....4'); printed grids: {CELL_LEGEND}",
+    )
     g.add_argument("--tokens", help="token ids separated by spaces or commas (any dataset)")
     g.add_argument(
         "--grid",
@@ -115,9 +124,9 @@ def run(args) -> int:
         elif sudoku:
             from fastrecur.data import encode_sudoku
 
-            inputs = encode_sudoku(args.puzzle).astype(np.int64)
+            inputs = encode_sudoku(args.puzzle, name="--puzzle").astype(np.int64)
         else:
-            inputs = np.array([int(t) for t in args.tokens.replace(",", " ").split()], dtype=np.int64)
+            inputs = parse_tokens(args.tokens)
         if inputs.size != seq_len:
             raise ValueError(f"the model takes {seq_len} tokens, the puzzle has {inputs.size}")
         if inputs.min() < 0 or inputs.max() >= cfg.vocab_size:
@@ -143,7 +152,7 @@ def run(args) -> int:
     render = (
         (lambda t: arc_text_grid(crop_grid(t, arc_side)))
         if arc_side
-        else (lambda t: format_grid(_sudoku_cells(t), n, box))
+        else (lambda t: format_grid(sudoku_cell_chars(t), n, box))
         if sudoku
         else (
             lambda t: (
@@ -175,11 +184,10 @@ def run(args) -> int:
     elif sudoku:
         from fastrecur.data import decode_sudoku, is_valid_solution
 
-        cells = _sudoku_cells(preds)
-        answer = "".join(cells)
+        answer = "".join(sudoku_cell_chars(preds))
         given = inputs != 1
         keeps = bool(np.all(preds[given] == inputs[given]))
-        valid = "?" not in answer and is_valid_solution(decode_sudoku(preds))
+        valid = NOT_A_DIGIT_CHAR not in answer and is_valid_solution(decode_sudoku(preds))
         print(
             f"answer: {answer}  ({'valid' if valid else 'NOT a valid'} solution, givens "
             f"{'kept' if keeps else 'CHANGED'})"
