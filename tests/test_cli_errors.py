@@ -93,6 +93,16 @@ ROWS = [
         ],
         "not divisible by num_heads",
     ),
+    (
+        "train-set-seq-len",
+        ["train", "--data", "{s4}", "--out", "{tmp}/r", "--global-batch-size", "8", "--set", "seq_len=99"],
+        "seq_len=99, but seq_len comes from the dataset's metadata, which gives 16",
+    ),
+    (
+        "train-set-vocab-size",
+        ["train", "--data", "{s4}", "--out", "{tmp}/r", "--global-batch-size", "8", "--set", "vocab_size=3"],
+        "vocab_size=3, but vocab_size comes from the dataset's metadata, which gives 6",
+    ),
     ("train-arch-and-config", ["train", "--data", "{s4}", "--arch", "trm", "--arch-config", "x.yaml"], "not both"),
     ("train-arch-config-missing", ["train", "--data", "{s4}", "--arch-config", "{tmp}/none.yaml"], "does not exist"),
     ("train-max-steps-0", ["train", "--data", "{s4}", "--max-steps", "0"], "max_steps must be"),

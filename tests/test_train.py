@@ -19,6 +19,7 @@ from fastrecur.data import PuzzleDataset, build_sudoku_dataset
 from fastrecur.train import TrainConfig, Trainer, apply_overrides, load_arch_file, load_model
 from fastrecur.train.config import (
     ARCH_PRESETS,
+    DATA_KEYS,
     MODEL_CLASSES,
     MODEL_KEYS,
     check_arch_values,
@@ -248,6 +249,30 @@ def test_a_bad_value_is_named_under_the_key_that_holds_it(arch):
     with pytest.raises(TypeError, match=r"'hidden_size' must be int, got str \('abc'\)"):
         TrainConfig(arch=apply_overrides(ARCH_PRESETS[arch], ["hidden_size=abc"])).validate()
     check_arch_values(ARCH_PRESETS[arch])  # the presets themselves pass
+
+
+@pytest.mark.parametrize(
+    "key,value,says",
+    [
+        ("seq_len", 99, "seq_len=99, but seq_len comes from the dataset's metadata, which gives 16"),
+        ("vocab_size", 3, "vocab_size=3, but vocab_size comes from the dataset's metadata, which gives 6"),
+        ("num_puzzle_identifiers", "x", "num_puzzle_identifiers='x', but num_puzzle_identifiers comes from the "),
+        ("batch_size", 64, "batch_size=64, but batch_size comes from the batch per rank (--global-batch-size / ranks)"),
+    ],
+)
+def test_data_keys_in_the_arch_are_refused_unless_equal_to_the_datasets(key, value, says):
+    """seq_len, vocab_size, num_puzzle_identifiers and batch_size come from the dataset and the batch size: an arch
+    config or --set giving another value is refused naming both (it was silently ignored); the same value is
+    accepted."""
+    metadata = dict(seq_len=16, vocab_size=6, num_puzzle_identifiers=1)
+    cls, cfg = model_config(TINY_ARCH, metadata, 8)
+    assert cls == "TRM" and {k: cfg[k] for k in DATA_KEYS} == dict(metadata, batch_size=8)
+    with pytest.raises(ValueError) as e:
+        model_config(dict(TINY_ARCH, **{key: value}), metadata, 8)
+    assert str(e.value).startswith("arch config: " + says) and str(e.value).endswith(
+        f"remove {key} from --set / the arch config"
+    )
+    assert model_config(dict(TINY_ARCH, **{key: cfg[key]}), metadata, 8) == (cls, cfg)
 
 
 def test_model_keys_are_what_each_class_accepts():

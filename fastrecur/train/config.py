@@ -386,17 +386,31 @@ def check_arch_values(arch: Mapping[str, Any]) -> None:
 
 def model_config(arch: Mapping[str, Any], metadata: Any, per_rank_batch: int) -> Tuple[str, Dict[str, Any]]:
     """The full model config dict for a dataset (metadata with ``seq_len``, ``vocab_size``,
-    ``num_puzzle_identifiers``), as the reference's ``create_model`` builds it."""
+    ``num_puzzle_identifiers``), as the reference's ``create_model`` builds it.
+
+    The data keys (:data:`DATA_KEYS`) come from the dataset and ``batch_size`` from the batch per rank; an arch
+    config (or ``--set``) that gives one is accepted only with that same value, else ``ValueError`` names the
+    key, both values and where it comes from."""
     cls, keys, _ = split_arch(arch)
     get = (lambda k: metadata[k]) if isinstance(metadata, Mapping) else (lambda k: getattr(metadata, k))
-    cfg = dict(
-        keys,
+    data = dict(
         batch_size=per_rank_batch,
         seq_len=int(get("seq_len")),
         vocab_size=int(get("vocab_size")),
         num_puzzle_identifiers=int(get("num_puzzle_identifiers")),
     )
-    return cls, cfg
+    given = resolve_interpolations(arch)
+    for k in DATA_KEYS:
+        v = given.get(k)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v == data[k]):
+            source = (
+                "the batch per rank (--global-batch-size / ranks)" if k == "batch_size" else "the dataset's metadata"
+            )
+            raise ValueError(
+                f"arch config: {k}={v!r}, but {k} comes from {source}, which gives {data[k]}: "
+                f"remove {k} from --set / the arch config"
+            )
+    return cls, dict(keys, **data)
 
 
 # ----- presets of whole runs -----
