@@ -127,6 +127,7 @@ ROWS = [
         ],
         "too few for one batch",
     ),
+    ("train-out-empty", ["train", "--data", "{s4}", "--out", ""], "--out is empty"),
     ("train-out-is-file", ["train", "--data", "{s4}", "--out", "{file}", "--device", "cpu"], "cannot be written"),
     (
         "train-resume-missing",

@@ -319,6 +319,34 @@ def test_cli_build_config():
         cli.build_config(p.parse_args(["--arch", "trm"]))
 
 
+def test_train_out_default_is_what_the_help_says_and_an_empty_out_is_refused(tmp_path, capsys):
+    """--out's help names the default folders and build_config uses them: runs/PRESET, runs/ARCH, runs/default
+    (it said runs/<preset or arch> when runs/default was used); --out "" is refused (it meant runs/default)."""
+    from fastrecur.cli import main
+    from fastrecur.train import cli
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    arch_file = tmp_path / "trm.yaml"
+    arch_file.write_text(TRM_YAML)
+    out_help = next(a.help for a in p._actions if a.dest == "out")
+    assert "runs/PRESET with --preset, runs/ARCH with --arch, or runs/default" in out_help
+    for argv, folder in (
+        (["--preset", "sudoku-4x4-cpu"], "sudoku-4x4-cpu"),
+        (["--preset", "sudoku-4x4-cpu", "--arch", "hrm"], "sudoku-4x4-cpu"),
+        (["--arch", "hrm"], "hrm"),
+        (["--arch-config", str(arch_file)], "default"),
+        ([], "default"),
+    ):
+        cfg, _ = cli.build_config(p.parse_args(["--data", "d", *argv]))
+        assert cfg.out_dir == os.path.join("runs", folder), argv
+    for empty in ("", " "):
+        assert main(["train", "--data", str(tmp_path), "--out", empty]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "fastrecur train: --out is empty: give the run folder (or leave --out out for the default)"
+        ]
+
+
 # ----- the loop -----
 def test_carry_persists_and_halted_rows_take_new_data(data_dir, tmp_path, one_thread):
     arch = dict(TINY_ARCH, halt_max_steps=2, halt_exploration_prob=0.0)

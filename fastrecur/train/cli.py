@@ -54,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", help="dataset folder with train/ (and test/ for evaluation)")
     parser.add_argument(
-        "--out", help="run folder: checkpoints, metrics.csv, training.png (default runs/<preset or arch>)"
+        "--out",
+        help="run folder: checkpoints, metrics.csv, training.png (default: RUN with --resume RUN, else runs/PRESET "
+        "with --preset, runs/ARCH with --arch, or runs/default)",
     )
     parser.add_argument(
         "--arch", choices=sorted(ARCH_PRESETS), help="architecture with the reference's sizes (default trm)"
@@ -128,7 +130,9 @@ def build_config(args) -> tuple:
         values["data_path"] = os.path.join("data", args.preset)
     else:
         raise ValueError("--data is required (or a --preset that generates its dataset)")
-    if args.out:
+    if args.out is not None:
+        if not args.out.strip():
+            raise ValueError("--out is empty: give the run folder (or leave --out out for the default)")
         values["out_dir"] = args.out
     else:  # --resume RUN (or a checkpoint inside RUN) continues in RUN
         resumed = run_folder_of(args.resume) if args.resume not in ("auto", "never") else None
