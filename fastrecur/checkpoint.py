@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping, Union
 
 import torch
 from torch import nn
@@ -14,6 +15,12 @@ from torch import nn
 PathOrState = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 _PREFIXES = ("_orig_mod.", "module.", "model.")
 _PUZZLE_EMB_KEY = "inner.puzzle_emb.weights"
+LATEST = "latest.json"  # in a run's checkpoints folder: {"step": N, "dir": "step_N"}, the newest complete one
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used or written: missing, truncated, corrupted, from an incompatible run, or a
+    run folder that cannot hold one."""
 
 
 class PuzzleEmbeddingResetWarning(UserWarning):
@@ -58,6 +65,69 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     return dict(sd)
 
 
+def read_json(path: str) -> Dict[str, Any]:
+    """A JSON object from ``path``; :class:`CheckpointError` naming it when missing, unreadable or not an object."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path!r} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path!r} is not readable JSON (truncated or corrupted?): {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path!r} must hold a JSON object")
+    return data
+
+
+def _is_checkpoint_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model.safetensors"))
+
+
+def resolve_checkpoint_dir(path: str) -> str:
+    """The checkpoint folder for ``path``: a run folder (``OUT``), its ``checkpoints`` folder (both follow
+    ``latest.json`` to the newest complete checkpoint), a checkpoint folder, or a file inside one (its
+    ``model.safetensors``, say). Raises :class:`CheckpointError` naming ``path`` for anything else (a missing
+    path, a file outside a checkpoint folder, a folder that is neither; one that holds ``step_N`` folders but no
+    ``latest.json`` gets them listed)."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        if not _is_checkpoint_folder(folder):
+            raise CheckpointError(
+                f"checkpoint {path!r} is a file, not a checkpoint: give a run folder (the --out of fastrecur train), "
+                "a checkpoint folder (config.json + model.safetensors) or a file inside one"
+            )
+        return folder
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    for base in (path, os.path.join(path, "checkpoints")):
+        latest = os.path.join(base, LATEST)
+        if os.path.isfile(latest):
+            info = read_json(latest)
+            if not isinstance(info.get("dir"), str):
+                raise CheckpointError(f"{latest!r} has no 'dir'")
+            return os.path.join(base, info["dir"])
+    if _is_checkpoint_folder(path):
+        return path
+    found = [
+        os.path.join(sub, name) if sub else name
+        for sub in ("", "checkpoints")
+        if os.path.isdir(os.path.join(path, sub))
+        for name in sorted(os.listdir(os.path.join(path, sub)))
+        if name.startswith("step_")
+    ]
+    if found:  # no latest.json: none of them is known to be complete (it is written after the folder)
+        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+        raise CheckpointError(
+            f"{path!r} has no checkpoints/{LATEST} naming its newest complete checkpoint; it holds {shown}: "
+            "give one of them"
+        )
+    raise CheckpointError(
+        f"{path!r} is neither a run folder with checkpoints/{LATEST} nor a checkpoint folder "
+        "(config.json + model.safetensors)"
+    )
+
+
 def normalize_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Strip the wrappers' prefixes (``_orig_mod.`` from torch.compile, ``model.`` from the loss head,
     ``module.`` from DDP), in any order, so keys read ``inner.…`` as on a bare ACT model."""
@@ -76,8 +146,11 @@ def normalize_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]
 def load_checkpoint(model: nn.Module, path_or_state_dict: PathOrState, strict: bool = True) -> LoadResult:
     """Load a reference or fastrecur checkpoint into ``model`` (an ACT model or an ``ACTLossHead``).
 
-    - Accepts a path (``.safetensors``, or ``.pt``/``.pth``/any torch file read with ``weights_only=True``)
-      or a state dict.
+    - Accepts a path (``.safetensors``, or ``.pt``/``.pth``/any torch file read with ``weights_only=True``),
+      a folder as the commands take it (a run folder -- the ``--out`` of ``fastrecur train`` --, its
+      ``checkpoints`` folder or one checkpoint folder; :func:`resolve_checkpoint_dir`), whose EMA weights
+      ``ema.safetensors`` are read when present (as ``fastrecur solve``/``eval`` without ``--no-ema``), else its
+      ``model.safetensors``; or a state dict.
     - Strips ``_orig_mod.``, ``model.`` and ``module.`` prefixes.
     - A puzzle-embedding table (``inner.puzzle_emb.weights``, ``[num_puzzle_identifiers, dim]``) with another
       number of rows is replaced by the mean of the saved rows in every row, as the reference loader does (new
@@ -88,8 +161,11 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: PathOrState, strict: b
 
     Raises:
         TypeError: ``model`` is not a module, or ``path_or_state_dict`` is neither a path nor a mapping.
-        FileNotFoundError / ValueError: an unreadable file, key mismatches (``strict``), or a tensor of another
-            shape (a puzzle-embedding table of another width included). Nothing is loaded then.
+        FileNotFoundError: the path does not exist.
+        CheckpointError (a ValueError): a folder that is not a run or checkpoint folder (the message says what
+            it holds).
+        ValueError: an unreadable file, key mismatches (``strict``), or a tensor of another shape (a
+            puzzle-embedding table of another width included). Nothing is loaded then.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -97,7 +173,13 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: PathOrState, strict: b
     if isinstance(path_or_state_dict, Mapping):
         state = dict(path_or_state_dict)
     elif isinstance(path_or_state_dict, (str, os.PathLike)):
-        state = read_state_dict(path_or_state_dict)
+        path = os.fspath(path_or_state_dict)
+        if os.path.isdir(path):
+            folder = resolve_checkpoint_dir(path)
+            path = os.path.join(folder, "ema.safetensors")
+            if not os.path.isfile(path):
+                path = os.path.join(folder, "model.safetensors")
+        state = read_state_dict(path)
     else:
         raise TypeError(f"path_or_state_dict must be a path or a state dict, got {type(path_or_state_dict).__name__}")
     state = normalize_keys(state)

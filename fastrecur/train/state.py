@@ -37,19 +37,22 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from fastrecur.checkpoint import atomic_write, cpu_state_dict, read_state_dict, save_checkpoint
+from fastrecur.checkpoint import (
+    LATEST,
+    CheckpointError,
+    atomic_write,
+    cpu_state_dict,
+    read_json,
+    read_state_dict,
+    resolve_checkpoint_dir,
+    save_checkpoint,
+)
 from fastrecur.models import ACTCarry, ACTLossHead, InnerCarry
 
 from .config import MODEL_CLASSES
 
 FORMAT = "fastrecur-run-checkpoint"
 VERSION = 1
-LATEST = "latest.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used or written: missing, truncated, corrupted, from an incompatible run, or a
-    run folder that cannot hold one."""
 
 
 # ----- before training: can the run folder be written? -----
@@ -100,19 +103,6 @@ def write_json(path: str, obj: Any) -> None:
             f.write(text + "\n")
 
     atomic_write(path, write)
-
-
-def read_json(path: str) -> Dict[str, Any]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path!r} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path!r} is not readable JSON (truncated or corrupted?): {e}") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path!r} must hold a JSON object")
-    return data
 
 
 # ----- RNG states -----
@@ -176,55 +166,6 @@ def carry_from_state(state: Optional[Mapping[str, Any]], device: torch.device) -
 # ----- paths -----
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def _is_checkpoint_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model.safetensors"))
-
-
-def resolve_checkpoint_dir(path: str) -> str:
-    """The checkpoint folder for ``path``: a run folder (``OUT``), its ``checkpoints`` folder (both follow
-    ``latest.json`` to the newest complete checkpoint), a checkpoint folder, or a file inside one (its
-    ``model.safetensors``, say). Raises :class:`CheckpointError` naming ``path`` for anything else (a missing
-    path, a file outside a checkpoint folder, a folder that is neither; one that holds ``step_N`` folders but no
-    ``latest.json`` gets them listed)."""
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        folder = os.path.dirname(os.path.abspath(path))
-        if not _is_checkpoint_folder(folder):
-            raise CheckpointError(
-                f"checkpoint {path!r} is a file, not a checkpoint: give a run folder (the --out of fastrecur train), "
-                "a checkpoint folder (config.json + model.safetensors) or a file inside one"
-            )
-        return folder
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
-    for base in (path, os.path.join(path, "checkpoints")):
-        latest = os.path.join(base, LATEST)
-        if os.path.isfile(latest):
-            info = read_json(latest)
-            if not isinstance(info.get("dir"), str):
-                raise CheckpointError(f"{latest!r} has no 'dir'")
-            return os.path.join(base, info["dir"])
-    if _is_checkpoint_folder(path):
-        return path
-    found = [
-        os.path.join(sub, name) if sub else name
-        for sub in ("", "checkpoints")
-        if os.path.isdir(os.path.join(path, sub))
-        for name in sorted(os.listdir(os.path.join(path, sub)))
-        if name.startswith("step_")
-    ]
-    if found:  # no latest.json: none of them is known to be complete (it is written after the folder)
-        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
-        raise CheckpointError(
-            f"{path!r} has no checkpoints/{LATEST} naming its newest complete checkpoint; it holds {shown}: "
-            "give one of them"
-        )
-    raise CheckpointError(
-        f"{path!r} is neither a run folder with checkpoints/{LATEST} nor a checkpoint folder "
-        "(config.json + model.safetensors)"
-    )
 
 
 def run_folder_of(path: str) -> Optional[str]:
