@@ -141,8 +141,9 @@ def solve(
         :class:`SolveResult`.
 
     Raises:
-        TypeError / ValueError: invalid model, batch or options, or a backend that cannot run on the batch's
-        device here (:func:`fastrecur.backend.check_available` says why).
+        TypeError / ValueError: invalid model, batch (an empty one included: ``batch['inputs']`` with 0 rows) or
+        options, or a backend that cannot run on the batch's device here (:func:`fastrecur.backend.check_available`
+        says why).
     """
     check_model(model)
     if halting not in HALTING:
@@ -155,6 +156,8 @@ def solve(
     if not isinstance(return_step_predictions, bool) or not isinstance(cuda_graphs, bool):
         raise TypeError("return_step_predictions and cuda_graphs must be bools")
     model.check_batch(batch)
+    if batch["inputs"].shape[0] == 0:  # checked here: the kernels would name their internal tensors
+        raise ValueError("batch['inputs'] has 0 rows: give at least one puzzle")
     inner = model.inner
     device = batch["inputs"].device
     if cuda_graphs and device.type != "cuda":

@@ -209,6 +209,10 @@ def test_solve_validates_its_arguments():
         solve(model, {"inputs": batch["inputs"][:, :2], "puzzle_identifiers": batch["puzzle_identifiers"]})
     with pytest.raises(ValueError, match="CUDA"):
         solve(model, batch, backend="eager", cuda_graphs=True)
+    empty = {k: v[:0] for k, v in batch.items()}
+    for name in ("eager", "cpp") if _ext.available() else ("eager",):  # the C++ loop named its internal tensor x
+        with pytest.raises(ValueError, match=r"^batch\['inputs'\] has 0 rows: give at least one puzzle$"):
+            solve(model, empty, backend=name)
 
 
 # ------------------------------------------------------------------------------------------------------------
