@@ -186,7 +186,7 @@ def test_config_errors(tmp_path):
 def _float_flags():
     from fastrecur.train.cli import _FLAGS
 
-    return [name for name, typ in _FLAGS.items() if typ is float]
+    return [name for name, (typ, _) in _FLAGS.items() if typ is float]
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
@@ -345,6 +345,31 @@ def test_train_out_default_is_what_the_help_says_and_an_empty_out_is_refused(tmp
         assert capsys.readouterr().err.strip().splitlines() == [
             "fastrecur train: --out is empty: give the run folder (or leave --out out for the default)"
         ]
+
+
+def test_every_train_option_has_a_one_line_help(capsys):
+    """fastrecur train --help: every option says what it does (many said nothing), on one line of source text;
+    the numeric ones show TrainConfig's default, and the intervals say what 0 means."""
+    from fastrecur.cli import main
+    from fastrecur.train import cli
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    options = [a for a in p._actions if a.option_strings]
+    assert set(cli._FLAGS) < {a.dest for a in options}
+    for a in options:
+        assert a.help and a.help.strip() and "\n" not in a.help, a.option_strings
+    helps = {a.dest: a.help for a in options}
+    assert helps["eval_interval"] == "evaluate on the test split every N steps (0: only at the end) (default 0)"
+    assert helps["checkpoint_interval"] == "write a checkpoint every N steps (0: only at the end) (default 0)"
+    defaults = TrainConfig()
+    for name in cli._FLAGS:
+        value = getattr(defaults, name)
+        assert helps[name].endswith(f"(default {value})") == (value is not None), name
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--eval-interval EVAL_INTERVAL\n" in out and "(0: only at the end)" in out
 
 
 # ----- the loop -----

@@ -10,7 +10,8 @@ Examples::
 A run folder with a checkpoint is resumed exactly (``--resume auto``, the default); ``--resume never``
 refuses to reuse a folder that has one; ``--resume RUN`` takes another run folder and resumes its newest
 checkpoint (named by ``RUN/checkpoints/latest.json``, written after each checkpoint is complete), or give a
-checkpoint folder ``RUN/checkpoints/step_N``.
+checkpoint folder ``RUN/checkpoints/step_N``; without ``--out`` the run continues in ``RUN``. A checkpoint of
+another model config, or one already at the run's last step, is refused.
 """
 
 from __future__ import annotations
@@ -22,35 +23,45 @@ import sys
 from .config import ARCH_PRESETS, RUN_PRESETS, TrainConfig, apply_overrides, load_arch_file
 from .state import run_folder_of
 
-# CLI flag -> TrainConfig field (flags default to None = "not given").
+# CLI flag -> (type, help) of the TrainConfig field of that name (flags default to None = "not given": a preset's
+# value, else TrainConfig's, which --help shows).
 _FLAGS = {
-    "global_batch_size": int,
-    "epochs": int,
-    "max_steps": int,
-    "max_minutes": float,
-    "lr": float,
-    "lr_min_ratio": float,
-    "lr_warmup_steps": int,
-    "weight_decay": float,
-    "beta1": float,
-    "beta2": float,
-    "puzzle_emb_lr": float,
-    "puzzle_emb_weight_decay": float,
-    "grad_clip_norm": float,
-    "ema_rate": float,
-    "seed": int,
-    "eval_interval": int,
-    "eval_batch_size": int,
-    "checkpoint_interval": int,
-    "keep_checkpoints": int,
-    "log_interval": int,
-    "threads": int,
+    "global_batch_size": (int, "examples per optimiser step, over all ranks"),
+    "epochs": (int, "step budget in epochs of the training set (the reference's; --max-steps overrides it)"),
+    "max_steps": (int, "optimiser steps to train (overrides --epochs)"),
+    "max_minutes": (float, "stop after this many minutes of training, with an evaluation and a checkpoint"),
+    "lr": (float, "peak learning rate of the weights (AdamATan2)"),
+    "lr_min_ratio": (float, "the cosine schedule decays to lr * this ratio (1 = constant after the warmup)"),
+    "lr_warmup_steps": (int, "steps of linear learning-rate warmup from 0"),
+    "weight_decay": (float, "decoupled weight decay of the weights"),
+    "beta1": (float, "AdamATan2 beta1, in [0, 1)"),
+    "beta2": (float, "AdamATan2 beta2, in [0, 1)"),
+    "puzzle_emb_lr": (float, "learning rate of the puzzle embeddings (sparse sign-SGD)"),
+    "puzzle_emb_weight_decay": (float, "weight decay of the puzzle embeddings"),
+    "grad_clip_norm": (float, "clip the gradients' global norm to this (default: no clipping)"),
+    "ema_rate": (float, "EMA decay per step, in [0, 1] (with --ema)"),
+    "seed": (int, "seed of the initial weights (seed + rank) and of the data order"),
+    "eval_interval": (int, "evaluate on the test split every N steps (0: only at the end)"),
+    "eval_batch_size": (int, "evaluation batch size (default: --global-batch-size)"),
+    "checkpoint_interval": (int, "write a checkpoint every N steps (0: only at the end)"),
+    "keep_checkpoints": (int, "how many of the newest checkpoints to keep"),
+    "log_interval": (int, "write a metrics.csv row (and a plain progress line) every N steps"),
+    "threads": (int, "CPU threads torch uses (default: torch's choice)"),
 }
+_DEFAULTS = TrainConfig()
+
+
+def _with_default(name: str, text: str) -> str:
+    value = getattr(_DEFAULTS, name)
+    return text if value is None else f"{text} (default {value})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--preset", choices=sorted(RUN_PRESETS), help="a complete small run (dataset generated if missing)"
+        "--preset",
+        choices=sorted(RUN_PRESETS),
+        help="a complete small run (dataset generated if missing); its values replace the defaults shown here, and "
+        "the options given replace its values",
     )
     parser.add_argument("--data", help="dataset folder with train/ (and test/ for evaluation)")
     parser.add_argument(
@@ -71,15 +82,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="arch overrides, e.g. --set H_cycles=2 L_cycles=4 hidden_size=128 (variants: shared_layers, skip, "
         "grad_cycles)",
     )
-    parser.add_argument("--loss-type", choices=("stablemax_cross_entropy", "softmax_cross_entropy"))
-    for name, typ in _FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
+    parser.add_argument(
+        "--loss-type",
+        choices=("stablemax_cross_entropy", "softmax_cross_entropy"),
+        help="the LM loss (default: the arch config's loss_type, else stablemax_cross_entropy as the reference)",
+    )
+    for name, (typ, text) in _FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=_with_default(name, text))
     parser.add_argument(
         "--ema", action=argparse.BooleanOptionalAction, default=None, help="keep an EMA of the weights (TRM recipe)"
     )
     parser.add_argument("--freeze-weights", action="store_true", default=None, help="train only the puzzle embeddings")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: preset's, else auto)")
-    parser.add_argument("--backend", default=None, choices=("auto", "eager", "triton", "cpp"))
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=("auto", "eager", "triton", "cpp"),
+        help="how the model runs: eager (PyTorch ops), triton (fused kernels: CUDA, or the CPU with "
+        "TRITON_INTERPRET=1), cpp (the C++ loop), or auto (the fastest here; default)",
+    )
     parser.add_argument(
         "--progress",
         default=None,
@@ -98,7 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (default: the newest checkpoint in --out, if any), never (refuse an --out that has one), a run "
         "folder (the --out of an earlier run: its newest checkpoint, the one OUT/checkpoints/latest.json names), a "
-        "checkpoint folder (OUT/checkpoints/step_N), or a *.fallback.pt file (written when saving a checkpoint failed)",
+        "checkpoint folder (OUT/checkpoints/step_N), or a *.fallback.pt file (written when saving a checkpoint "
+        "failed); without --out the run continues in the run folder resumed",
     )
 
 
