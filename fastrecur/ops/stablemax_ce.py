@@ -5,8 +5,10 @@
 ``s(x) = 1/(1 - x + 1e-30)`` for ``x < 0`` else ``x + 1``; ``logprobs = log(s / sum(s))``;
 loss ``-logprobs[label]``, 0 where ``label == ignore_index``. Here one kernel computes it from the logits in their
 own dtype without materialising any ``[B, S, V]`` float64 tensor, and one kernel gives the gradient w.r.t. the
-logits in their dtype (``fastrecur.kernels.stablemax_ce``). Labels outside ``[0, V)`` give NaN (the reference's
-gather raises instead; checking on the host would cost a device sync).
+logits in their dtype (``fastrecur.kernels.stablemax_ce``). On CUDA, labels outside ``[0, V)`` other than
+``ignore_index`` give NaN losses and gradients, silently (the reference's gather raises instead; checking them
+would cost a device sync at every training step, so the kernels stay sync-free). On the CPU (the Triton
+interpreter, or the eager functions) the check costs no sync and is made: such a label is a ValueError naming it.
 
 ``stablemax_cross_entropy_reference`` is the eager reference (the models' eager/CPU path), bit for bit the
 reference's op sequence. ``softmax_cross_entropy`` is the reference's softmax option, in plain torch; it uses
@@ -20,6 +22,7 @@ given in ``fastrecur.ops.rotary_attention``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fastrecur.kernels import stablemax_ce as _k
@@ -50,6 +53,24 @@ def _check_inputs(logits, labels, ignore_index, *, need_triton: bool) -> None:
         or not (_INT32_MIN <= ignore_index <= _INT32_MAX)
     ):
         raise TypeError(f"ignore_index must be an int in the int32 range, got {ignore_index!r}")
+    _check_label_range(logits.shape[-1], labels, ignore_index)
+
+
+def _check_label_range(vocab: int, labels: torch.Tensor, ignore_index: int) -> None:
+    """ValueError for a label outside ``[0, vocab)`` other than ``ignore_index``, checked only where it costs no
+    device sync: plain CPU tensors (not while torch.compile traces, nor fake or functional tensors). The labels
+    are read through numpy, a host read with no ATen op, so the CPU stand-in for a GPU step in
+    ``tests/test_sync_free.py`` (which flags value reads) sees none -- on a GPU this code does not run."""
+    if type(labels) is not torch.Tensor or labels.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    lab = labels.numpy()
+    bad = (lab != ignore_index) & ((lab < 0) | (lab >= vocab))
+    if bad.any():
+        where = [int(i) for i in np.argwhere(bad)[0]]
+        raise ValueError(
+            f"labels must be in [0, {vocab}) (the vocabulary: logits.shape[-1]) or ignore_index={ignore_index}; "
+            f"labels{where} = {int(lab[tuple(where)])} (on CUDA such a label gives NaN, unchecked)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- reference
@@ -123,6 +144,12 @@ def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_i
 
     Returns:
         float64 losses of ``labels.shape``; differentiable w.r.t. ``logits`` (gradient in the logits' dtype).
+
+    Errors:
+        TypeError / ValueError naming ``logits``, ``labels`` or ``ignore_index`` for a wrong type, dtype, shape or
+        device, and CPU tensors without ``TRITON_INTERPRET=1``. A label outside ``[0, V)`` other than
+        ``ignore_index`` is a ValueError on the CPU; **on CUDA it is not checked and gives NaN** in its loss and
+        gradient (a check there would cost a device sync at every call; the training loop stays sync-free).
     """
     _check_inputs(logits, labels, ignore_index, need_triton=True)
     if logits.dim() == 2:

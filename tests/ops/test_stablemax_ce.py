@@ -1,6 +1,8 @@
 """fastrecur.ops.stablemax_ce: the fused stablemax cross-entropy kernels (through the interpreter on CPU) against
 an independent fp64 formula and the reference's eager op sequence; loss and logits gradient; the softmax helper."""
 
+import re
+
 import pytest
 import torch
 
@@ -81,13 +83,28 @@ def test_custom_ignore_index_and_extremes():
     _check(logits, labels, ignore_index=7)
 
 
-def test_out_of_range_label_gives_nan():
+def test_out_of_range_label_gives_nan_in_the_kernel():
+    # What a CUDA caller gets (unchecked there: no device sync): the kernels themselves, called past the check.
     logits = torch.randn(1, 3, 5, requires_grad=True)
     labels = torch.tensor([[1, 5, -3]])
-    loss = stablemax_cross_entropy(logits, labels)
+    loss, _ = torch.ops.fastrecur.stablemax_ce_fwd(logits, labels, IGNORE)
     assert torch.isfinite(loss[0, 0]) and torch.isnan(loss[0, 1:]).all()
     loss.backward(torch.ones_like(loss))
     assert torch.isfinite(logits.grad[0, 0]).all() and torch.isnan(logits.grad[0, 1:]).all()
+
+
+@pytest.mark.parametrize("fn", [stablemax_cross_entropy, stablemax_cross_entropy_reference, softmax_cross_entropy])
+@pytest.mark.parametrize("bad, where", [(5, [0, 1]), (-3, [0, 1]), (-100, None)])
+def test_out_of_range_label_is_an_error_on_the_cpu(fn, bad, where):
+    # On the CPU the check costs no sync: a label outside [0, V) other than ignore_index is named.
+    logits = torch.randn(1, 3, 5)
+    labels = torch.tensor([[1, bad, 4]], dtype=torch.int32)
+    if where is None:  # the ignore index itself is fine: 0 loss there
+        assert fn(logits, labels)[0, 1] == 0
+        return
+    tail = re.escape(f"ignore_index=-100; labels{where} = {bad} ")
+    with pytest.raises(ValueError, match=r"^labels must be in \[0, 5\) .* " + tail):
+        fn(logits, labels)
 
 
 def test_compiles_without_graph_breaks():
