@@ -23,3 +23,8 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    # The lazy names are not in the module's namespace until first used: list them (dir(), tab completion).
+    return sorted(set(globals()) | set(__all__))

@@ -58,3 +58,11 @@ def test_load_checkpoint_messages_are_true(run_folder, tmp_path):
     with pytest.raises(CheckpointError, match="is neither a run folder") as info:
         fastrecur.load_checkpoint(head, tmp_path / "empty")  # exists: never "does not exist"
     assert "does not exist" not in str(info.value)
+
+
+def test_dir_lists_the_lazy_public_names():
+    # dir(fastrecur) (and tab completion) lists the public names the package loads lazily, each one resolvable.
+    names = dir(fastrecur)
+    assert {"backends", "load_checkpoint", "save_checkpoint", "__version__"} <= set(names)
+    assert set(fastrecur.__all__) <= set(names) and names == sorted(names)
+    assert fastrecur.load_checkpoint.__module__ == "fastrecur.checkpoint" and callable(fastrecur.backends)
