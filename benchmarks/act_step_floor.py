@@ -290,7 +290,7 @@ def run(a: argparse.Namespace) -> int:
     if not _ext.available():
         raise InputError(_ext.status())
     if a.out is not None:
-        check_output_dir(a.out, create=True)
+        check_output_dir(a.out, try_write=True)
     meta = dict(
         fb.environment(device, quick=False),
         cpu_isa=_ext.cpu_isa(),

@@ -166,17 +166,23 @@ def resolve_device(name: str):
     return dev
 
 
-def check_output_dir(path: str, option: str = "--out", create: bool = False) -> None:
+def check_output_dir(path: str, option: str = "--out", try_write: bool = False) -> None:
     """Raise :class:`InputError` when the output folder ``path`` cannot be a folder: it exists as a file, or a
-    file sits where one of its parent folders would be. Nothing is created here unless ``create``: then the
-    folder is made and a probe file written and removed in it, so a folder that cannot be created or written
-    (``/proc/x``, a read-only mount, even as root) is an error naming ``option`` before any work."""
+    file sits where one of its parent folders would be. With ``try_write``, also when it cannot be created or
+    written (``/proc/x``, a read-only mount, even as root): the folder is made, a probe file written and removed
+    in it, and the folders made are removed again, so nothing is left behind and the error comes before any
+    work."""
     import os
 
-    if create:
+    if try_write:
         import tempfile
 
         check_output_dir(path, option)
+        made = []  # the missing folders, deepest first
+        p = os.path.abspath(os.fspath(path))
+        while not os.path.exists(p) and os.path.dirname(p) != p:
+            made.append(p)
+            p = os.path.dirname(p)
         try:
             os.makedirs(path, exist_ok=True)
             fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
@@ -187,6 +193,12 @@ def check_output_dir(path: str, option: str = "--out", create: bool = False) -> 
             raise InputError(
                 f"{option} {path!r}: cannot create or write this folder ({reason}); choose another {option}"
             )
+        finally:
+            for folder in made:
+                try:
+                    os.rmdir(folder)
+                except OSError:  # not made here after all, or not empty: leave it
+                    break
         return
 
     p = os.path.abspath(os.fspath(path))

@@ -604,6 +604,11 @@ def test_cli_output_folder_errors(tmp_path, capsys, kind):
         err = capsys.readouterr().err
         assert err.startswith(f"fastrecur data {kind}: --out ") and why in err and err.count("\n") == 1, err
     assert not os.path.exists("/proc/fastrecur-nope")
+    # The check writes a probe and removes every folder it made: a failed build leaves no empty --out behind.
+    from fastrecur.cli import check_output_dir
+
+    check_output_dir(str(tmp_path / "a" / "b"), try_write=True)
+    assert not (tmp_path / "a").exists()
 
 
 def test_cli_refuses_existing_dataset_without_force(tmp_path, capsys):

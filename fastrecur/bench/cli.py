@@ -133,7 +133,7 @@ def run(a: argparse.Namespace) -> int:
         return 0
     device = resolve_device(a.device)
     a = _resolve(a, device)
-    check_output_dir(a.out, create=True)
+    check_output_dir(a.out, try_write=True)
     if a.threads:
         torch.set_num_threads(a.threads)
     dtype = getattr(torch, a.dtype)

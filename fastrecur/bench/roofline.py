@@ -258,7 +258,7 @@ def check_arguments(a: argparse.Namespace) -> argparse.Namespace:
     if a.device == "cuda" and not _ext.has_cuda_kernels():
         raise InputError(f"--device cuda: the extension has no CUDA kernels: {_ext.status()}")
     if a.out is not None:
-        check_output_dir(a.out, create=True)
+        check_output_dir(a.out, try_write=True)
     return a
 
 

@@ -50,7 +50,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser, out_help: str) -> Non
 
 def check_output(out: str, force: bool) -> None:
     """Raise :class:`fastrecur.cli.InputError` naming ``--out`` when it holds a dataset and ``force`` is
-    false, or when it cannot be created or written; the folder exists afterwards."""
+    false, or when it cannot be created or written (nothing is left behind: see ``check_output_dir``)."""
     import os
 
     from fastrecur.cli import check_output_dir
@@ -63,7 +63,7 @@ def check_output(out: str, force: bool) -> None:
                     f"--out {out!r} already holds a dataset ({path} exists); pass --force to overwrite it "
                     "or choose another --out"
                 )
-    check_output_dir(out, create=True)
+    check_output_dir(out, try_write=True)
 
 
 def _add_count_arguments(parser: argparse.ArgumentParser, what: str) -> None:
