@@ -83,6 +83,7 @@ def _worker(rank, world, port, data_dir, out_dir, result_dir):
         summary = t.fit()
         state = {k: v.clone() for k, v in t.head.model.state_dict().items()}
         torch.save({"weights": state, "eval": summary["eval"]}, os.path.join(result_dir, f"rank{r}.pt"))
+        dist.barrier()  # as `fastrecur train` does: no rank tears down while the other is in a collective
     finally:
         dist.destroy_process_group()
 

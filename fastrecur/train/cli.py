@@ -229,6 +229,10 @@ def run(args) -> int:
         except (ValueError, TypeError) as e:
             raise InputError(str(e)) from e
         trainer.fit()
+        if dist.is_initialized():
+            # No rank may close its connections while another still finishes its last collective: a gloo rank
+            # whose peer had torn down aborted ("terminate called without an active exception") under load.
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
