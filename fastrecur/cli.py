@@ -40,12 +40,12 @@ class InputError(ValueError):
 
 
 def input_error_types() -> Tuple[type, ...]:
-    """The exception types reported as input errors: :class:`InputError`, the checkpoint and dataset format
-    errors (imported here, when a command has failed, so that ``fastrecur --help`` imports nothing heavy)."""
-    from fastrecur.data.format import DatasetFormatError
-    from fastrecur.train.state import CheckpointError
+    """The exception types reported as input errors: :class:`InputError` (the dataset format's errors among them)
+    and the checkpoint errors (imported here, when a command has failed, so that ``fastrecur --help`` imports
+    nothing heavy)."""
+    from fastrecur.checkpoint import CheckpointError
 
-    return InputError, CheckpointError, DatasetFormatError
+    return InputError, CheckpointError  # fastrecur.data's DatasetFormatError is an InputError
 
 
 def report_input_error(command: str, message: Any) -> int:

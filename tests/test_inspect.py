@@ -152,7 +152,8 @@ def test_one_rendering_of_sudoku_cells():
     # A predicted pad token (0) prints as '?' in solve's grids and inspect's alike, never as '.' (a blank).
     import numpy as np
 
-    from fastrecur.inspect.plots import sudoku_cell_chars, text_grid
+    from fastrecur.data.sudoku import sudoku_cell_chars
+    from fastrecur.inspect.plots import text_grid
     from fastrecur.train import solve
 
     tokens = np.array([0, 1, 2, 3, 4, 5, 6, 2, 3, 4, 5, 2, 3, 4, 5, 2])  # pad, blank, digits 1..4, then 5 = digit 4

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from fastrecur.checkpoint import atomic_write
+from fastrecur.cli import InputError
 
 IGNORE_LABEL_ID = -100  # the loss's ignore index (reference models/losses.py)
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
@@ -48,8 +49,9 @@ _REQUIRED_KEYS = (
 )
 
 
-class DatasetFormatError(ValueError):
-    """A dataset folder that does not follow the reference format (missing file, bad shape, bad index)."""
+class DatasetFormatError(InputError):
+    """A dataset folder that does not follow the reference format (missing file, bad shape, bad index). An
+    :class:`~fastrecur.cli.InputError` (so a ``ValueError``): the commands report it as one line, exit 2."""
 
 
 @dataclass

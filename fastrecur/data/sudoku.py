@@ -429,3 +429,21 @@ def build_sudoku_dataset(
         )
     write_identifiers(out_dir)
     return out
+
+
+# The one rendering of a Sudoku cell token, shared by ``fastrecur solve`` and ``fastrecur inspect``: a digit,
+# BLANK_CHAR for the blank token (1), NOT_A_DIGIT_CHAR for the pad token (0, "pad token predicted") or any id
+# above the digits -- never '.', which would pass a predicted pad for a blank cell.
+BLANK_CHAR = "."
+NOT_A_DIGIT_CHAR = "?"
+CELL_LEGEND = "cells: digits; '.' blank; '?' not a digit (the pad token 0 predicted)"
+
+
+def sudoku_cell_chars(tokens: np.ndarray) -> List[str]:
+    """Token ids (0 pad, 1 blank, d+1 digit d) -> one character per cell: the digit, ``'.'`` for blank,
+    ``'?'`` for the pad token or an id above the digits."""
+    n = int(round(np.asarray(tokens).size ** 0.5))
+    return [
+        BLANK_CHAR if t == 1 else (str(t - 1) if 2 <= t <= n + 1 else NOT_A_DIGIT_CHAR)
+        for t in np.asarray(tokens).reshape(-1).tolist()
+    ]

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from fastrecur.cli import check_dataset_matches_model, check_output_dir, positive_int, resolve_device
+from fastrecur.data.sudoku import CELL_LEGEND
 from fastrecur.ops.reference import IGNORE_LABEL_ID
 
 from .plots import (
-    CELL_LEGEND,
     arc_text_grid,
     draw_accuracy,
     draw_arc_steps,

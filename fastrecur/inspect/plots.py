@@ -6,6 +6,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fastrecur.data.sudoku import BLANK_CHAR, NOT_A_DIGIT_CHAR, sudoku_cell_chars
+
 
 def sudoku_violations(digits: np.ndarray, box: Tuple[int, int]) -> np.ndarray:
     """Bool ``[n, n]``: cells whose digit repeats in their row, column or box (0 = empty, never a violation)."""
@@ -20,24 +22,6 @@ def sudoku_violations(digits: np.ndarray, box: Tuple[int, int]) -> np.ndarray:
             block = digits[br : br + box[0], bc : bc + box[1]]
             bad[r, c] = (digits[r] == d).sum() > 1 or (digits[:, c] == d).sum() > 1 or (block == d).sum() > 1
     return bad
-
-
-# The one rendering of a Sudoku cell token, shared by ``fastrecur solve`` and ``fastrecur inspect``: a digit,
-# BLANK_CHAR for the blank token (1), NOT_A_DIGIT_CHAR for the pad token (0, "pad token predicted") or any id
-# above the digits -- never '.', which would pass a predicted pad for a blank cell.
-BLANK_CHAR = "."
-NOT_A_DIGIT_CHAR = "?"
-CELL_LEGEND = "cells: digits; '.' blank; '?' not a digit (the pad token 0 predicted)"
-
-
-def sudoku_cell_chars(tokens: np.ndarray) -> List[str]:
-    """Token ids (0 pad, 1 blank, d+1 digit d) -> one character per cell: the digit, ``'.'`` for blank,
-    ``'?'`` for the pad token or an id above the digits."""
-    n = int(round(np.asarray(tokens).size ** 0.5))
-    return [
-        BLANK_CHAR if t == 1 else (str(t - 1) if 2 <= t <= n + 1 else NOT_A_DIGIT_CHAR)
-        for t in np.asarray(tokens).reshape(-1).tolist()
-    ]
 
 
 def sudoku_digits(tokens: np.ndarray) -> np.ndarray:

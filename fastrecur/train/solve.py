@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fastrecur.cli import InputError, add_inference_arguments
-from fastrecur.inspect.plots import CELL_LEGEND, NOT_A_DIGIT_CHAR, sudoku_cell_chars
+from fastrecur.data.sudoku import CELL_LEGEND, NOT_A_DIGIT_CHAR, sudoku_cell_chars
 
 
 def format_grid(cells: List[str], n: int, box: Optional[tuple]) -> str:
