@@ -278,14 +278,29 @@ inline __m512i merge_bf16_bits(__m512i even, __m512i odd) {
                                    0xE4);  // (odd & mask) | (even & ~mask)
 }
 
+#if defined(__AVX512BF16__)
+// Word permutes (vpermw index tables) that undo vcvtne2ps2bf16's "blocked" order, where the even elements of a
+// pair land in words 0-15 and the odd ones in 16-31: element i sits at blocked word b(i) = i / 2 (i even) or
+// 16 + i / 2 (i odd). Depth 1: result word i <- blocked word b(i) (pair -> element order). Depth 2: the same
+// after a second split + cvtne2ps of a blocked register, b(b(i)) (used by store_kept below).
+template <int Depth>
+struct FromBlocked {
+  alignas(64) uint16_t idx[32];
+  constexpr FromBlocked() : idx{} {
+    auto b = [](int i) { return i % 2 == 0 ? i / 2 : 16 + i / 2; };
+    for (int i = 0; i < 32; ++i) idx[i] = static_cast<uint16_t>(Depth == 1 ? b(i) : b(b(i)));
+  }
+};
+inline constexpr FromBlocked<1> kBlockedToElements{};
+inline constexpr FromBlocked<2> kTwiceBlockedToElements{};
+#endif
+
 inline __m512i pair_to_bf16x32(const Pair& v) {
 #if defined(__AVX512BF16__)
-  // One rounding instruction for all 32 (halves end up blocked: even in words 0-15, odd in 16-31), then an
-  // in-register word permute interleaves them.
+  // One rounding instruction for all 32 (halves end up blocked), then an in-register word permute
+  // interleaves them.
   const __m512i blocked = (__m512i)_mm512_cvtne2ps_pbh(static_cast<__m512>(v.hi), static_cast<__m512>(v.lo));
-  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
-                                       5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  return _mm512_permutexvar_epi16(idx, blocked);
+  return _mm512_permutexvar_epi16(_mm512_load_si512(kBlockedToElements.idx), blocked);
 #else
   return merge_bf16_bits(bf16_round_bits(static_cast<__m512>(v.lo)), bf16_round_bits(static_cast<__m512>(v.hi)));
 #endif
@@ -407,18 +422,6 @@ inline Pair pload_f32(const float* p) { return {fVec::loadu(p), fVec::loadu(p + 
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
 template <typename T>
 constexpr bool kKeepBlocked = std::is_same_v<T, c10::BFloat16>;
-
-// Word i of the result <- the word holding element i after split + cvtne2ps of a blocked register: element i
-// sits at blocked word b(i) = i / 2 (i even) or 16 + i / 2 (i odd), blocked word m at word c(m) of the same
-// form.
-struct BlockedToElements {
-  alignas(64) uint16_t idx[32];
-  constexpr BlockedToElements() : idx{} {
-    auto f = [](int i) { return i % 2 == 0 ? i / 2 : 16 + i / 2; };
-    for (int i = 0; i < 32; ++i) idx[i] = static_cast<uint16_t>(f(f(i)));
-  }
-};
-inline constexpr BlockedToElements kBlockedToElements{};
 #else
 template <typename T>
 constexpr bool kKeepBlocked = false;
@@ -459,7 +462,7 @@ inline void store_kept(T* p, const Pair& y) {
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
   if constexpr (kKeepBlocked<T>) {
     const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(static_cast<__m512>(y.hi), static_cast<__m512>(y.lo));
-    _mm512_storeu_si512(p, _mm512_permutexvar_epi16(_mm512_load_si512(kBlockedToElements.idx), h));
+    _mm512_storeu_si512(p, _mm512_permutexvar_epi16(_mm512_load_si512(kTwiceBlockedToElements.idx), h));
     return;
   }
 #endif
