@@ -13,25 +13,10 @@ import torch.multiprocessing as mp
 
 from fastrecur.data import PuzzleDataset, build_sudoku_dataset
 from fastrecur.train import TrainConfig, Trainer
+from test_train import TINY_ARCH
 
 STEPS = 6
-ARCH = dict(
-    name="TRM",
-    H_cycles=2,
-    L_cycles=1,
-    H_layers=0,
-    L_layers=1,
-    hidden_size=16,
-    num_heads=1,
-    expansion=2,
-    puzzle_emb_ndim=16,
-    puzzle_emb_len=1,
-    pos_encodings="rope",
-    forward_dtype="float32",
-    halt_max_steps=3,
-    halt_exploration_prob=0.0,
-    no_ACT_continue=True,
-)
+ARCH = dict(TINY_ARCH, halt_exploration_prob=0.0)
 
 
 def _config(data_dir, out_dir):

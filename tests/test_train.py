@@ -28,6 +28,7 @@ from fastrecur.train.config import (
 )
 from fastrecur.train.evaluate import evaluate_model
 from fastrecur.train.state import CheckpointError, resolve_checkpoint_dir
+from test_cli_errors import TINY_ARCH as CLI_TINY_ARCH
 
 # The folder that the fastrecur under test was imported from (the repo when editable, site-packages when
 # installed): training subprocesses import the same one.
@@ -677,18 +678,7 @@ def _cli_train(data_dir, out, *extra):
         "--out",
         str(out),
         "--set",
-        "name=TRM",
-        "H_cycles=1",
-        "L_cycles=1",
-        "H_layers=0",
-        "L_layers=1",
-        "hidden_size=16",
-        "num_heads=1",
-        "expansion=2",
-        "puzzle_emb_ndim=16",
-        "puzzle_emb_len=1",
-        "forward_dtype=float32",
-        "halt_max_steps=2",
+        *CLI_TINY_ARCH,
         "--global-batch-size",
         "8",
         "--lr-warmup-steps",
