@@ -12,6 +12,7 @@
 //   program.h          run_steps' program, states and blocks, validated
 //   planner.h          threading mode (whole batch or per item) and workspace layout
 //   workspace.h        the workspace cache and its counters
+//   cpu_gemm.h         the loop's CPU GEMMs: ATen or oneDNN (with SwiGLU post-ops), the fastest per site
 //   loop.h             run_steps itself
 //   isa_info.h         what the build contains (CPU instruction set, CUDA kernels)
 // FASTRECUR_WITH_CUDA is defined by the build when kernels.cu is compiled in.
@@ -36,7 +37,7 @@ TORCH_LIBRARY(fastrecur_C, m) {
   m.def("inject_add(Tensor(a!) target, Tensor[] srcs) -> ()");
   m.def(
       "run_steps(Tensor(a!)[] states, Tensor x, Tensor program, Tensor[] weights, int[] level_offsets, "
-      "Tensor? cos, Tensor? sin, int num_heads, float eps, int block_kind, int per_item=-1) -> ()");
+      "Tensor? cos, Tensor? sin, int num_heads, float eps, int block_kind, int per_item=-1, int gemm=-1) -> ()");
   m.def("workspace_info() -> int[]", &fastrecur::workspace_info_op);
   m.def("clear_workspaces() -> ()", &fastrecur::clear_workspaces_op);
   m.def("has_cuda_kernels() -> bool", &fastrecur::has_cuda_kernels_op);

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu_gemm.h"
 #include "dispatch.h"
 #include "planner.h"
 #include "program.h"
@@ -42,6 +43,13 @@ struct BlockViews {
   at::Tensor G, Ggate, Gup, tact, outT, outT3;  // mixer: [2*It, N], halves, [It, N], [S, N], [nb, S, D]
 };
 
+// The GEMM implementation of each site of one block (cpu_gemm.h), the same for every chunk.
+struct BlockGemms {
+  int64_t mlp_up = kGemmAten, mlp_down = kGemmAten;  // channel MLP: gate/up (+ SwiGLU), down
+  int64_t qkv = kGemmAten, att_out = kGemmAten;      // attention projections
+  int64_t mix_up = kGemmAten, mix_down = kGemmAten;  // token MLP: gate/up (+ SwiGLU), down
+};
+
 // Where one chunk's items live: h2 [nb*S, D] and h3 [nb, S, D] views of the target state; for mixer blocks
 // also hT [Lp, nb*D] (the chunk's columns of the transposed state) and hT3, its [nb, S, D] view.
 struct ChunkIO {
@@ -56,6 +64,7 @@ struct Runner {
   at::Tensor mixT, mixer_in;  // mixer: the transposed state [Lp, B*D] and its [B, S, D] view
   int64_t nb = 1;             // batch items per chunk: B (threads inside each op) or 1 (threads over items)
   std::vector<std::vector<BlockViews>> views;  // [chunk slot][block]; per item: one slot per thread
+  std::vector<BlockGemms> gemms;               // [block]
 
   at::Tensor region(int64_t off, at::IntArrayRef sizes) const {
     int64_t n = 1;
@@ -114,27 +123,95 @@ struct Runner {
     return io;
   }
 
-  // h2 = rms_norm(h2 + (silu(gate) * up) @ down.T) with [gate | up] = h2 @ gate_up.T; the new rows are also
-  // written to `copy` when defined (the next mixer block's input). Returns the native ops issued.
-  int64_t mlp(const at::Tensor& h2, BlockViews& v, const at::Tensor& copy = at::Tensor()) const {
-    at::mm_out(v.gu, h2, v.gate_up_t);
-    k_swiglu(v.act, v.gate, v.up);
-    at::mm_out(v.o, v.act, v.down_t);
-    k_add_rms_norm_rows(h2, h2, v.o, eps, copy);
-    return 4;
+  // gemms[bi] for every block: `mode`, or (kGemmAuto, CPU) each site's fastest implementation, timed on this
+  // call's chunk workspaces with x's rows as input the first time its shapes are seen in this process
+  // (cpu_gemm.h). Timing overwrites only workspace regions (and the mixer's transposed state, whose rows the
+  // program rewrites before reading them; its padding rows stay zero).
+  void choose_gemms(const std::vector<Block>& blocks, int64_t kind, int64_t mode, const at::Tensor& x,
+                    bool per_item) {
+    const int64_t slots = static_cast<int64_t>(views.size());
+    const std::vector<int64_t> plain{kGemmAten, kGemmOneDnn}, swiglu{kGemmAten, kGemmOneDnn, kGemmOneDnnFused};
+    auto io_of = [&](size_t slot) { return chunk_io(x, std::min<int64_t>(static_cast<int64_t>(slot) * nb, B - nb), kind == kMixer); };
+    const ChunkIO io0 = io_of(0);
+    gemms.assign(blocks.size(), BlockGemms());
+    if (x.is_cpu()) {
+      std::vector<std::pair<at::Tensor, int64_t>> split;  // the operands fused SwiGLUs split (cpu_gemm.h)
+      for (size_t bi = 0; bi < blocks.size(); ++bi) {
+        split.emplace_back(views[0][bi].gate_up_t, 1);
+        if (kind == kMixer) split.emplace_back(blocks[bi].w0_padded, 0);
+      }
+      keep_only_halves(split);
+    }
+    for (size_t bi = 0; bi < blocks.size(); ++bi) {
+      const Block& b = blocks[bi];
+      BlockGemms& g = gemms[bi];
+      const BlockViews& v0 = views[0][bi];
+      auto pick = [&](const char* site, std::initializer_list<at::Tensor> operands, const std::vector<int64_t>& cands,
+                      const std::function<void()>& prepare, const std::function<void(int64_t, size_t)>& run) {
+        if (mode != kGemmAuto || !x.is_cpu()) return mode == kGemmAuto ? int64_t{kGemmAten} : mode;
+        return choose_gemm(mode, x, gemm_site_key(site, operands, per_item), cands, slots, prepare, run);
+      };
+      // Inputs the timing reads from the workspace start as zeros (not stale, possibly non-finite, contents).
+      auto zero_all = [&](at::Tensor BlockViews::*field) {
+        return [this, bi, field] {
+          for (auto& sv : views) (sv[bi].*field).zero_();
+        };
+      };
+      if (kind == kAttention) {
+        g.qkv = pick("qkv", {io0.h2, v0.w0_t}, plain, [] {}, [&](int64_t impl, size_t s) {
+          gemm(impl, views[s][bi].qkv, io_of(s).h2, views[s][bi].w0_t);
+        });
+        g.att_out = pick("att_out", {v0.att_scratch, v0.w1_t}, plain, zero_all(&BlockViews::att_scratch),
+                         [&](int64_t impl, size_t s) {
+                           gemm(impl, views[s][bi].o, views[s][bi].att_scratch, views[s][bi].w1_t);
+                         });
+      } else {
+        g.mix_up = pick("mix_up", {b.w0_padded, io0.hT}, swiglu, [this] { mixT.zero_(); },
+                        [&](int64_t impl, size_t s) {
+                          BlockViews& v = views[s][bi];
+                          gemm_swiglu(impl, {b.w0_padded, io_of(s).hT, 0, v.G, v.Ggate, v.Gup}, v.tact, k_swiglu);
+                        });
+        g.mix_down = pick("mix_down", {b.w1, v0.tact}, plain, zero_all(&BlockViews::tact), [&](int64_t impl, size_t s) {
+          gemm(impl, views[s][bi].outT, b.w1, views[s][bi].tact);
+        });
+      }
+      g.mlp_up = pick("mlp_up", {io0.h2, v0.gate_up_t}, swiglu, [] {}, [&](int64_t impl, size_t s) {
+        BlockViews& v = views[s][bi];
+        gemm_swiglu(impl, {io_of(s).h2, v.gate_up_t, 1, v.gu, v.gate, v.up}, v.act, k_swiglu);
+      });
+      g.mlp_down = pick("mlp_down", {v0.act, v0.down_t}, plain, zero_all(&BlockViews::act), [&](int64_t impl, size_t s) {
+        gemm(impl, views[s][bi].o, views[s][bi].act, views[s][bi].down_t);
+      });
+    }
   }
 
-  int64_t attention_block(const ChunkIO& io, const Block& b, BlockViews& v) const {
+  // h2 = rms_norm(h2 + (silu(gate) * up) @ down.T) with [gate | up] = h2 @ gate_up.T; the new rows are also
+  // written to `copy` when defined (the next mixer block's input). Returns the native ops issued.
+  int64_t mlp(const at::Tensor& h2, const BlockGemms& g, BlockViews& v, const at::Tensor& copy = at::Tensor()) const {
+    const at::Tensor act = gemm_swiglu(g.mlp_up, {h2, v.gate_up_t, 1, v.gu, v.gate, v.up}, v.act, k_swiglu);
+    const at::Tensor o = gemm(g.mlp_down, v.o, act, v.down_t);
+    k_add_rms_norm_rows(h2, h2, o, eps, copy);
+    return 4;  // fused: the swish GEMM and the multiply GEMM replace a GEMM and the SwiGLU kernel
+  }
+
+  int64_t attention_block(const ChunkIO& io, const Block& b, const BlockGemms& g, BlockViews& v) const {
     const int64_t M = nb * S, H = num_heads, hd = b.head_dim;
     int64_t ops = 0;
-    at::mm_out(v.qkv, io.h2, v.w0_t);
+    const at::Tensor qkv = gemm(g.qkv, v.qkv, io.h2, v.w0_t);
+    at::Tensor q = v.q, k = v.k, vv = v.v;
+    if (g.qkv != kGemmAten) {  // oneDNN's own output: its q/k/v views, made per call
+      auto q5 = qkv.view({nb, S, 3, H, hd});
+      q = q5.select(2, 0).transpose(1, 2);
+      k = q5.select(2, 1).transpose(1, 2);
+      vv = q5.select(2, 2).transpose(1, 2);
+    }
     ops += 1;
     if (cos) {
-      k_rope(v.qkv, 2 * H, hd, S, *cos, *sin);  // q and k heads are the first 2*H heads of each row
+      k_rope(qkv, 2 * H, hd, S, *cos, *sin);  // q and k heads are the first 2*H heads of each row
       ops += 1;
     }
     // Allocates its output internally (see the file comment).
-    auto att = at::scaled_dot_product_attention(v.q, v.k, v.v, std::nullopt, 0.0, false, 1.0 / std::sqrt(double(hd)))
+    auto att = at::scaled_dot_product_attention(q, k, vv, std::nullopt, 0.0, false, 1.0 / std::sqrt(double(hd)))
                    .transpose(1, 2);  // [nb, S, H, hd]
     ops += 1;
     at::Tensor a2;
@@ -145,9 +222,9 @@ struct Runner {
       a2 = v.att_scratch;
       ops += 1;
     }
-    at::mm_out(v.o, a2, v.w1_t);
-    k_add_rms_norm_rows(io.h2, io.h2, v.o, eps);
-    return ops + 2 + mlp(io.h2, v);
+    const at::Tensor o = gemm(g.att_out, v.o, a2, v.w1_t);
+    k_add_rms_norm_rows(io.h2, io.h2, o, eps);
+    return ops + 2 + mlp(io.h2, g, v);
   }
 
   // Token mixing in the [L, nb*D] layout, so both token GEMMs are single GEMMs over the chunk:
@@ -156,12 +233,13 @@ struct Runner {
   // hT (rows S..Lp-1 zero) must already hold h transposed: the kernel that last wrote h wrote it too (the
   // injection, or the previous block's MLP norm), which saves a transpose copy per block.
   // next_is_mixer: this level call runs another block after this one (its input copy is written here).
-  int64_t mixer_block(const ChunkIO& io, const Block& b, BlockViews& v, bool next_is_mixer) const {
-    at::mm_out(v.G, b.w0_padded, io.hT);
-    k_swiglu(v.tact, v.Ggate, v.Gup);
-    at::mm_out(v.outT, b.w1, v.tact);
-    k_add_rms_norm_dim1(io.h3, io.hT3, v.outT3, eps);
-    return 4 + mlp(io.h2, v, next_is_mixer ? io.hT3 : at::Tensor());
+  int64_t mixer_block(const ChunkIO& io, const Block& b, const BlockGemms& g, BlockViews& v,
+                      bool next_is_mixer) const {
+    const at::Tensor tact = gemm_swiglu(g.mix_up, {b.w0_padded, io.hT, 0, v.G, v.Ggate, v.Gup}, v.tact, k_swiglu);
+    const at::Tensor outT = gemm(g.mix_down, v.outT, b.w1, tact);
+    k_add_rms_norm_dim1(io.h3, io.hT3, g.mix_down == kGemmAten ? v.outT3 : outT.view({S, nb, D}).permute({1, 0, 2}),
+                        eps);
+    return 4 + mlp(io.h2, g, v, next_is_mixer ? io.hT3 : at::Tensor());
   }
 
   // Blocks [first, last) on one chunk's target state `io`, with chunk slot `slot`'s workspace.
@@ -169,8 +247,9 @@ struct Runner {
                       size_t slot) {
     int64_t ops = 0;
     for (int64_t bi = first; bi < last; ++bi) {
-      ops += kind == kAttention ? attention_block(io, blocks[bi], views[slot][bi])
-                                : mixer_block(io, blocks[bi], views[slot][bi], bi + 1 < last);
+      const BlockGemms& g = gemms[static_cast<size_t>(bi)];
+      ops += kind == kAttention ? attention_block(io, blocks[bi], g, views[slot][bi])
+                                : mixer_block(io, blocks[bi], g, views[slot][bi], bi + 1 < last);
     }
     return ops;
   }
@@ -220,9 +299,16 @@ struct Runner {
 inline void run_steps_op(at::TensorList states, const at::Tensor& x, const at::Tensor& program,
                          at::TensorList weights, at::IntArrayRef level_offsets, const std::optional<at::Tensor>& cos,
                          const std::optional<at::Tensor>& sin, int64_t num_heads, double eps, int64_t block_kind,
-                         int64_t per_item_mode) {
+                         int64_t per_item_mode, int64_t gemm_mode) {
   check_states(states, x);
   FR_CHECK(per_item_mode >= -1 && per_item_mode <= 1, "per_item must be -1 (auto), 0 or 1, got ", per_item_mode);
+  FR_CHECK(gemm_mode >= kGemmAuto && gemm_mode <= kGemmOneDnnFused,
+           "gemm must be -1 (auto), 0 (aten), 1 (onednn) or 2 (onednn_fused), got ", gemm_mode);
+  if (gemm_mode == kGemmOneDnn || gemm_mode == kGemmOneDnnFused) {
+    FR_CHECK(x.is_cpu(), "gemm=", gemm_mode, " (oneDNN) runs on the CPU only; x is on ", x.device());
+    FR_CHECK(onednn().supports(x.scalar_type()), "gemm=", gemm_mode, ": oneDNN has no ", x.scalar_type(),
+             " inner product on this CPU; use -1 (auto) or 0 (aten)");
+  }
   check_eps(eps);
   std::vector<Block> blocks = make_blocks(weights, level_offsets, block_kind, x, states, num_heads);
   const int64_t B = x.size(0), S = x.size(1), D = x.size(2);
@@ -281,6 +367,7 @@ inline void run_steps_op(at::TensorList states, const at::Tensor& x, const at::T
     run.views.push_back(
         run.chunk_views(blocks, block_kind, plan.chunks_off + static_cast<int64_t>(i) * plan.chunk.size, plan.chunk));
   }
+  run.choose_gemms(blocks, block_kind, gemm_mode, x, plan.per_item);
   std::vector<at::Tensor> slot3;  // slot i as [B, S, D]: x, then the states
   slot3.push_back(x);
   for (const auto& t : states) slot3.push_back(t);

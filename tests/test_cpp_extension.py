@@ -352,6 +352,70 @@ def test_run_steps_threading_modes(name, per_item, threads):
         assert scale_err(got[k], ref[k]) <= 1e-5, k
 
 
+GEMMS = ["aten", "onednn", "onednn_fused", "auto"]
+
+
+def flip_layout(levels):
+    """Right-multiplied weights as Wt.t() (Wt contiguous), the layout the models cache on the CPU."""
+    fields = ("qkv", "o", "gate_up", "down")
+    return {
+        name: [w._replace(**{f: getattr(w, f).t().contiguous().t() for f in fields if f in w._fields}) for w in ws]
+        for name, ws in levels.items()
+    }
+
+
+@pytest.mark.parametrize("layout", ["linear", "transposed"])
+@pytest.mark.parametrize("per_item", [False, True], ids=["whole_batch", "per_item"])
+@pytest.mark.parametrize("gemm", GEMMS)
+@pytest.mark.parametrize("name", CASES)
+def test_run_steps_gemm_libraries(name, gemm, per_item, layout):
+    """Every GEMM library choice (ATen, oneDNN, oneDNN with SwiGLU as post-ops, measured) equals the eager loop
+    in fp32, in both threading modes (2 threads) and both weight layouts (the transposed one makes the fused
+    SwiGLU split copies of its weight halves: oneDNN's fast paths need dense matrices)."""
+    steps, states, x, levels, tables = make_case(name, batch=3)
+    if layout == "transposed":
+        levels = flip_layout(levels)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ref, got = run_both((steps, states, x, levels, tables), per_item=per_item, gemm=gemm)
+    finally:
+        torch.set_num_threads(old)
+    for k in ref:
+        assert scale_err(got[k], ref[k]) <= 1e-5, k
+
+
+@pytest.mark.parametrize("gemm", ["onednn", "onednn_fused"])
+@pytest.mark.parametrize("name", CASES)
+def test_run_steps_gemm_libraries_bf16(name, gemm):
+    """bf16 through oneDNN (plain or with SwiGLU post-ops, which round silu(gate) to bf16 before the multiply):
+    error vs the fp32 loop at most ~2x the eager bf16 loop's, as for ATen (test_run_steps_low_precision)."""
+    case32 = make_case(name, batch=2)
+    ref32 = eager_loop(*case32[:4], *case32[4], H)
+    ref16, got16 = run_both(cast_case(case32, torch.bfloat16), gemm=gemm)
+    for k in ref32:
+        err_eager, err_cpp = rmse(ref16[k], ref32[k]), rmse(got16[k], ref32[k])
+        assert err_cpp <= 2 * err_eager + 5e-3, (k, err_cpp, err_eager)
+
+
+def test_run_steps_gemm_argument_checks(monkeypatch):
+    steps, states, x, levels, (cos, sin) = make_case("trm")
+    with pytest.raises(ValueError, match="gemm must be one of auto, aten, onednn, onednn_fused, got 'mkl'"):
+        run_steps_cpp(steps, states, x, levels, cos, sin, H, gemm="mkl")
+    monkeypatch.setenv("FASTRECUR_CPU_GEMM", "fast")
+    with pytest.raises(ValueError, match="FASTRECUR_CPU_GEMM must be one of"):
+        run_steps_cpp(steps, states, x, levels, cos, sin, H)
+    monkeypatch.setenv("FASTRECUR_CPU_GEMM", "onednn")
+    ref, got = run_both(make_case("trm"))  # the variable chooses when the argument is None
+    for k in ref:
+        assert scale_err(got[k], ref[k]) <= 1e-5, k
+    half = cast_case(make_case("trm"), torch.float16)
+    try:  # oneDNN has an fp16 inner product only on CPUs with AVX512-FP16 or AMX-FP16
+        run_both(half, gemm="onednn")
+    except ValueError as e:
+        assert "oneDNN has no Half inner product on this CPU" in str(e)
+
+
 def test_run_steps_transposed_weight_layout():
     """Right-multiplied weights given as Wt.t() (Wt contiguous, the layout the models cache on CPU) give the
     same result as nn.Linear's contiguous layout; other strides are refused."""
@@ -526,6 +590,8 @@ def test_bad_raw_op_inputs():
         C().run_steps(tensors, x, torch.tensor([[1, 1, 2, 0]]), weights[:-1], [0, 2], cos, sin, H, EPS, 0)
     with pytest.raises(ValueError, match="per_item"):
         C().run_steps(tensors, x, torch.tensor([[1, 1, 0, 0]]), weights, [0, 2], cos, sin, H, EPS, 0, 3)
+    with pytest.raises(ValueError, match="gemm must be -1"):
+        C().run_steps(tensors, x, torch.tensor([[1, 1, 0, 0]]), weights, [0, 2], cos, sin, H, EPS, 0, -1, 3)
     a = torch.randn(4, 33)
     with pytest.raises(ValueError, match="partially overlaps"):
         C().add_rms_norm(a[:3], a[1:], EPS, a[1:])

@@ -64,7 +64,7 @@ class CountOps(TorchDispatchMode):
 
 
 def _is_op(name):
-    return name.startswith("aten::") or name.startswith("fastrecur")
+    return name.startswith(("aten::", "fastrecur", "mkldnn::"))
 
 
 # ATen ops that only make a view (no kernel, no memory traffic): not counted as native kernels.
@@ -138,10 +138,12 @@ def test_eager_step_dispatch_count():
     assert n_mode >= len(top)
 
 
+@pytest.mark.parametrize("gemm", ["aten", "onednn", "onednn_fused"])
 @pytest.mark.parametrize("mlp_t", [True, False], ids=["mlp_t", "attention"])
-def test_cpp_step_is_one_native_call(mlp_t):
+def test_cpp_step_is_one_native_call(mlp_t, gemm):
     _need_ext()
     model, batch = sudoku_trm(mlp_t=mlp_t, backend="cpp")
+    model.inner.cpp_gemm = gemm
     with torch.no_grad():
         carry = model.initial_carry(batch)
         carry, _ = model(carry=carry, batch=batch)
@@ -174,8 +176,13 @@ def test_cpp_step_is_one_native_call(mlp_t):
     assert n_mode <= 60
     # The counter is the profiler's view of the call: ATen ops that run kernels plus one label per fused kernel.
     assert len(inner) == native_ops
-    # 21 level calls x 2 blocks x 4 GEMMs, one fused kernel per elementwise stretch.
-    assert kinds["aten::mm"] == 168
+    # 21 level calls x 2 blocks x 4 GEMMs, one fused kernel per elementwise stretch (a SwiGLU per MLP: two per
+    # mixer block, one per attention block); with SwiGLU fused into oneDNN's GEMMs, each SwiGLU kernel becomes a
+    # second GEMM.
+    swiglus = 21 * 2 * (2 if mlp_t else 1)
+    fused = gemm == "onednn_fused"
+    assert kinds["aten::mm" if gemm == "aten" else "mkldnn::_linear_pointwise"] == 168 + (swiglus if fused else 0)
+    assert kinds["fastrecur::swiglu"] == (0 if fused else swiglus)
     assert native_ops <= 400
 
 

@@ -9,8 +9,9 @@ address). On the CPU, weights multiplied from the right are stored as ``W.T`` co
 ``Wt.t()``), the faster layout for GEMMs on few rows.
 
 Model settings read here (attributes of the model's ``inner``): ``use_cuda_graphs`` (replay the no-grad
-recursion from a CUDA graph per shape; see :mod:`fastrecur.backend.graphs`) and ``cpp_per_item`` (CPU threading
-mode; None picks it).
+recursion from a CUDA graph per shape; see :mod:`fastrecur.backend.graphs`), ``cpp_per_item`` (CPU threading
+mode; None picks it) and ``cpp_gemm`` (which library runs the CPU GEMMs; None: ``$FASTRECUR_CPU_GEMM`` or
+measured; see :func:`fastrecur.core.cpp_runner.run_steps_cpp`).
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class CppBackend(Backend):
                 num_heads=heads,
                 eps=eps,
                 per_item=getattr(inner, "cpp_per_item", None),
+                gemm=getattr(inner, "cpp_gemm", None),
             )
 
         return run

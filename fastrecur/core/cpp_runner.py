@@ -20,6 +20,7 @@ order.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -136,6 +137,23 @@ def _check_tensor(t, name: str, x: Optional[torch.Tensor] = None, transposable: 
         )
 
 
+# run_steps' gemm argument (csrc/cpu_gemm.h GemmImpl).
+GEMM_CHOICES = {"auto": -1, "aten": 0, "onednn": 1, "onednn_fused": 2}
+GEMM_ENV = "FASTRECUR_CPU_GEMM"
+
+
+def _gemm_code(gemm: Optional[str], x: torch.Tensor) -> int:
+    """The native code of ``gemm`` (None: $FASTRECUR_CPU_GEMM, else "auto"), checked against x's device."""
+    name = "gemm"
+    if gemm is None:
+        gemm, name = os.environ.get(GEMM_ENV, "auto"), GEMM_ENV
+    if gemm not in GEMM_CHOICES:
+        raise ValueError(f"{name} must be one of {', '.join(GEMM_CHOICES)}, got {gemm!r}")
+    if x.device.type != "cpu" and gemm not in ("auto", "aten"):
+        raise ValueError(f"{name}={gemm!r} runs on the CPU only; x is on {x.device}")
+    return GEMM_CHOICES[gemm]
+
+
 def run_steps_cpp(
     steps: Sequence[Step],
     states: Dict[str, torch.Tensor],
@@ -146,6 +164,7 @@ def run_steps_cpp(
     num_heads: int = 1,
     eps: float = 1e-5,
     per_item: Optional[bool] = None,
+    gemm: Optional[str] = None,
 ) -> Dict[str, torch.Tensor]:
     """Run ``steps`` (no autograd) through the native loop, updating ``states`` in place.
 
@@ -164,6 +183,14 @@ def run_steps_cpp(
             intermediates stay in its core's cache; False: the whole batch goes through each op and the threads
             split the op; None (default): per item when torch uses two or more threads and the batch has at
             least as many items as threads. Results agree to GEMM rounding.
+        gemm: CPU only: which library runs the loop's GEMMs. ``"aten"`` (``torch.mm``: MKL for fp32, oneDNN
+            for 16-bit types), ``"onednn"`` (oneDNN's inner product, through torch's
+            ``mkldnn::_linear_pointwise``), ``"onednn_fused"`` (oneDNN with each SwiGLU fused into its GEMMs as
+            post-ops: swish on the gate GEMM, a multiply on the up GEMM) or ``"auto"``: each GEMM site timed
+            once per process and shape, the fastest kept (ATen unless another is 3 % faster). None (default):
+            the environment variable ``FASTRECUR_CPU_GEMM``, else ``"auto"``. Results agree to GEMM rounding;
+            fix the choice to reproduce results bit for bit across processes. On CUDA only ``"auto"`` and
+            ``"aten"`` (both cuBLAS) are accepted.
 
     Raises:
         RuntimeError: the extension is not built (see ``fastrecur._ext.status()``).
@@ -185,6 +212,7 @@ def run_steps_cpp(
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
     if per_item not in (None, True, False):
         raise TypeError(f"per_item must be None, True or False, got {per_item!r}")
+    gemm_code = _gemm_code(gemm, x)
 
     enc = _encode(tuple(steps), tuple(sorted(states)))
     if not steps:
@@ -250,5 +278,6 @@ def run_steps_cpp(
             float(eps),
             kind,
             -1 if per_item is None else int(per_item),
+            gemm_code,
         )
     return states

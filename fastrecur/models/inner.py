@@ -111,6 +111,9 @@ class RecursiveInner(nn.Module):
         # The C++ backend on CPU: None picks how threads share the work (per batch item when there are at least
         # as many items as threads, else splitting each op); True/False force it (fastrecur.core.cpp_runner).
         self.cpp_per_item = None
+        # The C++ backend on CPU: which library runs the GEMMs ("aten", "onednn", "onednn_fused", "auto"); None
+        # reads $FASTRECUR_CPU_GEMM, else measures each GEMM site once (fastrecur.core.cpp_runner).
+        self.cpp_gemm = None
 
         with torch.no_grad():  # Q starts near "continue" so early training does not halt at once
             self.q_head.weight.zero_()
