@@ -10,6 +10,7 @@ into GEMMs, each fused kernel and the rest, so the distance to the floor is expl
     python benchmarks/act_step_floor.py --dtypes float32 --batches 1 --no-compile
     python benchmarks/act_step_floor.py --archs trm,hrm --no-compile --out benchmarks/results  # attention models
     python benchmarks/act_step_floor.py --out benchmarks/results   # -> OUT/act-step-floor-<device>-<date>/
+    python benchmarks/act_step_floor.py --cpp-gemms aten,onednn,onednn_fused   # + the loop on each GEMM library
 
 Each timing is the median (and minimum) over ``--iters`` steps from a warm carry (a steady-state step of a
 16-step solve), the variants timed in turns.
@@ -47,7 +48,9 @@ FUSED = (
     "fastrecur::inject_add",
     "fastrecur::rope",
 )
-GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
+GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn::_linear_pointwise")
+# The C++ loop's CPU GEMM libraries (run_steps_cpp's gemm), each timed as a variant "cpp_<name>" when asked.
+CPP_GEMMS = ("aten", "onednn", "onednn_fused")
 
 
 def step_fn(model, data):
@@ -152,7 +155,13 @@ def breakdown(step, device, step_ms: float) -> dict:
     return {k: step_ms * v / total for k, v in self_us.most_common()}
 
 
-def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bool) -> dict:
+def gemm_choice_summary(before: dict) -> str:
+    """The sites the loop measured since ``before`` (a ``_ext.gemm_choices()`` snapshot), as "site=library"."""
+    new = {k: v for k, v in _ext.gemm_choices().items() if k not in before}
+    return ", ".join(sorted({f"{k.split('|', 1)[0]}={v}" for k, v in new.items()})) or "none measured"
+
+
+def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bool, gemms=()) -> dict:
     cfg = fb.sudoku_cfg(arch, dtype, batch, 512, 81)
     torch.manual_seed(0)
     data = fb.sudoku_batch(cfg, device)
@@ -163,7 +172,16 @@ def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bo
         m = fb.build(arch, cfg, backend).to(device).eval()
         m.check_inputs = False
         models[backend] = m
+    before = _ext.gemm_choices()
     variants = {"eager": step_fn(models["eager"], data), "cpp": step_fn(models["cpp"], data)}
+    if device.type == "cpu":
+        row["cpp_gemm_choices"] = gemm_choice_summary(before)
+    for g in gemms:
+        torch.manual_seed(0)
+        m = fb.build(arch, cfg, "cpp").to(device).eval()
+        m.check_inputs = False
+        m.inner.cpp_gemm = g
+        variants[f"cpp_{g}"] = step_fn(m, data)
     if device.type == "cuda":
         torch.manual_seed(0)
         m = fb.build(arch, cfg, "cpp").to(device).eval()
@@ -187,6 +205,8 @@ def run_case(arch: str, dtype: str, batch: int, device, iters: int, compile_: bo
     row["eager_x_cpp"] = row["eager_ms"] / row["cpp_ms"]
     if compile_:
         row["compile_x_cpp"] = row["compile_ms"] / row["cpp_ms"]
+    for g in gemms:
+        row[f"cpp_{g}_x_floor"] = row[f"cpp_{g}_ms"] / row["gemm_floor_ms"]
     if "cpp_graphs" in variants:
         row["cpp_graphs_x_floor"] = row["cpp_graphs_ms"] / row["gemm_floor_ms"]
         row["eager_x_cpp_graphs"] = row["eager_ms"] / row["cpp_graphs_ms"]
@@ -237,6 +257,27 @@ def markdown(results: dict) -> str:
                     f"{ms(r['cpp_graphs_ms'])} | "
                     f"**{r['cpp_graphs_x_floor']:.3f}** | {r['eager_x_cpp_graphs']:.2f}x |"
                 )
+    gemms = [g for g in CPP_GEMMS if any(f"cpp_{g}_ms" in r for r in results["rows"])]
+    if gemms:
+        lines += [
+            "",
+            "The cpp loop's CPU GEMM library (`FASTRECUR_CPU_GEMM` / `run_steps_cpp(gemm=...)`): ATen (MKL for fp32, "
+            "oneDNN for 16-bit), oneDNN's inner product, oneDNN with each SwiGLU fused into its GEMMs as post-ops; "
+            "`cpp` above is the default, each GEMM site measured once (its choices in the last column). ms per ACT "
+            "step, and (x floor):",
+            "",
+            "| model | dtype | batch | " + " | ".join(gemms) + " | cpp (measured) | choices |",
+            "|---|---|---:|" + "---:|" * (len(gemms) + 1) + "---|",
+        ]
+        for r in results["rows"]:
+            cells = [
+                f"{ms(r[f'cpp_{g}_ms'])} ({r[f'cpp_{g}_x_floor']:.3f})" if f"cpp_{g}_ms" in r else "n/a" for g in gemms
+            ]
+            lines.append(
+                f"| {fb.ARCH_LABELS.get(r['arch'], r['arch'])} | {r['dtype']} | {r['batch']} | "
+                + " | ".join(cells)
+                + f" | {ms(r['cpp_ms'])} ({r['cpp_x_floor']:.3f}) | {r.get('cpp_gemm_choices', '')} |"
+            )
     if any("cpp_breakdown_ms" in r for r in results["rows"]):
         what = (
             "device time of the plain cpp step's kernels, by kind"
@@ -275,6 +316,12 @@ def main(argv=None) -> int:
     p.add_argument("--iters-large", type=positive_int, default=5, help="steps timed per variant at batch > 8")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--no-roofline", action="store_true", help="skip the kernel roofline table")
+    p.add_argument(
+        "--cpp-gemms",
+        default="",
+        help=f"CPU: also time the cpp loop with each of these GEMM libraries (comma-separated subset of "
+        f"{','.join(CPP_GEMMS)}; default none: only the measured choice)",
+    )
     p.add_argument("--out", default=None, help="write OUT/act-step-floor-<device>-<date>/results.{json,md}")
     return run_command("act_step_floor", run, p.parse_args(argv))
 
@@ -284,7 +331,10 @@ def run(a: argparse.Namespace) -> int:
     archs = fb.parse_subset("--archs", a.archs, fb.ARCHS)
     dtypes = fb.parse_subset("--dtypes", a.dtypes, fb.KERNEL_DTYPES)
     batches = fb.parse_batches("--batches", a.batches)
+    gemms = fb.parse_subset("--cpp-gemms", a.cpp_gemms, CPP_GEMMS, allow_empty=True)
     device = torch.device(a.device)
+    if gemms and device.type != "cpu":
+        raise InputError("--cpp-gemms: the GEMM library is a CPU setting (CUDA runs cuBLAS)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no GPU here")
     if not _ext.available():
@@ -304,7 +354,8 @@ def run(a: argparse.Namespace) -> int:
     for arch in archs:
         for dtype in dtypes:
             for batch in batches:
-                row = run_case(arch, dtype, batch, device, a.iters if batch <= 8 else a.iters_large, not a.no_compile)
+                iters = a.iters if batch <= 8 else a.iters_large
+                row = run_case(arch, dtype, batch, device, iters, not a.no_compile, gemms)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     results = {"meta": meta, "rows": rows}

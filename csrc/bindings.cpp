@@ -42,6 +42,7 @@ TORCH_LIBRARY(fastrecur_C, m) {
   m.def("clear_workspaces() -> ()", &fastrecur::clear_workspaces_op);
   m.def("has_cuda_kernels() -> bool", &fastrecur::has_cuda_kernels_op);
   m.def("cpu_isa() -> str", &fastrecur::cpu_isa_op);
+  m.def("gemm_choices() -> str[]", &fastrecur::gemm_choices_op);
 }
 
 // The same implementations serve both devices: each op dispatches on its tensors' device (dispatch.h).

@@ -6,11 +6,12 @@
 // torch ships oneDNN's headers but not its symbols, so the dispatcher is the only stable way in. That op
 // allocates its output; ATen's GEMMs write into the workspace.
 //
-// Which one wins depends on the CPU, dtype and shape (measured on an AMD EPYC Zen 4, one thread: oneDNN's fp32
-// GEMMs 5-16 % faster than MKL's for the TRM-MLP Sudoku shapes; bf16 equal, since ATen already calls oneDNN;
-// the SwiGLU post-ops 3-7 % slower than a GEMM plus fastrecur's SwiGLU kernel in both dtypes;
-// benchmarks/README.md, "oneDNN post-ops"). So by default each GEMM site of a run_steps call is timed once per
-// process with its shapes, dtype and threading (choose_gemm), and the fastest implementation is kept; ATen
+// Which one wins depends on the CPU, dtype, shape and threads. Measured on a 2-core AMD EPYC (Zen 4, no AMX;
+// benchmarks/README.md, "The loop's GEMM library"): in fp32 oneDNN's GEMMs beat MKL's, by 5-16 % per GEMM on one
+// thread and enough on two that the TRM-MLP Sudoku ACT step at batch 1 took 160 ms against 242 ms; in bf16 ATen
+// already calls oneDNN and stays fastest; the SwiGLU post-ops were within a few % of GEMM + kernel, either way,
+// per site, and 8-15 % slower over a bf16 step. So by default each GEMM site of a run_steps call is timed once
+// per process with its shapes, dtype and threading (choose_gemm), and the fastest implementation is kept; ATen
 // stays unless another is faster by kGemmMargin, so timing noise rarely flips a choice. Implementations round
 // differently, so results are reproducible bit for bit across processes only with a fixed choice
 // (FASTRECUR_CPU_GEMM / run_steps_cpp's `gemm`).
@@ -46,8 +47,9 @@ enum GemmImpl : int64_t {
   kGemmOneDnnFused = 2,  // oneDNN, with SwiGLU as post-ops where a SwiGLU follows (else plain oneDNN)
 };
 
-// Another implementation replaces ATen only when it takes at most this fraction of ATen's time.
-constexpr double kGemmMargin = 0.97;
+// Another implementation replaces ATen only when it takes at most this fraction of ATen's time (3 % let a bf16
+// site flip to oneDNN on timing noise and cost its step 3 %: benchmarks/README.md, "The loop's GEMM library").
+constexpr double kGemmMargin = 0.95;
 
 // torch's mkldnn::_linear_pointwise (y = attr(x @ w.T)) and its .binary overload (y = attr(x @ w.T, other)).
 class OneDnnLinear {
@@ -128,22 +130,30 @@ inline at::Tensor gemm(int64_t impl, at::Tensor& out, const at::Tensor& a, const
 }
 
 // The two halves of `t` along `dim` as dense matrices: views when they already are, else contiguous copies,
-// kept while `t` is unchanged (same storage, same version) and used by the last run_steps call.
+// kept while `t` is unchanged (same address, same version) and used by the last run_steps call. Each entry
+// holds `t` itself, so no other tensor can take its address while the entry lives (a freed weight's address
+// reused by a new one, with the same version 0, would otherwise find the old weight's halves).
+struct DenseHalves {
+  at::Tensor source, lo, hi;
+};
 inline std::mutex g_halves_mu;
-inline std::map<std::string, std::pair<at::Tensor, at::Tensor>>& g_halves =
-    *new std::map<std::string, std::pair<at::Tensor, at::Tensor>>();
+inline std::map<std::string, DenseHalves>& g_halves = *new std::map<std::string, DenseHalves>();
+
+inline std::string halves_key(const at::Tensor& t, int64_t dim) {
+  return std::to_string(reinterpret_cast<uintptr_t>(t.const_data_ptr())) + "|" + std::to_string(t._version()) +
+         "|" + std::to_string(dim) + "|" + std::to_string(t.size(0)) + "x" + std::to_string(t.size(1)) + "|" +
+         std::to_string(t.stride(0)) + "x" + std::to_string(t.stride(1));
+}
 
 inline std::pair<at::Tensor, at::Tensor> dense_halves(const at::Tensor& t, int64_t dim) {
   const int64_t n = t.size(dim) / 2;
   at::Tensor lo = t.narrow(dim, 0, n), hi = t.narrow(dim, n, n);
   if (dense_2d(lo) && dense_2d(hi)) return {lo, hi};
-  const std::string key = std::to_string(reinterpret_cast<uintptr_t>(t.const_data_ptr())) + "|" +
-                          std::to_string(t._version()) + "|" + std::to_string(dim) + "|" +
-                          std::to_string(t.size(0)) + "x" + std::to_string(t.size(1));
+  const std::string key = halves_key(t, dim);
   std::lock_guard<std::mutex> lock(g_halves_mu);
   auto it = g_halves.find(key);
-  if (it == g_halves.end()) it = g_halves.emplace(key, std::make_pair(lo.contiguous(), hi.contiguous())).first;
-  return it->second;
+  if (it == g_halves.end()) it = g_halves.emplace(key, DenseHalves{t, lo.contiguous(), hi.contiguous()}).first;
+  return {it->second.lo, it->second.hi};
 }
 
 // One SwiGLU GEMM pair: [gate | up] = a @ b, split in halves along `dim` (1: b's columns, the channel MLP;
@@ -178,17 +188,14 @@ at::Tensor gemm_swiglu(int64_t impl, SwigluGemm g, const at::Tensor& act, Swiglu
 }
 
 // Drops the dense halves that no block of the current call uses (called once per run_steps call, with the
-// SwiGLU operands it will split).
+// SwiGLU operands it may split), releasing the weights they hold.
 inline void keep_only_halves(const std::vector<std::pair<at::Tensor, int64_t>>& used) {
   std::lock_guard<std::mutex> lock(g_halves_mu);
   if (g_halves.empty()) return;
-  std::map<std::string, std::pair<at::Tensor, at::Tensor>> kept;
+  std::map<std::string, DenseHalves> kept;
   for (const auto& [t, dim] : used) {
-    const std::string prefix = std::to_string(reinterpret_cast<uintptr_t>(t.const_data_ptr())) + "|" +
-                               std::to_string(t._version()) + "|" + std::to_string(dim) + "|";
-    for (auto& kv : g_halves) {
-      if (kv.first.rfind(prefix, 0) == 0) kept.insert(kv);
-    }
+    auto it = g_halves.find(halves_key(t, dim));
+    if (it != g_halves.end()) kept.insert(*it);
   }
   g_halves.swap(kept);
 }
@@ -256,6 +263,15 @@ inline int64_t choose_gemm(int64_t mode, const at::Tensor& x, const std::string&
   std::lock_guard<std::mutex> lock(g_gemm_mu);
   g_gemm_choice[key] = best;
   return best;
+}
+
+// The measured choices so far, as "key=implementation" lines (sorted by key).
+inline std::vector<std::string> gemm_choices_op() {
+  static const char* names[] = {"aten", "onednn", "onednn_fused"};
+  std::lock_guard<std::mutex> lock(g_gemm_mu);
+  std::vector<std::string> out;
+  for (const auto& kv : g_gemm_choice) out.push_back(kv.first + "=" + names[kv.second]);
+  return out;
 }
 
 // The key of a GEMM site: its name, the shapes and strides of its operands, the dtype and the threading.

@@ -58,7 +58,7 @@ except Exception as e:  # ImportError, or OSError for an .so built against anoth
 # functionalization and torch.library.opcheck see the mutation) and returns nothing, so its fake (meta)
 # implementation -- what FakeTensorMode, torch.compile and torch.export run instead of the kernel -- has no
 # output to describe: it returns None. Shapes are validated by the real op when it runs. The other ops
-# (workspace_info, clear_workspaces, has_cuda_kernels, cpu_isa) take no tensors and are registered as
+# (workspace_info, clear_workspaces, has_cuda_kernels, cpu_isa, gemm_choices) take no tensors and are registered as
 # CompositeImplicitAutograd, which already runs under every tracing mode.
 TENSOR_OPS = ("add_rms_norm", "swiglu", "rope_", "add_rms_norm_dim1", "inject_add", "run_steps")
 
@@ -149,6 +149,14 @@ def workspace_info() -> dict:
         "last_call_ops": last_ops,
         "last_call_per_item": bool(per_item),
     }
+
+
+def gemm_choices() -> dict:
+    """The CPU GEMM library the C++ loop measured fastest for each GEMM site seen so far in this process
+    (``run_steps_cpp(gemm="auto")``, the default): key ``"site|operand shapes x strides|dtype|threads|mode"`` ->
+    ``"aten"``, ``"onednn"`` or ``"onednn_fused"`` (SwiGLU sites only). Empty before the first measured call
+    and on CUDA."""
+    return dict(line.rsplit("=", 1) for line in ops().gemm_choices())
 
 
 def clear_workspaces() -> None:

@@ -120,7 +120,8 @@ for step in $STEPS; do
           --out "$WORK" > "$log" 2>&1
         run "$(limit 400)" "$PY" benchmarks/act_step_floor.py --device cpu --archs trm_mlp \
           --dtypes bfloat16,float32 --batches 1,8,64 --no-compile --iters 5 --iters-large 2 --no-roofline \
-          --out "$WORK" >> "$log" 2>&1
+          --cpp-gemms aten,onednn,onednn_fused --out "$WORK" >> "$log" 2>&1
+        run "$(limit 60)" "$PY" -m fastrecur.bench.gemm_fusion --threads 1 --batches 1,8 --out "$WORK" >> "$log" 2>&1
         rc=$?; grep "^|" "$log" | head -60
       fi ;;
     *) echo "unknown step $step"; rc=2 ;;

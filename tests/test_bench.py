@@ -264,6 +264,8 @@ def test_roofline_argument_errors(tmp_path, capsys, monkeypatch, argv, message):
         (["--archs", "gpt"], "--archs: unknown ['gpt']"),
         (["--iters", "0"], "argument --iters: must be >= 1, got 0"),
         (["--iters-large", "-2"], "argument --iters-large: must be >= 1, got -2"),
+        (["--cpp-gemms", "mkl"], "--cpp-gemms: unknown ['mkl']"),
+        (["--device", "cuda", "--cpp-gemms", "onednn"], "--cpp-gemms: the GEMM library is a CPU setting"),
     ],
 )
 def test_act_step_floor_argument_errors(tmp_path, capsys, argv, message):
@@ -274,6 +276,23 @@ def test_act_step_floor_argument_errors(tmp_path, capsys, argv, message):
     assert status == 2 and cap.err.startswith("fastrecur act_step_floor: ") and cap.err.count("\n") == 1, cap.err
     assert message.replace("{file}", str(tmp_path / "f")) in cap.err
     assert cap.out == ""  # nothing timed (the device line is the first thing a run prints)
+
+
+@pytest.mark.parametrize(
+    "argv, message", BAD_BENCH_ARGUMENTS + [(["--rounds", "0"], "argument --rounds: must be >= 1, got 0")]
+)
+def test_gemm_fusion_argument_errors(tmp_path, capsys, monkeypatch, argv, message):
+    from fastrecur.bench import gemm_fusion
+
+    timed = []
+    monkeypatch.setattr(gemm_fusion, "fusion_rows", lambda *a, **k: timed.append(a) or [])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: timed.append(n))
+    (tmp_path / "f").write_text("x")
+    argv = [x.replace("{file}", str(tmp_path / "f")) for x in argv]
+    status, cap = _status_and_err(gemm_fusion.main, ["--batches", "1", *argv], capsys)
+    assert status == 2 and cap.err.startswith("fastrecur bench.gemm_fusion: ") and cap.err.count("\n") == 1, cap.err
+    assert message.replace("{file}", str(tmp_path / "f")) in cap.err
+    assert timed == [] and cap.out == ""
 
 
 def test_bench_output_folder_checked_before_work(capsys):

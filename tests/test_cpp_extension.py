@@ -385,6 +385,24 @@ def test_run_steps_gemm_libraries(name, gemm, per_item, layout):
         assert scale_err(got[k], ref[k]) <= 1e-5, k
 
 
+def test_fused_swiglu_weight_halves_follow_new_weights():
+    """The fused SwiGLU's dense copies of the weight halves are cached per weight: new weights of the same shape
+    must not reuse them, and an in-place update must refresh them. (Before the cache held the weight itself, a
+    new weight placed at a freed one's address, with the same version 0, got the old halves: seen once in the
+    ISA-variant run of test_run_steps_gemm_libraries; whether the allocator reuses an address here is luck.)"""
+    for _ in range(4):  # each round frees the last round's weights and makes new ones of the same shapes
+        steps, states, x, levels, tables = make_case("trm_mlp_t", batch=2)
+        levels = flip_layout(levels)
+        ref, got = run_both((steps, states, x, levels, tables), gemm="onednn_fused")
+        for k in ref:
+            assert scale_err(got[k], ref[k]) <= 1e-5, k
+    with torch.no_grad():
+        levels["L"][0].gate_up.mul_(0.5)  # in place: same address, version + 1
+    ref, got = run_both((steps, states, x, levels, tables), gemm="onednn_fused")
+    for k in ref:
+        assert scale_err(got[k], ref[k]) <= 1e-5, k
+
+
 @pytest.mark.parametrize("gemm", ["onednn", "onednn_fused"])
 @pytest.mark.parametrize("name", CASES)
 def test_run_steps_gemm_libraries_bf16(name, gemm):
@@ -627,3 +645,20 @@ def test_kernel_roofline_rows():
     assert roofline.markdown(rows, line, "wall time").startswith(f"Kernel roofline: {line}")
     with pytest.raises(ValueError, match="kernel must be one of"):
         roofline.kernel_case("softmax", 1, torch.float32, torch.device("cpu"))
+
+
+def test_gemm_fusion_rows():
+    """fastrecur.bench.gemm_fusion: one row per site, every variant timed (positive µs), the ratios computed
+    from those times, and tables headed as asked."""
+    from fastrecur.bench import gemm_fusion
+
+    if not gemm_fusion._onednn_runs(torch.float32):
+        pytest.skip("this torch has no oneDNN")
+    swiglu, down = gemm_fusion.fusion_rows(torch.float32, 1, rounds=1)
+    assert (swiglu["site"], down["site"]) == ("gate/up + SwiGLU", "down + residual add")
+    times = [swiglu[k] for k in ("aten + kernel", "onednn + kernel", "onednn post-ops")]
+    assert min(times) > 0
+    assert swiglu["post_ops_x_best_other"] == pytest.approx(times[2] / min(times[:2]))
+    assert down["post_op_extra_us"] == pytest.approx(down["onednn GEMM + add post-op"] - down["onednn GEMM"])
+    md = gemm_fusion.markdown([swiglu, down], "HEADER", "wall time")
+    assert md.startswith("oneDNN post-ops against GEMM + fastrecur kernel: HEADER") and "| float32 | 1 |" in md

@@ -187,7 +187,7 @@ def run_steps_cpp(
             for 16-bit types), ``"onednn"`` (oneDNN's inner product, through torch's
             ``mkldnn::_linear_pointwise``), ``"onednn_fused"`` (oneDNN with each SwiGLU fused into its GEMMs as
             post-ops: swish on the gate GEMM, a multiply on the up GEMM) or ``"auto"``: each GEMM site timed
-            once per process and shape, the fastest kept (ATen unless another is 3 % faster). None (default):
+            once per process and shape, the fastest kept (ATen unless another is 5 % faster). None (default):
             the environment variable ``FASTRECUR_CPU_GEMM``, else ``"auto"``. Results agree to GEMM rounding;
             fix the choice to reproduce results bit for bit across processes. On CUDA only ``"auto"`` and
             ``"aten"`` (both cuBLAS) are accepted.
