@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import statistics
 import sys
 import time
@@ -37,7 +36,6 @@ from fastrecur import _ext
 from fastrecur import bench as fb
 from fastrecur.backend import graphs
 from fastrecur.bench import roofline
-from fastrecur.checkpoint import atomic_write
 from fastrecur.cli import InputError, check_output_dir, positive_int, run_command
 
 # Profiler names of the fused kernels (csrc/dispatch.h FR_RECORD labels), reported one by one.
@@ -374,11 +372,7 @@ def run(a: argparse.Namespace) -> int:
     print(md)
     if a.out:
         tag = "" if a.archs == "trm_mlp" else "-" + a.archs.replace(",", "-")
-        d = os.path.join(a.out, f"act-step-floor{tag}-{device.type}-{meta['date']}")
-        os.makedirs(d, exist_ok=True)
-        for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", md)):
-            atomic_write(os.path.join(d, name), lambda tmp, text=text: open(tmp, "w").write(text))
-        print(f"wrote {d}")
+        roofline.write_results(a.out, f"act-step-floor{tag}-{device.type}-{meta['date']}", results, md)
     return 0
 
 

@@ -221,6 +221,24 @@ def _status_and_err(main, argv, capsys):
     return status, capsys.readouterr()
 
 
+def _check_refused_before_work(module_name, work, argv, message, tmp_path, capsys, monkeypatch):
+    """fastrecur.bench.<module_name> refuses ``argv`` in one line naming the argument, exit 2, before any work:
+    ``work`` (its timing function) is never called and no thread count is set."""
+    import importlib
+
+    module = importlib.import_module(f"fastrecur.bench.{module_name}")
+    timed = []
+    monkeypatch.setattr(module, work, lambda *a, **k: timed.append(a) or [])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: timed.append(n))
+    (tmp_path / "f").write_text("x")
+    argv = [x.replace("{file}", str(tmp_path / "f")) for x in argv]
+    status, cap = _status_and_err(module.main, ["--batches", "1", *argv], capsys)
+    prefix = f"fastrecur bench.{module_name}: "
+    assert status == 2 and cap.err.startswith(prefix) and cap.err.count("\n") == 1, cap.err
+    assert message.replace("{file}", str(tmp_path / "f")) in cap.err
+    assert timed == [] and cap.out == ""
+
+
 BAD_BENCH_ARGUMENTS = [
     (["--threads", "-1"], "argument --threads: must be >= 1, got -1"),
     (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
@@ -243,18 +261,7 @@ BAD_BENCH_ARGUMENTS = [
     ],
 )
 def test_roofline_argument_errors(tmp_path, capsys, monkeypatch, argv, message):
-    # One line naming the argument, exit 2, before any work: no kernel is timed, no thread count set.
-    from fastrecur.bench import roofline
-
-    timed = []
-    monkeypatch.setattr(roofline, "kernel_roofline", lambda *a, **k: timed.append(a) or [])
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: timed.append(n))
-    (tmp_path / "f").write_text("x")
-    argv = [x.replace("{file}", str(tmp_path / "f")) for x in argv]
-    status, cap = _status_and_err(roofline.main, ["--batches", "1", *argv], capsys)
-    assert status == 2 and cap.err.startswith("fastrecur bench.roofline: ") and cap.err.count("\n") == 1, cap.err
-    assert message.replace("{file}", str(tmp_path / "f")) in cap.err
-    assert timed == [] and cap.out == ""
+    _check_refused_before_work("roofline", "kernel_roofline", argv, message, tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize(
@@ -282,17 +289,7 @@ def test_act_step_floor_argument_errors(tmp_path, capsys, argv, message):
     "argv, message", BAD_BENCH_ARGUMENTS + [(["--rounds", "0"], "argument --rounds: must be >= 1, got 0")]
 )
 def test_gemm_fusion_argument_errors(tmp_path, capsys, monkeypatch, argv, message):
-    from fastrecur.bench import gemm_fusion
-
-    timed = []
-    monkeypatch.setattr(gemm_fusion, "fusion_rows", lambda *a, **k: timed.append(a) or [])
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: timed.append(n))
-    (tmp_path / "f").write_text("x")
-    argv = [x.replace("{file}", str(tmp_path / "f")) for x in argv]
-    status, cap = _status_and_err(gemm_fusion.main, ["--batches", "1", *argv], capsys)
-    assert status == 2 and cap.err.startswith("fastrecur bench.gemm_fusion: ") and cap.err.count("\n") == 1, cap.err
-    assert message.replace("{file}", str(tmp_path / "f")) in cap.err
-    assert timed == [] and cap.out == ""
+    _check_refused_before_work("gemm_fusion", "fusion_rows", argv, message, tmp_path, capsys, monkeypatch)
 
 
 def test_bench_output_folder_checked_before_work(capsys):

@@ -20,8 +20,6 @@ makes the same choice per GEMM site at run time (``run_steps_cpp(gemm="auto")``)
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from typing import Dict, List
 
@@ -29,8 +27,8 @@ import torch
 
 from fastrecur.cli import InputError, check_output_dir, positive_int, run_command
 
-from .common import KERNEL_DTYPES, ModuleParser, _loadavg, environment, parse_batches, parse_subset
-from .roofline import EPS, INTER, D, S, _rand, clock_name, cpu_features, device_line, time_in_turns
+from .common import KERNEL_DTYPES, ModuleParser, parse_batches, parse_subset
+from .roofline import EPS, INTER, D, S, _rand, table_meta, time_in_turns, write_results
 
 
 def _onednn_runs(dtype: torch.dtype) -> bool:
@@ -139,19 +137,12 @@ def run(a: argparse.Namespace) -> int:
         torch.set_num_threads(a.threads)
     device = torch.device("cpu")
     rows = [r for d in dtypes for b in batches for r in fusion_rows(d, b, a.rounds)]
-    meta = dict(environment(device, quick=False), device_line=device_line(device), cpu_features=cpu_features())
-    meta["loadavg_end"], meta["clock"] = _loadavg(), clock_name(device)
+    meta = table_meta(device)
     header = meta["device_line"] + f", {meta['date']}, {torch.get_num_threads()} threads, load {meta['loadavg_start']}"
     md = markdown(rows, header, meta["clock"])
     print(md)
     if a.out:
-        from fastrecur.checkpoint import atomic_write
-
-        d = os.path.join(a.out, f"gemm-fusion-cpu-{meta['date']}")
-        os.makedirs(d, exist_ok=True)
-        for name, text in (("results.json", json.dumps({"meta": meta, "rows": rows}, indent=1)), ("results.md", md)):
-            atomic_write(os.path.join(d, name), lambda tmp, text=text: open(tmp, "w").write(text))
-        print(f"wrote {d}")
+        write_results(a.out, f"gemm-fusion-cpu-{meta['date']}", {"meta": meta, "rows": rows}, md)
     return 0
 
 

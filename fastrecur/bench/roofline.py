@@ -275,24 +275,31 @@ def run(a: argparse.Namespace) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     rows = kernel_roofline(device, a.dtype_list, a.batch_list, a.kernel_list, a.rounds)
-    meta = dict(
-        environment(device, quick=False),
-        device_line=device_line(device),
-        cpu_features=cpu_features(),
-        loadavg_end=_loadavg(),
-    )
-    meta["clock"] = clock_name(device)
+    meta = table_meta(device)
     md = markdown(rows, meta["device_line"] + f", {meta['date']}, load average {meta['loadavg_start']}", meta["clock"])
     print(md)
     if a.out:
-        from fastrecur.checkpoint import atomic_write
-
-        d = os.path.join(a.out, f"kernel-roofline-{device.type}-{meta['date']}")
-        os.makedirs(d, exist_ok=True)
-        for name, text in (("results.json", json.dumps({"meta": meta, "rows": rows}, indent=1)), ("results.md", md)):
-            atomic_write(os.path.join(d, name), lambda tmp, text=text: open(tmp, "w").write(text))
-        print(f"wrote {d}")
+        write_results(a.out, f"kernel-roofline-{device.type}-{meta['date']}", {"meta": meta, "rows": rows}, md)
     return 0
+
+
+def table_meta(device: torch.device) -> dict:
+    """What a table's run is recorded with: the environment, the device line and CPU features, the load average
+    at the start and the end, and the clock."""
+    meta = dict(environment(device, quick=False), device_line=device_line(device), cpu_features=cpu_features())
+    meta["loadavg_end"], meta["clock"] = _loadavg(), clock_name(device)
+    return meta
+
+
+def write_results(out: str, folder: str, results: dict, md: str) -> None:
+    """``results`` as OUT/FOLDER/results.json and ``md`` as results.md, each written atomically."""
+    from fastrecur.checkpoint import atomic_write
+
+    d = os.path.join(out, folder)
+    os.makedirs(d, exist_ok=True)
+    for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", md)):
+        atomic_write(os.path.join(d, name), lambda tmp, text=text: open(tmp, "w").write(text))
+    print(f"wrote {d}")
 
 
 if __name__ == "__main__":
