@@ -131,7 +131,9 @@ struct Runner {
                     bool per_item) {
     const int64_t slots = static_cast<int64_t>(views.size());
     const std::vector<int64_t> plain{kGemmAten, kGemmOneDnn}, swiglu{kGemmAten, kGemmOneDnn, kGemmOneDnnFused};
-    auto io_of = [&](size_t slot) { return chunk_io(x, std::min<int64_t>(static_cast<int64_t>(slot) * nb, B - nb), kind == kMixer); };
+    auto io_of = [&](size_t slot) {
+      return chunk_io(x, std::min<int64_t>(static_cast<int64_t>(slot) * nb, B - nb), kind == kMixer);
+    };
     const ChunkIO io0 = io_of(0);
     gemms.assign(blocks.size(), BlockGemms());
     if (x.is_cpu()) {
@@ -171,17 +173,17 @@ struct Runner {
                           BlockViews& v = views[s][bi];
                           gemm_swiglu(impl, {b.w0_padded, io_of(s).hT, 0, v.G, v.Ggate, v.Gup}, v.tact, k_swiglu);
                         });
-        g.mix_down = pick("mix_down", {b.w1, v0.tact}, plain, zero_all(&BlockViews::tact), [&](int64_t impl, size_t s) {
-          gemm(impl, views[s][bi].outT, b.w1, views[s][bi].tact);
-        });
+        g.mix_down = pick("mix_down", {b.w1, v0.tact}, plain, zero_all(&BlockViews::tact),
+                          [&](int64_t impl, size_t s) { gemm(impl, views[s][bi].outT, b.w1, views[s][bi].tact); });
       }
       g.mlp_up = pick("mlp_up", {io0.h2, v0.gate_up_t}, swiglu, [] {}, [&](int64_t impl, size_t s) {
         BlockViews& v = views[s][bi];
         gemm_swiglu(impl, {io_of(s).h2, v.gate_up_t, 1, v.gu, v.gate, v.up}, v.act, k_swiglu);
       });
-      g.mlp_down = pick("mlp_down", {v0.act, v0.down_t}, plain, zero_all(&BlockViews::act), [&](int64_t impl, size_t s) {
-        gemm(impl, views[s][bi].o, views[s][bi].act, views[s][bi].down_t);
-      });
+      g.mlp_down = pick("mlp_down", {v0.act, v0.down_t}, plain, zero_all(&BlockViews::act),
+                        [&](int64_t impl, size_t s) {
+                          gemm(impl, views[s][bi].o, views[s][bi].act, views[s][bi].down_t);
+                        });
     }
   }
 
