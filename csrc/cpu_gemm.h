@@ -233,13 +233,12 @@ inline double time_site(const std::function<void(size_t)>& run, int64_t slots) {
   return *std::max_element(t.begin(), t.end());
 }
 
-// The implementation of one GEMM site: `mode` itself unless it is kGemmAuto; then, on the CPU, the fastest of
+// The measured implementation of one GEMM site (kGemmAuto): on the CPU, the fastest of
 // `candidates` (ATen first) as timed by run(impl, slot), cached under `key` for the process.
 // prepare() runs once before the first timing (it fills the timing's inputs).
-inline int64_t choose_gemm(int64_t mode, const at::Tensor& x, const std::string& key,
+inline int64_t choose_gemm(const at::Tensor& x, const std::string& key,
                            const std::vector<int64_t>& candidates, int64_t slots, const std::function<void()>& prepare,
                            const std::function<void(int64_t, size_t)>& run) {
-  if (mode != kGemmAuto) return mode;
   if (!x.is_cpu() || OneDnnLinear::get() == nullptr || !OneDnnLinear::get()->supports(x.scalar_type())) {
     return kGemmAten;
   }

@@ -151,7 +151,7 @@ struct Runner {
       auto pick = [&](const char* site, std::initializer_list<at::Tensor> operands, const std::vector<int64_t>& cands,
                       const std::function<void()>& prepare, const std::function<void(int64_t, size_t)>& run) {
         if (mode != kGemmAuto || !x.is_cpu()) return mode == kGemmAuto ? int64_t{kGemmAten} : mode;
-        return choose_gemm(mode, x, gemm_site_key(site, operands, per_item), cands, slots, prepare, run);
+        return choose_gemm(x, gemm_site_key(site, operands, per_item), cands, slots, prepare, run);
       };
       // Inputs the timing reads from the workspace start as zeros (not stale, possibly non-finite, contents).
       auto zero_all = [&](at::Tensor BlockViews::*field) {
