@@ -39,13 +39,14 @@ namespace fastrecur::cpu {
 using fVec = at::vec::Vectorized<float>;
 constexpr int64_t kV = fVec::size();
 constexpr int64_t kMaxHeadDim = 1024;  // largest RoPE head_dim the ops accept (the CUDA kernels' limit too)
-// Token-axis norm: bytes of a row each task handles (a strip of kStripBytes / sizeof(T) columns). Four cache
-// lines per row rather than two (64 bf16 columns, as before): fewer, longer runs through the strided rows of
-// the mixer's [S, B * D] operand and more independent accumulators (bf16 on the EPYC, one thread: 65 us
-// against 73 at batch 8, 1.48 ms against 1.70 at batch 64).
-constexpr int64_t kStripBytes = 256;
+// Token-axis norm: bytes of a row each task handles (a strip of kStripBytes / sizeof(T) columns). Wide strips
+// (eight cache lines per row) make longer runs through the strided rows of the mixer's [S, B * D] operand and
+// keep more independent accumulators (on the EPYC, one thread, batch 8: fp32 99 us against 151 with four lines,
+// bf16 60 against 62), but give fewer tasks; add_rms_norm_dim1 falls back to four lines when the wide strips
+// would leave threads without work.
+constexpr int64_t kStripBytesWide = 512, kStripBytesNarrow = 256;
 constexpr int64_t kGrainElems = 32768; // rough work per parallel task, in elements
-static_assert(kStripBytes % (2 * kV * 4) == 0, "a strip must hold whole pairs of every dtype");
+static_assert(kStripBytesNarrow % (2 * kV * 4) == 0, "a strip must hold whole pairs of every dtype");
 
 inline int64_t grain_for(int64_t elems_per_item) {
   return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, elems_per_item));
@@ -469,12 +470,57 @@ inline void store_kept(T* p, const Pair& y) {
   pstore(p, y);
 }
 
-inline float lane_sum(const fVec& v) {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+// round_bf16(a + b) for the 32 bf16 values at pa and at pb, in vcvtne2ps2bf16's blocked order (what
+// keep_rounded keeps), without widening either operand: the words (a_i, b_i) of one fp32 lane dotted with
+// (1, 1) by vdpbf16ps are a_i + b_i as an fp32 add rounds it (both products exact, each step rounded to nearest
+// even), so two blends of a with b shifted and two dot products give the even and the odd sums. Four vector
+// operations instead of eight, half of them on the FMA pipes, which the add pipes' conversions leave idle.
+// Like every vdpbf16ps, subnormal inputs read as zero (values below 1.2e-38; the rounding instruction flushes
+// fp32 subnormals the same way).
+inline __m512i bf16x32_add_blocked(const c10::BFloat16* pa, const c10::BFloat16* pb) {
+  const __m512i a = _mm512_loadu_si512(pa), b = _mm512_loadu_si512(pb);
+  const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3F803F80);  // bf16 1.0 in both words
+  const __m512i even = _mm512_mask_blend_epi16(0xAAAAAAAAu, a, _mm512_slli_epi32(b, 16));  // (a_2i, b_2i)
+  const __m512i odd = _mm512_mask_blend_epi16(0x55555555u, a, _mm512_srli_epi32(b, 16));   // (b_2i+1, a_2i+1)
+  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)odd, ones),
+                                      _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)even, ones));
+}
+#endif
+
+// Pass 1 of the two-pass norms for one full pair: keeps round_T(pa[i] + pb[i]) in slot (keep_rounded's
+// layout) and returns the kept values.
+template <typename T, typename S>
+inline Pair keep_sum(S* slot, const T* pa, const T* pb) {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+  if constexpr (kKeepBlocked<T>) {
+    const __m512i h = bf16x32_add_blocked(pa, pb);
+    _mm512_storeu_si512(slot, h);
+    return bf16x32_to_pair(h);
+  }
+#endif
+  return keep_rounded<T>(slot, pload(pa) + pload(pb));
+}
+
+// 1 / sqrt(sum(lanes of squares) / n + eps) in every lane. AVX-512: the lanes are summed by shuffles and the
+// square root and division stay in vector registers (the scalar round trip it replaces cost the bf16 rows
+// norm about a tenth of its time on Zen 4, waiting on the chain).
+inline fVec rms_scale(const fVec& squares, float n, float eps) {
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512 t = static_cast<__m512>(squares);
+  t = _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, 0x4E));  // 256-bit halves
+  t = _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, 0xB1));  // 128-bit quarters
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));        // 64-bit pairs
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));        // lanes: every lane holds the total
+  const __m512 ms = _mm512_add_ps(_mm512_div_ps(t, _mm512_set1_ps(n)), _mm512_set1_ps(eps));
+  return fVec(_mm512_div_ps(_mm512_set1_ps(1.f), _mm512_sqrt_ps(ms)));
+#else
   float t[kV];
-  v.store(t);
+  squares.store(t);
   float s = 0.f;
   for (int64_t i = 0; i < kV; ++i) s += t[i];
-  return s;
+  return fVec(1.f / std::sqrt(s / n + eps));
+#endif
 }
 
 // A second destination for finished rows: row r (of rows laid out as [n0, seq]) is also written to
@@ -490,23 +536,45 @@ struct RowCopy {
 // out[r, :] = rms_norm(a[r, :] + b[r, :]); out may be a or b (each element is read before it is written).
 // With copy.ptr set, each finished row is also written there.
 // Pass 1 keeps the sum rounded to T (exactly what eager holds after `a + b` in dtype T, which the norm must
-// see) as fp32 in a row buffer (L1, pair layout) and accumulates its squares lane-wise; pass 2 scales the
-// buffer into out (fp32 at batch 8 on the EPYC: 15 % faster than storing in pass 1 and re-reading out).
+// see) in a row buffer (L1; fp32 in pair layout, or bf16 in keep_rounded's blocked order) and accumulates its
+// squares; pass 2 scales the buffer into out (fp32 at batch 8 on the EPYC: 15 % faster than storing in pass 1
+// and re-reading out). Rows are software-pipelined: pass 1 of row r + 1 is issued before pass 2 of row r, so
+// that row r's scale (a chain of dependent adds, a reduction, a square root) is ready when its pass 2 runs
+// instead of stalling it (fp16 at batch 8 on the EPYC, one thread: 66 us against 77).
 template <typename T>
 void add_rms_norm_rows(T* out, int64_t os, const T* a, int64_t as, const T* b, int64_t bs, int64_t rows,
                        int64_t cols, float eps, RowCopy<T> copy = {}) {
   const int64_t full = cols - cols % kP, tail = cols - full;
-  at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
-    std::vector<float> sums(static_cast<size_t>(full + kP));  // the row's rounded sums, for pass 2 (L1)
-    float* sb = sums.data();
-    for (int64_t r = r0; r < r1; ++r) {
-      T* o = out + r * os;
+  at::parallel_for(0, rows, grain_for(cols), [=](int64_t r0, int64_t r1) {  // by value: see add_rms_norm_dim1
+    const int64_t slots = full + kP;
+    std::vector<float> sums(static_cast<size_t>(2 * slots));  // two rows' rounded sums (L1)
+    // Pass 1 of row r into sb; returns the row's scale 1 / rms.
+    auto keep_row = [=](int64_t r, float* sb) {
       const T* pa = a + r * as;
       const T* pb = b + r * bs;
-      T* o2 = copy.row(r);
       fVec acc0(0.f), acc1(0.f);
-      for (int64_t c = 0; c < full; c += kP) {
-        const Pair s = keep_rounded<T>(sb + c, pload(pa + c) + pload(pb + c));
+      int64_t c = 0;
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+      if constexpr (kKeepBlocked<T>) {
+        // The row's sum of squares needs no per-lane order: vdpbf16ps squares and adds the kept bf16 sums
+        // without widening them (two chains, alternating pairs, for the instruction's latency).
+        auto keep_square = [&](int64_t col, fVec& acc) {
+          const __m512i h = bf16x32_add_blocked(pa + col, pb + col);
+          _mm512_storeu_si512(sb + col, h);
+          acc = fVec(_mm512_dpbf16_ps(static_cast<__m512>(acc), (__m512bh)h, (__m512bh)h));
+        };
+        for (; c + 2 * kP <= full; c += 2 * kP) {
+          keep_square(c, acc0);
+          keep_square(c + kP, acc1);
+        }
+        if (c < full) {
+          keep_square(c, acc0);
+          c += kP;
+        }
+      }
+#endif
+      for (; c < full; c += kP) {
+        const Pair s = keep_sum<T>(sb + c, pa + c, pb + c);
         acc0 = at::vec::fmadd(s.lo, s.lo, acc0);
         acc1 = at::vec::fmadd(s.hi, s.hi, acc1);
       }
@@ -516,7 +584,12 @@ void add_rms_norm_rows(T* out, int64_t os, const T* a, int64_t as, const T* b, i
         acc0 = at::vec::fmadd(s.lo, s.lo, acc0);
         acc1 = at::vec::fmadd(s.hi, s.hi, acc1);
       }
-      const fVec sv(1.f / std::sqrt(lane_sum(acc0 + acc1) / static_cast<float>(cols) + eps));
+      return rms_scale(acc0 + acc1, static_cast<float>(cols), eps);
+    };
+    // Pass 2 of row r from sb.
+    auto scale_row = [=](int64_t r, const float* sb, const fVec& sv) {
+      T* o = out + r * os;
+      T* o2 = copy.row(r);
       const Pair scale{sv, sv};
       for (int64_t c = 0; c < full; c += kP) {
         const Pair y = load_kept<T>(sb + c) * scale;
@@ -528,6 +601,14 @@ void add_rms_norm_rows(T* out, int64_t os, const T* a, int64_t as, const T* b, i
         pstore(o + full, y, tail);
         if (o2) pstore(o2 + full, y, tail);
       }
+    };
+    float* buf[2] = {sums.data(), sums.data() + slots};
+    fVec scale = keep_row(r0, buf[0]);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t i = (r - r0) & 1;
+      const fVec next = r + 1 < r1 ? keep_row(r + 1, buf[i ^ 1]) : scale;
+      scale_row(r, buf[i], scale);
+      scale = next;
     }
   });
 }
@@ -562,56 +643,62 @@ void inject_add(T* target, const T* const* src, int64_t n_src, int64_t rows, int
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// exp(x) for the fp32 SwiGLU: x clamped to [-88, 88] (the product it feeds is then exact to the output's
-// precision), split as n * ln2 + r with n an integer (ln2 in two parts, Cody-Waite) and |r| <= ln2 / 2, e^r by
-// its Taylor polynomial of degree 6 (relative error below 1.3e-7, about one fp32 ulp, like the Sleef exp eager
-// uses, in about half its operations), times 2^n by scalef.
-inline __m512 exp_fp32(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.f)), _mm512_set1_ps(88.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+// exp(-x) for the fp32 SwiGLU: x clamped to [-88, 88] (vrangeps: sign(x) * min(|x|, 88); the product it feeds
+// is then exact to the output's precision and x = +-inf stays finite), split as -x = n * ln2 + r with n an
+// integer (ln2 in two parts, Cody-Waite, the negation folded into the first step) and |r| <= ln2 / 2, e^r by a
+// degree-5 polynomial fitted for the least maximum relative error on that interval (7.5e-8; 2.2e-7 evaluated
+// in fp32, as the degree-6 Taylor polynomial it replaces: about two fp32 ulps, the Sleef exp eager uses has
+// one), times 2^n by scalef. Ten vector operations; the fp32 SwiGLU at batch 8 on the EPYC (one thread): 291
+// us against 321 with min/max clamps and the Taylor polynomial.
+inline __m512 exp_neg_fp32(__m512 x) {
+  x = _mm512_range_ps(x, _mm512_set1_ps(88.f), 0x2);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(-1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  __m512 r = _mm512_fnmsub_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // -x - n * ln2_hi, one rounding
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.f / 720.f), r, _mm512_set1_ps(1.f / 120.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.00829765573143959f), r, _mm512_set1_ps(0.04191538318991661f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.16667574644088745f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.49998894333839417f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.9999997019767761f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0000001192092896f));
   return _mm512_scalef_ps(p, n);
 }
 
-// exp(x) for the bf16/fp16 SwiGLU, whose result keeps 8 or 11 bits: 2^t with t = x * log2(e) clamped to
-// [-126, 126], split as n + f (n an integer, |f| <= 1/2), 2^f by a degree-4 polynomial fitted for the least
-// maximum relative error on [-1/2, 1/2] (2.7e-6; t's own rounding adds up to 6e-6 at the ends of the range:
-// both far below a bf16 or fp16 rounding step, 2^-9 or 2^-12), times 2^n by scalef. Ten vector operations
-// against exp_fp32's twelve, fewer of them multiplies: the bf16 SwiGLU at batch 8 on the EPYC took 295 us
-// instead of 355 with a Cody-Waite split and a degree-5 Taylor polynomial.
-inline __m512 exp_low_precision(__m512 x) {
-  const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                               _mm512_set1_ps(-126.f)),
-                                 _mm512_set1_ps(126.f));
+// exp(-x) for the bf16/fp16 SwiGLU, whose result keeps 8 or 11 bits: 2^t with t = -x * log2(e) clamped to
+// [-150, 150] (vrangeps; beyond, 2^t is 0 or inf in fp32 anyway, and x = +-inf keeps a finite t), split as
+// n + f (n an integer, |f| <= 1/2), 2^f by a degree-3 polynomial fitted for the least maximum relative error on
+// [-1/2, 1/2] (7.5e-5, a 26th of a bf16 rounding step and a 6th of an fp16 one), times 2^n by scalef. Eight
+// vector operations. On Zen 4 the SwiGLU is bound by how many vector operations issue (about 1.7 per cycle),
+// so each one counts: bf16 at batch 8 on the EPYC (one thread), 212 us against 273 with the degree-4
+// polynomial and min/max clamps (and 193 us with degree 2, whose 1.7e-3 error is too close to a bf16 step).
+inline __m512 exp_neg_low_precision(__m512 x) {
+  const __m512 t = _mm512_range_ps(_mm512_mul_ps(x, _mm512_set1_ps(-1.44269504088896341f)), _mm512_set1_ps(150.f), 0x2);
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.009570088237524033f), f, _mm512_set1_ps(0.05591786280274391f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2402474582195282f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6931217908859253f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.9999992847442627f));
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.05517167970538139f), f, _mm512_set1_ps(0.24261116981506348f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6932609677314758f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.9999280571937561f));
   return _mm512_scalef_ps(p, n);
 }
 #endif
 
 // silu(x) * u = x / (1 + exp(-x)) * u, in fp32 whatever T is, rounded once by the caller's store. AVX-512:
-// exp_fp32 for fp32 (whose result the recursion amplifies), exp_low_precision for bf16/fp16, and a true
-// division (on Zen 4 faster than a reciprocal estimate refined by a Newton step). Otherwise at::vec's exp:
-// Sleef's 1-ulp one for fp32, exp_u20 for 16-bit types. The denominator lies in [1, 2^127]: finite, so huge
-// negative gates give 0 and huge positive ones x * u.
+// exp_neg_fp32 for fp32 (whose result the recursion amplifies), exp_neg_low_precision for bf16/fp16, and a
+// true division (its unit runs beside the FMA and add pipes on Zen 4: a reciprocal estimate, with or without
+// a Newton step, was no faster). Otherwise at::vec's exp: Sleef's 1-ulp one for fp32, exp_u20 for 16-bit
+// types. Huge negative gates give -0 (exp overflows to inf: x / inf), huge positive ones x * u, x = +inf
+// gives inf * u and x = -inf NaN, as eager; NaN propagates.
 template <typename T>
 inline fVec silu_mul(const fVec& x, const fVec& u) {
 #if defined(CPU_CAPABILITY_AVX512)
-  const __m512 e = std::is_same_v<T, float> ? exp_fp32(static_cast<__m512>(x.neg()))
-                                            : exp_low_precision(static_cast<__m512>(x.neg()));
-  return fVec(_mm512_div_ps(static_cast<__m512>(x), _mm512_add_ps(_mm512_set1_ps(1.f), e))) * u;  // eager's order
+  const __m512 xv = static_cast<__m512>(x), one = _mm512_set1_ps(1.f);
+  if constexpr (std::is_same_v<T, float>) {
+    return fVec(_mm512_div_ps(xv, _mm512_add_ps(one, exp_neg_fp32(xv)))) * u;  // eager's order
+  } else {
+    // x * (u / d): the division starts before x is needed (one cycle in 20 per 32 values on Zen 4), and u / d
+    // cannot overflow (d >= 1), so no intermediate is infinite unless the result is.
+    return x * fVec(_mm512_div_ps(static_cast<__m512>(u), _mm512_add_ps(one, exp_neg_low_precision(xv))));
+  }
 #else
   const fVec one(1.f);
   if constexpr (std::is_same_v<T, float>) {
@@ -627,7 +714,7 @@ template <typename T>
 void swiglu(T* out, int64_t os, const T* gate, int64_t gs, const T* up, int64_t us, int64_t rows, int64_t cols) {
   const int64_t full = cols - cols % kP, tail = cols - full;
   auto f = [](const Pair& g, const Pair& u) { return Pair{silu_mul<T>(g.lo, u.lo), silu_mul<T>(g.hi, u.hi)}; };
-  at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, grain_for(cols), [=](int64_t r0, int64_t r1) {  // by value: see add_rms_norm_dim1
     for (int64_t r = r0; r < r1; ++r) {
       T* o = out + r * os;
       const T* g = gate + r * gs;
@@ -650,7 +737,7 @@ template <typename T>
 void rope(T* x, int64_t rs, int64_t rows, int64_t heads, int64_t hd, int64_t seq_len, const float* cos,
           const float* sin) {
   const int64_t half = hd / 2, full = half - half % kP, tail = half - full;
-  at::parallel_for(0, rows, grain_for(heads * hd), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, grain_for(heads * hd), [=](int64_t r0, int64_t r1) {  // by value: see add_rms_norm_dim1
     for (int64_t r = r0; r < r1; ++r) {
       const float* c = cos + (r % seq_len) * hd;
       const float* s = sin + (r % seq_len) * hd;
@@ -677,25 +764,27 @@ void rope(T* x, int64_t rs, int64_t rows, int64_t heads, int64_t hd, int64_t seq
 // Tasks are (i0, strip of kStrip columns); the strip's sums of squares stay in registers (pair layout).
 // out may alias a or b element for element. Pass 1 stores the rounded sums, pass 2 scales the strip it
 // re-reads (from L1/L2).
-template <typename T>
-void add_rms_norm_dim1(T* out, const int64_t* ost, const T* a, const int64_t* ast, const T* b, const int64_t* bst,
-                       int64_t n0, int64_t n1, int64_t n2, float eps) {
+template <typename T, int64_t kStripBytes>
+void add_rms_norm_dim1_strips(T* out, const int64_t* ost, const T* a, const int64_t* ast, const T* b,
+                              const int64_t* bst, int64_t n0, int64_t n1, int64_t n2, float eps) {
   constexpr int64_t kStrip = kStripBytes / static_cast<int64_t>(sizeof(T)), kPairs = kStrip / kP;
   const int64_t chunks = (n2 + kStrip - 1) / kStrip;
-  at::parallel_for(0, n0 * chunks, grain_for(n1 * kStrip), [&](int64_t t0, int64_t t1) {
+  // Strides as locals: the vector stores below may alias anything, so values read through pointers (or the
+  // closure) would be reloaded after each one.
+  const int64_t os0 = ost[0], os1 = ost[1], as0 = ast[0], as1 = ast[1], bs0 = bst[0], bs1 = bst[1];
+  at::parallel_for(0, n0 * chunks, grain_for(n1 * kStrip), [=](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i0 = t / chunks, c0 = (t - i0 * chunks) * kStrip;
       const int64_t n = std::min(kStrip, n2 - c0);
-      T* o = out + i0 * ost[0] + c0;
-      const T* pa = a + i0 * ast[0] + c0;
-      const T* pb = b + i0 * bst[0] + c0;
+      T* o = out + i0 * os0 + c0;
+      const T* pa = a + i0 * as0 + c0;
+      const T* pb = b + i0 * bs0 + c0;
       Pair acc[kPairs];
       for (int64_t v = 0; v < kPairs; ++v) acc[v] = {fVec(0.f), fVec(0.f)};
       if (n == kStrip) {
         for (int64_t l = 0; l < n1; ++l) {
           for (int64_t v = 0; v < kPairs; ++v) {
-            const Pair s = keep_rounded<T>(o + l * ost[1] + v * kP,
-                                           pload(pa + l * ast[1] + v * kP) + pload(pb + l * bst[1] + v * kP));
+            const Pair s = keep_sum<T>(o + l * os1 + v * kP, pa + l * as1 + v * kP, pb + l * bs1 + v * kP);
             acc[v] = {at::vec::fmadd(s.lo, s.lo, acc[v].lo), at::vec::fmadd(s.hi, s.hi, acc[v].hi)};
           }
         }
@@ -703,8 +792,8 @@ void add_rms_norm_dim1(T* out, const int64_t* ost, const T* a, const int64_t* as
         for (int64_t l = 0; l < n1; ++l) {
           for (int64_t v = 0; v * kP < n; ++v) {
             const int64_t m = std::min(kP, n - v * kP);
-            const Pair s = pstore_round(o + l * ost[1] + v * kP,
-                                        pload(pa + l * ast[1] + v * kP, m) + pload(pb + l * bst[1] + v * kP, m), m);
+            const Pair s = pstore_round(o + l * os1 + v * kP,
+                                        pload(pa + l * as1 + v * kP, m) + pload(pb + l * bs1 + v * kP, m), m);
             acc[v] = {at::vec::fmadd(s.lo, s.lo, acc[v].lo), at::vec::fmadd(s.hi, s.hi, acc[v].hi)};
           }
         }
@@ -714,7 +803,7 @@ void add_rms_norm_dim1(T* out, const int64_t* ost, const T* a, const int64_t* as
         acc[v] = {one / (acc[v].lo / vn + veps).sqrt(), one / (acc[v].hi / vn + veps).sqrt()};
       }
       for (int64_t l = 0; l < n1; ++l) {
-        T* row = o + l * ost[1];
+        T* row = o + l * os1;
         if (n == kStrip) {
           for (int64_t v = 0; v < kPairs; ++v) store_kept(row + v * kP, load_kept<T>(row + v * kP) * acc[v]);
         } else {
@@ -726,6 +815,17 @@ void add_rms_norm_dim1(T* out, const int64_t* ost, const T* a, const int64_t* as
       }
     }
   });
+}
+
+template <typename T>
+void add_rms_norm_dim1(T* out, const int64_t* ost, const T* a, const int64_t* ast, const T* b, const int64_t* bst,
+                       int64_t n0, int64_t n1, int64_t n2, float eps) {
+  const int64_t wide_tasks = n0 * ((n2 * static_cast<int64_t>(sizeof(T)) + kStripBytesWide - 1) / kStripBytesWide);
+  if (wide_tasks >= at::get_num_threads()) {
+    add_rms_norm_dim1_strips<T, kStripBytesWide>(out, ost, a, ast, b, bst, n0, n1, n2, eps);
+  } else {
+    add_rms_norm_dim1_strips<T, kStripBytesNarrow>(out, ost, a, ast, b, bst, n0, n1, n2, eps);
+  }
 }
 
 }  // namespace fastrecur::cpu
