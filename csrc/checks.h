@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <string>
+#include <string_view>
 
 #include "cpu_kernels.h"
 
@@ -21,27 +22,27 @@ inline bool is_act_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
 }
 
-inline void check_act(const at::Tensor& t, const std::string& name) {
+inline void check_act(const at::Tensor& t, std::string_view name) {
   FR_CHECK(t.defined(), name, " is undefined");
   FR_CHECK_TYPE(is_act_dtype(t.scalar_type()), name, " must be float32, bfloat16 or float16, got ", t.scalar_type());
   FR_CHECK(t.device().is_cpu() || t.device().is_cuda(), name, " must be on CPU or CUDA, got ", t.device());
 }
 
-inline void check_like(const at::Tensor& t, const at::Tensor& ref, const std::string& name,
-                       const std::string& ref_name) {
+inline void check_like(const at::Tensor& t, const at::Tensor& ref, std::string_view name,
+                       std::string_view ref_name) {
   FR_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name, " has ",
            ref.scalar_type());
   FR_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device());
 }
 
-inline void check_contig(const at::Tensor& t, const std::string& name) {
+inline void check_contig(const at::Tensor& t, std::string_view name) {
   FR_CHECK(t.is_contiguous(), name, " must be contiguous (got strides ", t.strides(), ")");
 }
 
 // An output may be exactly one of its inputs (element for element) or disjoint from it; anything in
 // between would make results depend on the order in which elements are processed.
-inline void check_alias_ok(const at::Tensor& out, const at::Tensor& in, const std::string& out_name,
-                           const std::string& in_name) {
+inline void check_alias_ok(const at::Tensor& out, const at::Tensor& in, std::string_view out_name,
+                           std::string_view in_name) {
   // Tensors on different storages cannot overlap (get_overlap_status answers TooHard for any strided view).
   if (!out.storage().is_alias_of(in.storage())) return;
   const auto st = at::get_overlap_status(out, in);
@@ -50,8 +51,8 @@ inline void check_alias_ok(const at::Tensor& out, const at::Tensor& in, const st
   FR_CHECK(exact, out_name, " partially overlaps ", in_name, "; it must be the same tensor or not overlap it");
 }
 
-inline void check_disjoint(const at::Tensor& a, const at::Tensor& b, const std::string& a_name,
-                           const std::string& b_name) {
+inline void check_disjoint(const at::Tensor& a, const at::Tensor& b, std::string_view a_name,
+                           std::string_view b_name) {
   FR_CHECK(!a.storage().is_alias_of(b.storage()) || at::get_overlap_status(a, b) == at::MemOverlapStatus::No,
            a_name, " and ", b_name,
            " share memory; they must be distinct, non-overlapping tensors");
@@ -80,7 +81,7 @@ inline void check_eps(double eps) {
 // A weight [rows, cols] in nn.Linear layout. `transposable`: weights used as the right-hand GEMM operand
 // (h @ W.T) may also be the transpose of a contiguous [cols, rows] tensor (W.T contiguous), the faster layout
 // for single-threaded CPU GEMMs with few rows (fastrecur.models caches it so on CPU).
-inline void check_weight(const at::Tensor& w, const at::Tensor& x, const std::string& name, int64_t rows, int64_t cols,
+inline void check_weight(const at::Tensor& w, const at::Tensor& x, std::string_view name, int64_t rows, int64_t cols,
                          bool transposable = false) {
   FR_CHECK(w.defined(), name, " is undefined");
   check_like(w, x, name, "x");
