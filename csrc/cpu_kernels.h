@@ -396,6 +396,21 @@ inline Pair pstore_round(T* p, const Pair& v, int64_t n = kP) {
     const __m512i packed = merge_bf16_bits(lo, hi), m = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     n == kP ? _mm512_storeu_si512(p, packed) : _mm512_mask_storeu_epi16(p, tail_mask32(n), packed);
     return {fVec(_mm512_castsi512_ps(_mm512_and_si512(lo, m))), fVec(_mm512_castsi512_ps(_mm512_and_si512(hi, m)))};
+  } else if constexpr (std::is_same_v<T, c10::Half>) {
+    // Each half converted once, stored and widened back from the same bits (F16C conversions are what the
+    // fp16 kernels are bound by on Zen 4).
+    const __m256i lo = to_bits16<T>(v.lo), hi = to_bits16<T>(v.hi);
+    auto* q = reinterpret_cast<__m256i*>(p);
+    if (n == kP) {
+      _mm256_storeu_si256(q, lo);
+      _mm256_storeu_si256(q + 1, hi);
+    } else if (n <= kV) {
+      _mm256_mask_storeu_epi16(q, tail_mask(n), lo);
+    } else {
+      _mm256_storeu_si256(q, lo);
+      _mm256_mask_storeu_epi16(q + 1, tail_mask(n - kV), hi);
+    }
+    return {from_bits16<T>(lo), from_bits16<T>(hi)};
   }
 #endif
   const Pair r = pround<T>(v);
