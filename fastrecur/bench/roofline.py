@@ -13,7 +13,7 @@ TRM-MLP Sudoku step (97 positions, hidden 512, MLP width 1536, 8 heads of 64) at
 
 Both sides of a comparison are called the same way, as ``torch.ops`` overloads (``fastrecur_C.<kernel>.default``
 and ``aten.copy_.default``), so the Python and dispatcher cost of a call (about 1.7 us on the EPYC of
-benchmarks/results, a fifth of the smallest kernels' time) weighs on both alike; the rest of an op's fixed cost
+benchmarks/results, a quarter of the smallest kernels' time) weighs on both alike; the rest of an op's fixed cost
 (its argument checks) stays in the kernel's time. The native loop calls the kernels without either.
 
 Every table is printed with the device: on a CPU its model and the ISA features that decide the kernels'
