@@ -838,7 +838,8 @@ template <typename T>
 void add_rms_norm_dim1(T* out, const int64_t* ost, const T* a, const int64_t* ast, const T* b, const int64_t* bst,
                        int64_t n0, int64_t n1, int64_t n2, float eps) {
   const int64_t wide_tasks = n0 * ((n2 * static_cast<int64_t>(sizeof(T)) + kStripBytesWide - 1) / kStripBytesWide);
-  if (wide_tasks >= at::get_num_threads()) {
+  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();  // nested calls run inline
+  if (wide_tasks >= threads) {
     add_rms_norm_dim1_strips<T, kStripBytesWide>(out, ost, a, ast, b, bst, n0, n1, n2, eps);
   } else {
     add_rms_norm_dim1_strips<T, kStripBytesNarrow>(out, ost, a, ast, b, bst, n0, n1, n2, eps);
