@@ -352,26 +352,52 @@ inline Pair pload(const T* p, int64_t n) {
   return pload_elems(p, n);
 }
 
+// Stores v to p and, when p2 is not null, to p2 too (a row copy), converting to T once; the (p, p2, v, n) form
+// stores a tail of 0 < n < kP elements. pstore(p, v[, n]): p only.
 template <typename T>
-inline void pstore(T* p, const Pair& v) {
+inline void pstore_to(T* p, T* p2, const Pair& v) {
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    _mm512_storeu_si512(p, pair_to_bf16x32(v));
+    const __m512i h = pair_to_bf16x32(v);
+    _mm512_storeu_si512(p, h);
+    if (p2) _mm512_storeu_si512(p2, h);
+    return;
+  } else if constexpr (std::is_same_v<T, c10::Half>) {
+    const __m256i lo = to_bits16<T>(v.lo), hi = to_bits16<T>(v.hi);
+    for (T* q : {p, p2}) {
+      if (!q) continue;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), lo);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + kV), hi);
+    }
     return;
   }
 #endif
   pstore_elems(p, v);
+  if (p2) pstore_elems(p2, v);
 }
 
 template <typename T>
-inline void pstore(T* p, const Pair& v, int64_t n) {
+inline void pstore_to(T* p, T* p2, const Pair& v, int64_t n) {
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    _mm512_mask_storeu_epi16(p, tail_mask32(n), pair_to_bf16x32(v));
+    const __m512i h = pair_to_bf16x32(v);
+    _mm512_mask_storeu_epi16(p, tail_mask32(n), h);
+    if (p2) _mm512_mask_storeu_epi16(p2, tail_mask32(n), h);
     return;
   }
 #endif
   pstore_elems(p, v, n);
+  if (p2) pstore_elems(p2, v, n);
+}
+
+template <typename T>
+inline void pstore(T* p, const Pair& v) {
+  pstore_to<T>(p, nullptr, v);
+}
+
+template <typename T>
+inline void pstore(T* p, const Pair& v, int64_t n) {
+  pstore_to<T>(p, nullptr, v, n);
 }
 
 // v rounded to T and widened back (what eager holds after an op with a result of dtype T), layout kept.
@@ -428,7 +454,8 @@ inline Pair pload_f32(const float* p) { return {fVec::loadu(p), fVec::loadu(p + 
 // The rounded sums the two-pass norms keep between their passes, one full pair (kP elements) per slot: the
 // rows kernel keeps them in an fp32 row buffer (S = float), the token-axis kernel in out itself (S = T).
 // keep_rounded stores v rounded to T and returns the rounded values; load_kept reads them back; store_kept
-// writes a pair read that way (and scaled) to out in element order. Generic: fp32 pairs or T in pair layout.
+// writes a pair read that way (and scaled) to out in element order, and to a row copy when p2 is set.
+// Generic: fp32 pairs or T in pair layout.
 // bf16 with AVX512-BF16: one instruction (vcvtne2ps2bf16) rounds all 32 sums and they are kept as bf16 in
 // its "blocked" order (the even elements in words 0-15, the odd ones in 16-31); split into a pair they come
 // back in a permuted lane order that only the sums of squares and the scale see (the same for every slot
@@ -474,15 +501,17 @@ inline Pair load_kept(const S* slot) {
 }
 
 template <typename T>
-inline void store_kept(T* p, const Pair& y) {
+inline void store_kept(T* p, T* p2, const Pair& y) {
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
   if constexpr (kKeepBlocked<T>) {
     const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(static_cast<__m512>(y.hi), static_cast<__m512>(y.lo));
-    _mm512_storeu_si512(p, _mm512_permutexvar_epi16(_mm512_load_si512(kTwiceBlockedToElements.idx), h));
+    const __m512i e = _mm512_permutexvar_epi16(_mm512_load_si512(kTwiceBlockedToElements.idx), h);
+    _mm512_storeu_si512(p, e);
+    if (p2) _mm512_storeu_si512(p2, e);
     return;
   }
 #endif
-  pstore(p, y);
+  pstore_to(p, p2, y);
 }
 
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
@@ -607,15 +636,9 @@ void add_rms_norm_rows(T* out, int64_t os, const T* a, int64_t as, const T* b, i
       T* o2 = copy.row(r);
       const Pair scale{sv, sv};
       for (int64_t c = 0; c < full; c += kP) {
-        const Pair y = load_kept<T>(sb + c) * scale;
-        store_kept(o + c, y);
-        if (o2) store_kept(o2 + c, y);
+        store_kept(o + c, o2 ? o2 + c : nullptr, load_kept<T>(sb + c) * scale);
       }
-      if (tail) {
-        const Pair y = pload_f32(sb + full) * scale;
-        pstore(o + full, y, tail);
-        if (o2) pstore(o2 + full, y, tail);
-      }
+      if (tail) pstore_to(o + full, o2 ? o2 + full : nullptr, pload_f32(sb + full) * scale, tail);
     };
     float* buf[2] = {sums.data(), sums.data() + slots};
     fVec scale = keep_row(r0, buf[0]);
@@ -635,18 +658,18 @@ void add_rms_norm_rows(T* out, int64_t os, const T* a, int64_t as, const T* b, i
 template <typename T>
 void inject_add(T* target, const T* const* src, int64_t n_src, int64_t rows, int64_t cols, RowCopy<T> copy = {}) {
   const int64_t full = cols - cols % kP, tail = cols - full;
-  at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, grain_for(cols), [=](int64_t r0, int64_t r1) {  // by value: see add_rms_norm_dim1
     auto one = [&](T* t, T* t2, int64_t off, int64_t n) {
       auto load = [n](const T* p) { return n == kP ? pload(p) : pload(p, n); };
-      auto store = [n](T* p, const Pair& v) { n == kP ? pstore(p, v) : pstore(p, v, n); };
+      auto store = [n](T* p, T* p2, const Pair& v) { n == kP ? pstore_to(p, p2, v) : pstore_to(p, p2, v, n); };
       Pair v = load(t);
-      if (n_src > 0) {
-        Pair acc = load(src[0] + off);
-        for (int64_t j = 1; j < n_src; ++j) acc = pround<T>(acc + load(src[j] + off));
-        v = v + acc;
-        store(t, v);
+      if (n_src == 0) {
+        if (t2) store(t2, nullptr, v);
+        return;
       }
-      if (t2) store(t2, v);
+      Pair acc = load(src[0] + off);
+      for (int64_t j = 1; j < n_src; ++j) acc = pround<T>(acc + load(src[j] + off));
+      store(t, t2, v + acc);
     };
     for (int64_t r = r0; r < r1; ++r) {
       T* t = target + r * cols;
@@ -822,7 +845,9 @@ void add_rms_norm_dim1_strips(T* out, const int64_t* ost, const T* a, const int6
       for (int64_t l = 0; l < n1; ++l) {
         T* row = o + l * os1;
         if (n == kStrip) {
-          for (int64_t v = 0; v < kPairs; ++v) store_kept(row + v * kP, load_kept<T>(row + v * kP) * acc[v]);
+          for (int64_t v = 0; v < kPairs; ++v) {
+            store_kept<T>(row + v * kP, nullptr, load_kept<T>(row + v * kP) * acc[v]);
+          }
         } else {
           for (int64_t v = 0; v * kP < n; ++v) {
             const int64_t m = std::min(kP, n - v * kP);
