@@ -681,8 +681,9 @@ void inject_add(T* target, const T* const* src, int64_t n_src, int64_t rows, int
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// exp(-x) for the fp32 SwiGLU: x clamped to [-88, 88] (vrangeps: sign(x) * min(|x|, 88); the product it feeds
-// is then exact to the output's precision and x = +-inf stays finite), split as -x = n * ln2 + r with n an
+// exp(-x) for the fp32 SwiGLU: x clamped to [-89, 89] (vrangeps: sign(x) * min(|x|, 89); e^89 still overflows to
+// inf as eager's exp does beyond 88.72, so huge negative gates give -0 and -inf NaN, as eager's x / (1 + inf),
+// and x = +inf keeps a finite argument), split as -x = n * ln2 + r with n an
 // integer (ln2 in two parts, Cody-Waite, the negation folded into the first step) and |r| <= ln2 / 2, e^r by
 // its Taylor polynomial of degree 6 (relative error 2.3e-7 evaluated in fp32, about two ulps; the Sleef exp
 // eager uses has one), times 2^n by scalef. A degree-5 polynomial fitted for the least maximum error (one FMA
@@ -690,7 +691,7 @@ void inject_add(T* target, const T* const* src, int64_t n_src, int64_t rows, int
 // 1 + 2^-23), and the recursion amplifies a bias: trm_hier6's gradients through the cpp backend moved from
 // 5e-5 to 2e-4 of their scale away from the reference's (tests/test_archs.py allows 1e-4).
 inline __m512 exp_neg_fp32(__m512 x) {
-  x = _mm512_range_ps(x, _mm512_set1_ps(88.f), 0x2);
+  x = _mm512_range_ps(x, _mm512_set1_ps(89.f), 0x2);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(-1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmsub_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // -x - n * ln2_hi, one rounding
