@@ -305,6 +305,33 @@ def test_inject_add(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_add_rms_norm_special_values(dtype):
+    """Both norms (rows, token axis) on rows holding +-inf, NaN, zeros and huge or tiny values give eager's
+    result: a row (column) with an inf has scale 0 (its finite entries 0, the inf NaN), NaN spreads over its row
+    (column), an all-zero row stays 0."""
+    inf, nan = float("inf"), float("nan")
+    a = torch.randn(6, 96)
+    a[1, 5], a[2, 7], a[3] = inf, nan, 0.0
+    a[4] *= 1e30 if dtype != torch.float16 else 1e4
+    a[5] *= 1e-30 if dtype != torch.float16 else 1e-3
+    b = torch.randn(6, 96)
+    b[1, 9], b[3] = -inf, 0.0
+    a, b = a.to(dtype), b.to(dtype)
+    ref = rms(a + b)
+    out = torch.empty_like(a)
+    C().add_rms_norm(a, b, EPS, out)
+    assert torch.equal(out.isnan(), ref.isnan())
+    torch.testing.assert_close(out[~ref.isnan()], ref[~ref.isnan()], **TOL[dtype])
+    # The token-axis kernel normalises over dim 1: the same values, transposed.
+    at, bt = a.t().contiguous()[None], b.t().contiguous()[None]
+    out1 = torch.empty_like(at)
+    C().add_rms_norm_dim1(at, bt, EPS, out1)
+    ref1 = ref.t()[None]
+    assert torch.equal(out1.isnan(), ref1.isnan())
+    torch.testing.assert_close(out1[~ref1.isnan()], ref1[~ref1.isnan()], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_swiglu_extreme_gates(dtype):
     """The SwiGLU's exp and division hold over the whole range, as eager's silu(x) * u does: huge negative
     gates give 0 (exp overflows: x / inf), also between the clamp of the exp's argument and fp32's overflow
