@@ -306,29 +306,35 @@ def test_inject_add(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_add_rms_norm_special_values(dtype):
-    """Both norms (rows, token axis) on rows holding +-inf, NaN, zeros and huge or tiny values give eager's
-    result: a row (column) with an inf has scale 0 (its finite entries 0, the inf NaN), NaN spreads over its row
-    (column), an all-zero row stays 0."""
+    """Both norms (rows, token axis) on rows holding +-inf, NaN, zeros of either sign and huge or tiny values
+    give eager's result, signs of zeros included: a row (column) with an inf has scale 0 (its finite entries 0,
+    the inf NaN), NaN spreads over its row (column), an all-zero row stays 0 (-0 + -0 stays -0). With eps = 0,
+    tiny rows (squares below fp32's normal range) still normalise to rms 1."""
     inf, nan = float("inf"), float("nan")
-    a = torch.randn(6, 96)
-    a[1, 5], a[2, 7], a[3] = inf, nan, 0.0
+    a = torch.randn(7, 96)
+    a[1, 5], a[2, 7], a[3], a[6] = inf, nan, 0.0, -0.0
     a[4] *= 1e30 if dtype != torch.float16 else 1e4
     a[5] *= 1e-30 if dtype != torch.float16 else 1e-3
-    b = torch.randn(6, 96)
-    b[1, 9], b[3] = -inf, 0.0
+    b = torch.randn(7, 96)
+    b[1, 9], b[3], b[6, ::2], b[6, 1::2] = -inf, 0.0, -0.0, 0.0
     a, b = a.to(dtype), b.to(dtype)
-    ref = rms(a + b)
-    out = torch.empty_like(a)
-    C().add_rms_norm(a, b, EPS, out)
-    assert torch.equal(out.isnan(), ref.isnan())
-    torch.testing.assert_close(out[~ref.isnan()], ref[~ref.isnan()], **TOL[dtype])
-    # The token-axis kernel normalises over dim 1: the same values, transposed.
-    at, bt = a.t().contiguous()[None], b.t().contiguous()[None]
-    out1 = torch.empty_like(at)
-    C().add_rms_norm_dim1(at, bt, EPS, out1)
-    ref1 = ref.t()[None]
-    assert torch.equal(out1.isnan(), ref1.isnan())
-    torch.testing.assert_close(out1[~ref1.isnan()], ref1[~ref1.isnan()], **TOL[dtype])
+    for eps in (EPS, 0.0):
+        ref = rms(a + b, eps)
+        out = torch.empty_like(a)
+        C().add_rms_norm(a, b, eps, out)
+        # The token-axis kernel normalises over dim 1: the same values, transposed.
+        at, bt = a.t().contiguous()[None], b.t().contiguous()[None]
+        out1 = torch.empty_like(at)
+        C().add_rms_norm_dim1(at, bt, eps, out1)
+        for got, want in ((out, ref), (out1, ref.t()[None])):
+            nan_ = want.isnan()
+            assert torch.equal(got.isnan(), nan_)
+            torch.testing.assert_close(got[~nan_], want[~nan_], **TOL[dtype])
+            assert torch.equal(got[~nan_].signbit(), want[~nan_].signbit())
+    tiny = torch.full((2, 96), 1e-20 if dtype != torch.float16 else 1e-7).to(dtype)
+    out = torch.empty_like(tiny)
+    C().add_rms_norm(tiny, tiny, 0.0, out)
+    torch.testing.assert_close(out, rms(tiny + tiny, 0.0), **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
