@@ -41,6 +41,13 @@ struct BlockViews {
   at::Tensor w0_t, w1_t, qkv, q, k, v;   // attention: weights, [M, 3*H*hd] and the q/k/v [nb, H, S, hd] views
   at::Tensor att_scratch, att_scratch4;  // attention output when SDPA's is not [nb, S, H, hd] contiguous
   at::Tensor G, Ggate, Gup, tact, outT, outT3;  // mixer: [2*It, N], halves, [It, N], [S, N], [nb, S, D]
+
+  // The gate/up GEMM of the channel MLP on h2 [M, D] (h2 @ gate_up.T), and of the token MLP on hT [Lp, N]
+  // (w0 @ hT, w0 the padded [2*It, Lp] weight), with their workspace views (cpu_gemm.h).
+  SwigluGemm mlp_up(const at::Tensor& h2) const { return {h2, gate_up_t, 1, gu, gate, up}; }
+  SwigluGemm mix_up(const at::Tensor& w0_padded, const at::Tensor& hT) const {
+    return {w0_padded, hT, 0, G, Ggate, Gup};
+  }
 };
 
 // The GEMM implementation of each site of one block (cpu_gemm.h), the same for every chunk.
@@ -171,14 +178,14 @@ struct Runner {
         g.mix_up = pick("mix_up", {b.w0_padded, io0.hT}, swiglu, [this] { mixT.zero_(); },
                         [&](int64_t impl, size_t s) {
                           BlockViews& v = views[s][bi];
-                          gemm_swiglu(impl, {b.w0_padded, io_of(s).hT, 0, v.G, v.Ggate, v.Gup}, v.tact, k_swiglu);
+                          gemm_swiglu(impl, v.mix_up(b.w0_padded, io_of(s).hT), v.tact, k_swiglu);
                         });
         g.mix_down = pick("mix_down", {b.w1, v0.tact}, plain, zero_all(&BlockViews::tact),
                           [&](int64_t impl, size_t s) { gemm(impl, views[s][bi].outT, b.w1, views[s][bi].tact); });
       }
       g.mlp_up = pick("mlp_up", {io0.h2, v0.gate_up_t}, swiglu, [] {}, [&](int64_t impl, size_t s) {
         BlockViews& v = views[s][bi];
-        gemm_swiglu(impl, {io_of(s).h2, v.gate_up_t, 1, v.gu, v.gate, v.up}, v.act, k_swiglu);
+        gemm_swiglu(impl, v.mlp_up(io_of(s).h2), v.act, k_swiglu);
       });
       g.mlp_down = pick("mlp_down", {v0.act, v0.down_t}, plain, zero_all(&BlockViews::act),
                         [&](int64_t impl, size_t s) {
@@ -190,7 +197,7 @@ struct Runner {
   // h2 = rms_norm(h2 + (silu(gate) * up) @ down.T) with [gate | up] = h2 @ gate_up.T; the new rows are also
   // written to `copy` when defined (the next mixer block's input). Returns the native ops issued.
   int64_t mlp(const at::Tensor& h2, const BlockGemms& g, BlockViews& v, const at::Tensor& copy = at::Tensor()) const {
-    const at::Tensor act = gemm_swiglu(g.mlp_up, {h2, v.gate_up_t, 1, v.gu, v.gate, v.up}, v.act, k_swiglu);
+    const at::Tensor act = gemm_swiglu(g.mlp_up, v.mlp_up(h2), v.act, k_swiglu);
     const at::Tensor o = gemm(g.mlp_down, v.o, act, v.down_t);
     k_add_rms_norm_rows(h2, h2, o, eps, copy);
     return 4;  // fused: the swish GEMM and the multiply GEMM replace a GEMM and the SwiGLU kernel
@@ -237,7 +244,7 @@ struct Runner {
   // next_is_mixer: this level call runs another block after this one (its input copy is written here).
   int64_t mixer_block(const ChunkIO& io, const Block& b, const BlockGemms& g, BlockViews& v,
                       bool next_is_mixer) const {
-    const at::Tensor tact = gemm_swiglu(g.mix_up, {b.w0_padded, io.hT, 0, v.G, v.Ggate, v.Gup}, v.tact, k_swiglu);
+    const at::Tensor tact = gemm_swiglu(g.mix_up, v.mix_up(b.w0_padded, io.hT), v.tact, k_swiglu);
     const at::Tensor outT = gemm(g.mix_down, v.outT, b.w1, tact);
     k_add_rms_norm_dim1(io.h3, io.hT3, g.mix_down == kGemmAten ? v.outT3 : outT.view({S, nb, D}).permute({1, 0, 2}),
                         eps);
