@@ -31,6 +31,8 @@ class _TRMVariant(ACTModel):
         backend: "auto", "eager", "triton" or "cpp" (see ``fastrecur.backends()``).
     """
 
+    config_keys = TRM_KEYS  # the config schema the constructor validates (and train.config checks early)
+
     model_name = ""
     state_inits: Dict[str, str] = {}
     extra_levels: Dict[str, Tuple[int, int]] = {}  # levels besides L_level, e.g. a block-less sum level
@@ -40,7 +42,7 @@ class _TRMVariant(ACTModel):
 
     def __init__(self, config: Mapping[str, Any], backend: str = "auto"):
         super().__init__(backend)
-        self.config = validate_config(config, TRM_KEYS, self.model_name)
+        self.config = validate_config(config, self.config_keys, self.model_name)
         c = self.config
         n = check_trm_like(c, self.model_name)
         self.halt_on_q_continue = not c.no_ACT_continue
@@ -116,11 +118,13 @@ class TransformerBaseline(ACTModel):
         backend: "auto", "eager", "triton" or "cpp" ("triton" needs a head_dim its attention kernel takes).
     """
 
+    config_keys = BASELINE_KEYS  # the config schema the constructor validates (and train.config checks early)
+
     halt_on_q_continue = True
 
     def __init__(self, config: Mapping[str, Any], backend: str = "auto"):
         super().__init__(backend)
-        self.config = validate_config(config, BASELINE_KEYS, "TransformerBaseline", head_remainder=True)
+        self.config = validate_config(config, self.config_keys, "TransformerBaseline", head_remainder=True)
         c = self.config
         self.inner = RecursiveInner(
             c,

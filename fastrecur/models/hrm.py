@@ -30,9 +30,11 @@ class HRM(ACTModel):
         backend: "auto", "eager", "triton" or "cpp" (see ``fastrecur.backends()``).
     """
 
+    config_keys = HRM_KEYS  # the config schema the constructor validates (and train.config checks early)
+
     def __init__(self, config: Mapping[str, Any], backend: str = "auto"):
         super().__init__(backend)
-        self.config = validate_config(config, HRM_KEYS, "HRM")
+        self.config = validate_config(config, self.config_keys, "HRM")
         c = self.config
         shared = c.shared_layers
         levels = {

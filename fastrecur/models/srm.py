@@ -25,9 +25,11 @@ class SRM(ACTModel):
     ``inner.H_init``/``inner.L_init`` replaced by ``inner.z_init``.
     """
 
+    config_keys = SRM_KEYS  # the config schema the constructor validates (and train.config checks early)
+
     def __init__(self, config: Mapping[str, Any], backend: str = "auto"):
         super().__init__(backend)
-        self.config = validate_config(config, SRM_KEYS, "SRM")
+        self.config = validate_config(config, self.config_keys, "SRM")
         c = self.config
         n = check_trm_like(c, "SRM")
         self.halt_on_q_continue = not c.no_ACT_continue
@@ -50,9 +52,11 @@ class FlatRecurrence(ACTModel):
     keys without ``H_cycles``/``H_layers``; state dict: HRM's minus ``inner.H_level.*`` with ``inner.z_init``.
     """
 
+    config_keys = FLAT_KEYS  # the config schema the constructor validates (and train.config checks early)
+
     def __init__(self, config: Mapping[str, Any], backend: str = "auto"):
         super().__init__(backend)
-        self.config = validate_config(config, FLAT_KEYS, "FlatRecurrence")
+        self.config = validate_config(config, self.config_keys, "FlatRecurrence")
         c = self.config
         if c.grad_cycles > c.L_cycles:
             raise ValueError(f"FlatRecurrence config: grad_cycles {c.grad_cycles} exceeds L_cycles {c.L_cycles}")

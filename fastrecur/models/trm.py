@@ -54,9 +54,11 @@ class TRM(ACTModel):
     ``puzzle_emb_len`` is rejected with a clear error instead of failing on shapes.
     """
 
+    config_keys = TRM_KEYS  # the config schema the constructor validates (and train.config checks early)
+
     def __init__(self, config: Mapping[str, Any], backend: str = "auto"):
         super().__init__(backend)
-        self.config = validate_config(config, TRM_KEYS, "TRM")
+        self.config = validate_config(config, self.config_keys, "TRM")
         c = self.config
         n = check_trm_like(c, "TRM")
         self.halt_on_q_continue = not c.no_ACT_continue

@@ -29,12 +29,8 @@ from fastrecur.models import (
     reference_loss_class,
     reference_model_class,
 )
-from fastrecur.models.ablations import BASELINE_KEYS
 from fastrecur.models.config import validate_config
-from fastrecur.models.hrm import HRM_KEYS
 from fastrecur.models.loss import LOSSES
-from fastrecur.models.srm import FLAT_KEYS, SRM_KEYS
-from fastrecur.models.trm import TRM_KEYS
 
 MODEL_CLASSES = {
     "HRM": HRM,
@@ -44,16 +40,6 @@ MODEL_CLASSES = {
     "TRMSingleZ": TRMSingleZ,
     "TRMHier6": TRMHier6,
     "TransformerBaseline": TransformerBaseline,
-}
-# The config keys each class declares (what its constructor validates), to check an arch before any work.
-MODEL_KEYS = {
-    "HRM": HRM_KEYS,
-    "TRM": TRM_KEYS,
-    "SRM": SRM_KEYS,
-    "FlatRecurrence": FLAT_KEYS,
-    "TRMSingleZ": TRM_KEYS,
-    "TRMHier6": TRM_KEYS,
-    "TransformerBaseline": BASELINE_KEYS,
 }
 
 # Short names (a reference ``module@Class`` resolves through fastrecur.models.reference_model_class).
@@ -372,14 +358,14 @@ def split_arch(arch: Mapping[str, Any]) -> Tuple[str, Dict[str, Any], Optional[s
 
 def check_arch_values(arch: Mapping[str, Any]) -> None:
     """Check the model keys of a complete arch config against what its model class declares
-    (:data:`MODEL_KEYS`: types, ranges, choices, unknown and missing keys), before any work; raises the
+    (its ``config_keys``: types, ranges, choices, unknown and missing keys), before any work; raises the
     ``ValueError``/``TypeError`` the constructor would. Keys that hold a value are checked before keys that copy
     one through ``${.key}``, so a bad value is named under the key that holds it: ``--set hidden_size=abc`` names
     ``hidden_size``, not ``puzzle_emb_ndim: ${.hidden_size}``. The data keys (from the dataset) are left out
     (placeholders); checks across keys beyond the per-key ones stay with the constructor."""
     cls, keys, _ = split_arch(arch)
     copied = {k for k, v in arch.items() if isinstance(v, str) and _REF.match(v)}
-    schema = MODEL_KEYS[cls]
+    schema = MODEL_CLASSES[cls].config_keys
     ordered = {k: schema[k] for k in sorted(schema, key=lambda k: k in copied)}  # stable: declared order otherwise
     validate_config({**keys, **dict.fromkeys(DATA_KEYS, 1)}, ordered, cls, head_remainder=True)
 
@@ -520,7 +506,6 @@ __all__ = [
     "ARCH_PRESETS",
     "DATA_KEYS",
     "MODEL_CLASSES",
-    "MODEL_KEYS",
     "RUN_PRESETS",
     "TrainConfig",
     "apply_overrides",
