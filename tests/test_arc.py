@@ -433,7 +433,7 @@ def _colours_in(png):
 
 def test_draw_arc_steps_uses_the_arc_palette(tmp_path):
     pytest.importorskip("matplotlib")
-    from fastrecur.inspect.plots import draw_arc_steps
+    from fastrecur.plots import draw_arc_steps
 
     path = str(tmp_path / "a.png")
     draw_arc_steps(path, np.array([[1, 2]]), [np.array([[3, 4]]), np.zeros((0, 0))], [0.5, -1.0], np.array([[9]]))

@@ -153,7 +153,7 @@ def test_one_rendering_of_sudoku_cells():
     import numpy as np
 
     from fastrecur.data.sudoku import sudoku_cell_chars
-    from fastrecur.inspect.plots import text_grid
+    from fastrecur.plots import text_grid
     from fastrecur.train import solve
 
     tokens = np.array([0, 1, 2, 3, 4, 5, 6, 2, 3, 4, 5, 2, 3, 4, 5, 2])  # pad, blank, digits 1..4, then 5 = digit 4

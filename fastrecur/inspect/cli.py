@@ -20,8 +20,7 @@ import torch
 from fastrecur.cli import check_dataset_matches_model, check_output_dir, positive_int, resolve_device
 from fastrecur.data.sudoku import CELL_LEGEND
 from fastrecur.ops.reference import IGNORE_LABEL_ID
-
-from .plots import (
+from fastrecur.plots import (
     arc_text_grid,
     draw_accuracy,
     draw_arc_steps,
@@ -30,6 +29,7 @@ from .plots import (
     draw_sudoku_steps,
     text_grid,
 )
+
 from .pr import participation_ratio
 from .trace import trace
 

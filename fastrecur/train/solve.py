@@ -105,7 +105,7 @@ def run(args) -> int:
     seq_len = cfg.seq_len
     sudoku = args.puzzle is not None
     from fastrecur.data.arc import arc_canvas_side, crop_grid, encode_grid_pair, parse_grid_json
-    from fastrecur.inspect.plots import arc_text_grid, draw_arc_steps
+    from fastrecur.plots import arc_text_grid, draw_arc_steps
 
     arc_side = arc_canvas_side(seq_len, cfg.vocab_size)
     try:
