@@ -688,8 +688,9 @@ def test_gemm_fusion_rows():
     """fastrecur.bench.gemm_fusion: one row per site, every variant timed (positive µs), the ratios computed
     from those times, and tables headed as asked."""
     from fastrecur.bench import gemm_fusion
+    from fastrecur.bench.common import onednn_runs
 
-    if not gemm_fusion._onednn_runs(torch.float32):
+    if not onednn_runs(torch.float32):
         pytest.skip("this torch has no oneDNN")
     swiglu, down = gemm_fusion.fusion_rows(torch.float32, 1, rounds=1)
     assert (swiglu["site"], down["site"]) == ("gate/up + SwiGLU", "down + residual add")

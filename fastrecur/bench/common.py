@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -146,6 +147,21 @@ def cpp_usable() -> Tuple[bool, str]:
 # ============================================================================================================
 # Timing and memory
 # ============================================================================================================
+@functools.lru_cache(maxsize=None)
+def onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether this torch's oneDNN runs ``dtype``'s inner product (``mkldnn::_linear_pointwise``, what the C++
+    loop's ``gemm="onednn"`` calls) on this CPU: fp16 needs AVX512-FP16 or AMX-FP16. Probed once per dtype, as
+    the extension's own ``OneDnnLinear::supports`` does on its side."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x = torch.ones(2, 16, dtype=dtype)
+        torch.ops.mkldnn._linear_pointwise(x, torch.ones(16, 16, dtype=dtype), None, "none", [], "")
+    except RuntimeError:
+        return False
+    return True
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -27,20 +27,8 @@ import torch
 
 from fastrecur.cli import InputError, check_output_dir, positive_int, run_command
 
-from .common import KERNEL_DTYPES, ModuleParser, parse_batches, parse_subset
+from .common import KERNEL_DTYPES, ModuleParser, onednn_runs, parse_batches, parse_subset
 from .roofline import EPS, INTER, D, S, _rand, table_meta, time_in_turns, write_results
-
-
-def _onednn_runs(dtype: torch.dtype) -> bool:
-    """Whether this torch's oneDNN runs ``dtype``'s inner product on this CPU (fp16 needs AVX512-FP16/AMX-FP16)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        x = torch.ones(2, 16, dtype=dtype)
-        torch.ops.mkldnn._linear_pointwise(x, torch.ones(16, 16, dtype=dtype), None, "none", [], "")
-    except RuntimeError:
-        return False
-    return True
 
 
 def fusion_rows(dtype: torch.dtype, batch: int, rounds: int) -> List[dict]:
@@ -128,7 +116,7 @@ def run(a: argparse.Namespace) -> int:
 
     if not _ext.available():
         raise InputError(_ext.status())
-    missing = [str(d).replace("torch.", "") for d in dtypes if not _onednn_runs(d)]
+    missing = [str(d).replace("torch.", "") for d in dtypes if not onednn_runs(d)]
     if missing:
         raise InputError(f"--dtypes: this torch's oneDNN runs no {', '.join(missing)} inner product on this CPU")
     if a.out is not None:

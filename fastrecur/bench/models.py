@@ -12,7 +12,7 @@ from fastrecur.core.schedule import Update
 from fastrecur.models import HRM, SRM, TRM, ACTLossHead, FlatRecurrence
 from fastrecur.nn.blocks import swiglu_intermediate_size
 
-from .common import ARCHS, SOLVE_STEPS, _sync, cpp_usable, measure, peak_memory, triton_usable
+from .common import ARCHS, SOLVE_STEPS, _sync, cpp_usable, measure, onednn_runs, peak_memory, triton_usable
 
 
 def sudoku_cfg(arch: str, dtype: str, batch: int, hidden: int = 512, seq_len: int = 81) -> dict:
@@ -73,18 +73,10 @@ def _fastest(candidates: List[Callable[[], None]], device) -> Callable[[], None]
 def _onednn_candidates(x: torch.Tensor, w: torch.Tensor) -> List[Callable[[], None]]:
     """``x @ w.T`` through oneDNN's inner product (torch's ``mkldnn::_linear_pointwise``, as the C++ loop's
     ``gemm="onednn"`` runs it), when this is a CPU tensor and oneDNN runs the dtype here; else no candidate."""
-    if x.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    if x.device.type != "cpu" or not onednn_runs(x.dtype):
         return []
     linear = torch.ops.mkldnn._linear_pointwise
-
-    def run():
-        linear(x, w, None, "none", [], "")
-
-    try:
-        run()
-    except RuntimeError:  # e.g. no fp16 inner product without AVX512-FP16
-        return []
-    return [run]
+    return [lambda: linear(x, w, None, "none", [], "")]
 
 
 def gemm_floor_fn(model, batch_size: int, device, blocks: Optional[int] = None, repeats: int = 1) -> Callable[[], None]:
