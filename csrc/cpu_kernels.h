@@ -244,7 +244,8 @@ inline fVec round_to(const fVec& v) {
 // of this rate (the bf16 injection sum at batch 8: 43 % of a copy that way, 51 % this way, on the EPYC of
 // benchmarks/results). Elsewhere the halves are the first and the second kV elements. Kernels only combine
 // lanes of the same position, so the order shows nowhere except in fp32 scratch the kernel itself writes and
-// reads back (the same order both times). pload(p, n) / pstore(p, v, n): a tail of 0 < n < kP elements.
+// reads back (the same order both times). pload(p, n): a tail of 0 < n < kP elements; pstore(p, v, n): the
+// first n <= kP.
 // ---------------------------------------------------------------------------------------------------------
 
 constexpr int64_t kP = 2 * kV;
@@ -353,51 +354,48 @@ inline Pair pload(const T* p, int64_t n) {
   return pload_elems(p, n);
 }
 
-// Stores v to p and, when p2 is not null, to p2 too (a row copy), converting to T once; the (p, p2, v, n) form
-// stores a tail of 0 < n < kP elements. pstore(p, v[, n]): p only.
+#if defined(CPU_CAPABILITY_AVX512)
+// The first n (0 < n <= kP) of 32 fp16 values, converted as two halves of 16 (element order), stored at p.
+inline void store_half_bits(c10::Half* p, __m256i lo, __m256i hi, int64_t n) {
+  auto* q = reinterpret_cast<__m256i*>(p);
+  if (n == kP) {
+    _mm256_storeu_si256(q, lo);
+    _mm256_storeu_si256(q + 1, hi);
+  } else if (n <= kV) {
+    _mm256_mask_storeu_epi16(q, tail_mask(n), lo);
+  } else {
+    _mm256_storeu_si256(q, lo);
+    _mm256_mask_storeu_epi16(q + 1, tail_mask(n - kV), hi);
+  }
+}
+#endif
+
+// Stores the first n (0 < n <= kP) elements of v to p and, when p2 is not null, to p2 too (a row copy),
+// converting to T once. pstore(p, v[, n]): p only.
 template <typename T>
-inline void pstore_to(T* p, T* p2, const Pair& v) {
+inline void pstore_to(T* p, T* p2, const Pair& v, int64_t n = kP) {
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     const __m512i h = pair_to_bf16x32(v);
-    _mm512_storeu_si512(p, h);
-    if (p2) _mm512_storeu_si512(p2, h);
+    for (T* q : {p, p2}) {
+      if (q) n == kP ? _mm512_storeu_si512(q, h) : _mm512_mask_storeu_epi16(q, tail_mask32(n), h);
+    }
     return;
   } else if constexpr (std::is_same_v<T, c10::Half>) {
     const __m256i lo = to_bits16<T>(v.lo), hi = to_bits16<T>(v.hi);
     for (T* q : {p, p2}) {
-      if (!q) continue;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), lo);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + kV), hi);
+      if (q) store_half_bits(q, lo, hi, n);
     }
     return;
   }
 #endif
-  pstore_elems(p, v);
-  if (p2) pstore_elems(p2, v);
-}
-
-template <typename T>
-inline void pstore_to(T* p, T* p2, const Pair& v, int64_t n) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    const __m512i h = pair_to_bf16x32(v);
-    _mm512_mask_storeu_epi16(p, tail_mask32(n), h);
-    if (p2) _mm512_mask_storeu_epi16(p2, tail_mask32(n), h);
-    return;
+  for (T* q : {p, p2}) {
+    if (q) n == kP ? pstore_elems(q, v) : pstore_elems(q, v, n);
   }
-#endif
-  pstore_elems(p, v, n);
-  if (p2) pstore_elems(p2, v, n);
 }
 
 template <typename T>
-inline void pstore(T* p, const Pair& v) {
-  pstore_to<T>(p, nullptr, v);
-}
-
-template <typename T>
-inline void pstore(T* p, const Pair& v, int64_t n) {
+inline void pstore(T* p, const Pair& v, int64_t n = kP) {
   pstore_to<T>(p, nullptr, v, n);
 }
 
@@ -427,21 +425,12 @@ inline Pair pstore_round(T* p, const Pair& v, int64_t n = kP) {
     // Each half converted once, stored and widened back from the same bits (F16C conversions are what the
     // fp16 kernels are bound by on Zen 4).
     const __m256i lo = to_bits16<T>(v.lo), hi = to_bits16<T>(v.hi);
-    auto* q = reinterpret_cast<__m256i*>(p);
-    if (n == kP) {
-      _mm256_storeu_si256(q, lo);
-      _mm256_storeu_si256(q + 1, hi);
-    } else if (n <= kV) {
-      _mm256_mask_storeu_epi16(q, tail_mask(n), lo);
-    } else {
-      _mm256_storeu_si256(q, lo);
-      _mm256_mask_storeu_epi16(q + 1, tail_mask(n - kV), hi);
-    }
+    store_half_bits(p, lo, hi, n);
     return {from_bits16<T>(lo), from_bits16<T>(hi)};
   }
 #endif
   const Pair r = pround<T>(v);
-  n == kP ? pstore(p, r) : pstore(p, r, n);
+  pstore(p, r, n);
   return r;
 }
 
@@ -669,7 +658,7 @@ void inject_add(T* target, const T* const* src, int64_t n_src, int64_t rows, int
   at::parallel_for(0, rows, grain_for(cols), [=](int64_t r0, int64_t r1) {  // by value: see add_rms_norm_dim1
     auto one = [&](T* t, T* t2, int64_t off, int64_t n) {
       auto load = [n](const T* p) { return n == kP ? pload(p) : pload(p, n); };
-      auto store = [n](T* p, T* p2, const Pair& v) { n == kP ? pstore_to(p, p2, v) : pstore_to(p, p2, v, n); };
+      auto store = [n](T* p, T* p2, const Pair& v) { pstore_to(p, p2, v, n); };
       Pair v = load(t);
       if (n_src == 0) {
         if (t2) store(t2, nullptr, v);
@@ -731,23 +720,18 @@ inline __m512 exp_neg_low_precision(__m512 x) {
 }
 #endif
 
-// silu(x) * u = x / (1 + exp(-x)) * u, in fp32 whatever T is, rounded once by the caller's store. AVX-512:
-// exp_neg_fp32 for fp32 (whose result the recursion amplifies), exp_neg_low_precision for bf16/fp16, and a
-// true division (its unit runs beside the FMA and add pipes on Zen 4: a reciprocal estimate, with or without
-// a Newton step, was no faster). Otherwise at::vec's exp: Sleef's 1-ulp one for fp32, exp_u20 for 16-bit
-// types. Huge negative gates give -0 (exp overflows to inf: x / inf), huge positive ones x * u, x = +inf
-// gives inf * u and x = -inf NaN, as eager; NaN propagates.
+// silu(x) * u = x / (1 + exp(-x)) * u in eager's order, in fp32 whatever T is, rounded once by the caller's
+// store. AVX-512: exp_neg_fp32 for fp32 (whose result the recursion amplifies), exp_neg_low_precision for
+// bf16/fp16, and a true division (its unit runs beside the FMA and add pipes on Zen 4: a reciprocal estimate,
+// with or without a Newton step, was no faster). Otherwise at::vec's exp: Sleef's 1-ulp one for fp32, exp_u20
+// for 16-bit types. Huge negative gates give -0 (exp overflows to inf: x / inf), huge positive ones x * u,
+// x = +inf gives inf * u and x = -inf NaN, as eager; NaN propagates.
 template <typename T>
 inline fVec silu_mul(const fVec& x, const fVec& u) {
 #if defined(CPU_CAPABILITY_AVX512)
-  const __m512 xv = static_cast<__m512>(x), one = _mm512_set1_ps(1.f);
-  if constexpr (std::is_same_v<T, float>) {
-    return fVec(_mm512_div_ps(xv, _mm512_add_ps(one, exp_neg_fp32(xv)))) * u;  // eager's order
-  } else {
-    // x * (u / d): the division starts before x is needed (one cycle in 20 per 32 values on Zen 4), and u / d
-    // cannot overflow (d >= 1), so no intermediate is infinite unless the result is.
-    return x * fVec(_mm512_div_ps(static_cast<__m512>(u), _mm512_add_ps(one, exp_neg_low_precision(xv))));
-  }
+  const __m512 xv = static_cast<__m512>(x);
+  const __m512 e = std::is_same_v<T, float> ? exp_neg_fp32(xv) : exp_neg_low_precision(xv);
+  return fVec(_mm512_div_ps(xv, _mm512_add_ps(_mm512_set1_ps(1.f), e))) * u;
 #else
   const fVec one(1.f);
   if constexpr (std::is_same_v<T, float>) {
