@@ -50,6 +50,15 @@ struct BlockViews {
   }
 };
 
+// q, k and v as [nb, H, S, hd] views of a [nb * S, 3 * H * hd] projection (rows [q heads | k heads | v heads]).
+struct QKV {
+  at::Tensor q, k, v;
+};
+inline QKV split_qkv(const at::Tensor& qkv, int64_t nb, int64_t S, int64_t H, int64_t hd) {
+  const at::Tensor q5 = qkv.view({nb, S, 3, H, hd});
+  return {q5.select(2, 0).transpose(1, 2), q5.select(2, 1).transpose(1, 2), q5.select(2, 2).transpose(1, 2)};
+}
+
 // The GEMM implementation of each site of one block (cpu_gemm.h), the same for every chunk.
 struct BlockGemms {
   int64_t mlp_up = kGemmAten, mlp_down = kGemmAten;  // channel MLP: gate/up (+ SwiGLU), down
@@ -98,10 +107,10 @@ struct Runner {
         v.w0_t = b.w0.t();
         v.w1_t = b.w1.t();
         v.qkv = region(base + cl.qkv, {M, 3 * H * hd});
-        auto q5 = v.qkv.view({nb, S, 3, H, hd});
-        v.q = q5.select(2, 0).transpose(1, 2);
-        v.k = q5.select(2, 1).transpose(1, 2);
-        v.v = q5.select(2, 2).transpose(1, 2);
+        const QKV s3 = split_qkv(v.qkv, nb, S, H, hd);
+        v.q = s3.q;
+        v.k = s3.k;
+        v.v = s3.v;
         v.att_scratch = region(base + cl.act, {M, H * hd});
         v.att_scratch4 = v.att_scratch.view({nb, S, H, hd});
       } else {
@@ -207,20 +216,15 @@ struct Runner {
     const int64_t M = nb * S, H = num_heads, hd = b.head_dim;
     int64_t ops = 0;
     const at::Tensor qkv = gemm(g.qkv, v.qkv, io.h2, v.w0_t);
-    at::Tensor q = v.q, k = v.k, vv = v.v;
-    if (g.qkv != kGemmAten) {  // oneDNN's own output: its q/k/v views, made per call
-      auto q5 = qkv.view({nb, S, 3, H, hd});
-      q = q5.select(2, 0).transpose(1, 2);
-      k = q5.select(2, 1).transpose(1, 2);
-      vv = q5.select(2, 2).transpose(1, 2);
-    }
+    // oneDNN returns its own output: its q/k/v views are made per call.
+    const QKV s3 = g.qkv == kGemmAten ? QKV{v.q, v.k, v.v} : split_qkv(qkv, nb, S, H, hd);
     ops += 1;
     if (cos) {
       k_rope(qkv, 2 * H, hd, S, *cos, *sin);  // q and k heads are the first 2*H heads of each row
       ops += 1;
     }
     // Allocates its output internally (see the file comment).
-    auto att = at::scaled_dot_product_attention(q, k, vv, std::nullopt, 0.0, false, 1.0 / std::sqrt(double(hd)))
+    auto att = at::scaled_dot_product_attention(s3.q, s3.k, s3.v, std::nullopt, 0.0, false, 1.0 / std::sqrt(double(hd)))
                    .transpose(1, 2);  // [nb, S, H, hd]
     ops += 1;
     at::Tensor a2;
